@@ -1,0 +1,240 @@
+//! The filter's configuration: one listener's vendor, its policies, and how to reach the
+//! ledger. Arrives as JSON plugin configuration (Envoy's `google.protobuf.Struct`, or Istio's
+//! WasmPlugin `pluginConfig`), rendered from the YAML policies by `bridle render`.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{CompiledPolicy, ConfigError, Policy};
+use crate::vendor::Vendor;
+
+pub const DEFAULT_KEYRING_ENV: &str = "BRIDLE_KEYRING";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The vendor this listener fronts. Every policy must be for it.
+    pub vendor: Vendor,
+    pub policies: Vec<Policy>,
+    /// Without a ledger the filter runs standalone: no revocation feed, no audit log, and no
+    /// costed endpoints. Meant for development; production configs name a ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerLink>,
+    /// The environment variable holding the signing keyring (`kid:key,...`).
+    #[serde(default = "default_keyring_env")]
+    pub keyring_env: String,
+}
+
+fn default_keyring_env() -> String {
+    DEFAULT_KEYRING_ENV.to_string()
+}
+
+/// How the filter reaches the ledger: an Envoy cluster, with deadlines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerLink {
+    pub cluster: String,
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Deadline of every callout to the ledger.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The environment variable holding the filter's enforcement credential.
+    #[serde(default = "default_credential_env")]
+    pub credential_env: String,
+    #[serde(default = "default_poll_ms")]
+    pub revocation_poll_ms: u64,
+    /// Past this age, the revocation set is stale and uncosted requests follow each
+    /// policy's `on_ledger_unavailable`.
+    #[serde(default = "default_staleness_ms")]
+    pub max_staleness_ms: u64,
+}
+
+fn default_authority() -> String {
+    "bridle-ledger".to_string()
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_credential_env() -> String {
+    "BRIDLE_ENFORCER_KEY".to_string()
+}
+fn default_poll_ms() -> u64 {
+    200
+}
+fn default_staleness_ms() -> u64 {
+    3_000
+}
+
+/// A checked configuration, ready for the request path.
+#[derive(Clone, Debug)]
+pub struct CompiledConfig {
+    pub vendor: Vendor,
+    pub policies: Vec<CompiledPolicy>,
+    by_name: HashMap<String, usize>,
+    pub ledger: Option<LedgerLink>,
+    pub keyring_env: String,
+}
+
+impl CompiledConfig {
+    pub fn policy_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn policy(&self, index: usize) -> Option<&CompiledPolicy> {
+        self.policies.get(index)
+    }
+}
+
+impl FilterConfig {
+    /// Parses plugin configuration bytes. The error names the field at fault.
+    pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed: Result<FilterConfig, _> = serde::Deserialize::deserialize(&mut de);
+        let config =
+            parsed.map_err(|e| ConfigError::new("", format!("invalid configuration: {e}")))?;
+        de.end()
+            .map_err(|e| ConfigError::new("", format!("invalid configuration: {e}")))?;
+        Ok(config)
+    }
+
+    pub fn compile(&self) -> Result<CompiledConfig, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut policies = Vec::with_capacity(self.policies.len());
+        let mut by_name = HashMap::new();
+        if self.policies.is_empty() {
+            errors.push(ConfigError::new(
+                "policies",
+                "no policies: the filter would refuse every request",
+            ));
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            let field = format!("policies[{i}]");
+            if p.vendor != self.vendor {
+                errors.push(ConfigError::new(
+                    format!("{field}.vendor"),
+                    format!(
+                        "policy {:?} is for {} but this listener fronts {}",
+                        p.name, p.vendor, self.vendor
+                    ),
+                ));
+            }
+            if by_name.insert(p.name.clone(), i).is_some() {
+                errors.push(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("policy {:?} is defined twice", p.name),
+                ));
+            }
+            match p.compile() {
+                Ok(c) => policies.push(c),
+                Err(es) => errors.extend(es.into_iter().map(|e| e.within(&field))),
+            }
+        }
+        if let Some(l) = &self.ledger {
+            if l.cluster.is_empty() {
+                errors.push(ConfigError::new(
+                    "ledger.cluster",
+                    "must name an Envoy cluster",
+                ));
+            }
+            if !(10..=10_000).contains(&l.timeout_ms) {
+                errors.push(ConfigError::new(
+                    "ledger.timeout_ms",
+                    "must be between 10 and 10000",
+                ));
+            }
+            if !(50..=10_000).contains(&l.revocation_poll_ms) {
+                errors.push(ConfigError::new(
+                    "ledger.revocation_poll_ms",
+                    "must be between 50 and 10000",
+                ));
+            }
+            if l.max_staleness_ms < 2 * l.revocation_poll_ms {
+                errors.push(ConfigError::new(
+                    "ledger.max_staleness_ms",
+                    "must be at least twice revocation_poll_ms, or every missed poll would deny traffic",
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(CompiledConfig {
+            vendor: self.vendor,
+            policies,
+            by_name,
+            ledger: self.ledger.clone(),
+            keyring_env: self.keyring_env.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::policy::tests::stripe_policy;
+
+    pub(crate) fn stripe_config() -> FilterConfig {
+        FilterConfig {
+            vendor: Vendor::Stripe,
+            policies: vec![stripe_policy()],
+            ledger: None,
+            keyring_env: DEFAULT_KEYRING_ENV.into(),
+        }
+    }
+
+    #[test]
+    fn parses_and_compiles() {
+        let json = serde_json::to_vec(&stripe_config()).unwrap();
+        let c = FilterConfig::from_json(&json).unwrap().compile().unwrap();
+        assert_eq!(c.policy_index("stripe-payments"), Some(0));
+        assert_eq!(c.policy_index("nope"), None);
+    }
+
+    #[test]
+    fn errors_point_at_the_policy_field() {
+        let mut cfg = stripe_config();
+        let mut twilio = stripe_policy();
+        twilio.name = "other".into();
+        twilio.vendor = Vendor::Twilio;
+        twilio.endpoints[0].path = "/v1//x".into();
+        cfg.policies.push(twilio);
+        cfg.policies.push(stripe_policy());
+        let errors = cfg.compile().unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.starts_with("policies[1].vendor: policy \"other\" is for twilio")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.starts_with("policies[1].endpoints[0]: path glob \"/v1//x\"")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|e| e
+                    .starts_with("policies[2].name: policy \"stripe-payments\" is defined twice")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_and_unknown_fields_are_refused() {
+        let mut json = serde_json::to_vec(&stripe_config()).unwrap();
+        json.extend_from_slice(b" {}");
+        assert!(FilterConfig::from_json(&json).is_err());
+        assert!(
+            FilterConfig::from_json(br#"{"vendor":"stripe","policies":[],"debug":true}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `debug`")
+        );
+        assert!(FilterConfig::from_json(b"not json").is_err());
+    }
+}

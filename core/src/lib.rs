@@ -1,0 +1,28 @@
+//! Bridle's pure request-path logic, shared by the Envoy filter, the ledger and the CLI.
+//!
+//! Nothing here talks to a host: no proxy-wasm, no sockets, no clocks. Every function takes
+//! the time and the request as arguments, so the whole decision path is unit-tested natively
+//! and the filter stays a thin adapter over hostcalls.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod config;
+pub mod decision;
+pub mod duration;
+pub mod glob;
+pub mod money;
+pub mod path;
+pub mod policy;
+pub mod reason;
+pub mod revocation;
+pub mod token;
+pub mod vendor;
+
+pub use reason::Reason;
