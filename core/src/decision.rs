@@ -360,8 +360,16 @@ impl Gate {
         }
 
         let merchant = check_merchant(req, &path, policy, claims).map_err(|d| d.about(&subject))?;
+        let strip_headers = headers_to_strip(req);
+        if carries_vault_token_elsewhere(req, &strip_headers) {
+            return Err(Denial::new(
+                Reason::CredentialAmbiguous,
+                "A vault token may appear only in the credential header, never in the URL or another header.",
+            )
+            .about(&subject));
+        }
         Ok(Grant {
-            strip_headers: headers_to_strip(req),
+            strip_headers,
             method: method.to_string(),
             path: path.path.to_string(),
             subject,
@@ -494,6 +502,16 @@ fn check_merchant(
             Ok(None)
         }
     }
+}
+
+/// Anything that looks like a vault token outside the headers Bridle strips would be
+/// forwarded to the vendor; refuse instead.
+fn carries_vault_token_elsewhere(req: &Request<'_>, stripped: &[String]) -> bool {
+    let prefix = token::PREFIX.as_bytes();
+    req.headers
+        .iter()
+        .filter(|(name, _)| !stripped.contains(name))
+        .any(|(_, value)| value.windows(prefix.len()).any(|w| w == prefix))
 }
 
 fn headers_to_strip(req: &Request<'_>) -> Vec<String> {
@@ -999,6 +1017,41 @@ mod tests {
             &[("authorization", format!("Bearer {token}").into_bytes())],
         );
         assert_eq!(reason(&g, &bearer_h), Reason::CredentialScheme);
+    }
+
+    #[test]
+    fn a_vault_token_outside_the_credential_header_is_refused() {
+        let g = gate();
+        let t = bearer(&claims());
+        let token = keyring().mint(&claims()).unwrap();
+        let merchant = ("stripe-account", b"acct_1Merchant".to_vec());
+        let in_query = req(
+            "GET",
+            &format!("/v1/charges/ch_1?key={token}"),
+            &[("authorization", t.clone()), merchant.clone()],
+        );
+        assert_eq!(reason(&g, &in_query), Reason::CredentialAmbiguous);
+        let in_header = req(
+            "GET",
+            "/v1/charges/ch_1",
+            &[
+                ("authorization", t.clone()),
+                merchant.clone(),
+                ("x-note", token.clone().into_bytes()),
+            ],
+        );
+        assert_eq!(reason(&g, &in_header), Reason::CredentialAmbiguous);
+        // In a header Bridle strips anyway, it is harmless.
+        let stripped = req(
+            "GET",
+            "/v1/charges/ch_1",
+            &[
+                ("authorization", t),
+                merchant,
+                ("proxy-authorization", token.into_bytes()),
+            ],
+        );
+        assert_eq!(reason(&g, &stripped), Reason::Allowed);
     }
 
     #[test]

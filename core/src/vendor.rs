@@ -97,7 +97,10 @@ impl Vendor {
                 Presentation::Bearer | Presentation::BasicUser
             ) | (Vendor::Twilio, Presentation::BasicPassword)
                 | (Vendor::Resend | Vendor::Openai, Presentation::Bearer)
-                | (Vendor::Anthropic, Presentation::ApiKeyHeader)
+                | (
+                    Vendor::Anthropic,
+                    Presentation::ApiKeyHeader | Presentation::Bearer
+                )
         )
     }
 
@@ -108,7 +111,7 @@ impl Vendor {
             }
             Vendor::Twilio => "Authorization: Basic <AccountSid>:<vault token>",
             Vendor::Resend | Vendor::Openai => "Authorization: Bearer <vault token>",
-            Vendor::Anthropic => "x-api-key: <vault token>",
+            Vendor::Anthropic => "x-api-key: <vault token> (or Authorization: Bearer)",
         }
     }
 
@@ -176,7 +179,8 @@ impl Vendor {
         })
     }
 
-    /// A denial in the vendor's own error format, plus Bridle's reason header.
+    /// A denial in the vendor's own error format, plus Bridle's reason header. The reason code
+    /// is also in the message, because most SDKs show only the message in the exception.
     pub fn error_response(
         self,
         reason: Reason,
@@ -185,6 +189,7 @@ impl Vendor {
     ) -> ErrorResponse {
         let status = reason.status();
         let code = reason.code();
+        let message = format!("Bridle: {message} [{code}]");
         let body = match self {
             Vendor::Stripe => serde_json::json!({
                 "error": {
@@ -203,8 +208,11 @@ impl Vendor {
             }),
             Vendor::Anthropic => serde_json::json!({
                 "type": "error",
-                "error": { "type": anthropic_error_type(status), "message": message },
-                "bridle_reason": code,
+                "error": {
+                    "type": anthropic_error_type(status),
+                    "message": message,
+                    "details": { "error_code": code },
+                },
             }),
             Vendor::Twilio => serde_json::json!({
                 "code": twilio_error_code(status),
@@ -215,7 +223,7 @@ impl Vendor {
             }),
             Vendor::Resend => serde_json::json!({
                 "statusCode": status,
-                "name": resend_error_name(status),
+                "name": resend_error_name(status, code),
                 "message": message,
                 "bridle_reason": code,
             }),
@@ -255,9 +263,11 @@ pub struct ErrorResponse {
     pub body: String,
 }
 
+// The SDKs pick their exception class from the HTTP status; the type only refines it.
 fn stripe_error_type(status: u16) -> &'static str {
     match status {
         402 => "card_error",
+        429 => "rate_limit_error",
         500..=599 => "api_error",
         _ => "invalid_request_error",
     }
@@ -265,8 +275,10 @@ fn stripe_error_type(status: u16) -> &'static str {
 
 fn openai_error_type(status: u16) -> &'static str {
     match status {
-        401 => "invalid_request_error",
-        402 | 429 => "insufficient_quota",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
         500..=599 => "server_error",
         _ => "invalid_request_error",
     }
@@ -279,6 +291,7 @@ fn anthropic_error_type(status: u16) -> &'static str {
         403 => "permission_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
+        503 => "overloaded_error",
         500..=599 => "api_error",
         _ => "invalid_request_error",
     }
@@ -295,13 +308,14 @@ fn twilio_error_code(status: u16) -> u32 {
     }
 }
 
-fn resend_error_name(status: u16) -> &'static str {
+/// Resend's SDK maps some names to classes that replace the message (401 `missing_api_key`),
+/// so only names that keep it are used; otherwise the name is Bridle's reason code.
+fn resend_error_name(status: u16, code: &'static str) -> &'static str {
     match status {
-        401 => "missing_api_key",
-        403 => "invalid_access",
+        400 => "validation_error",
         429 => "rate_limit_exceeded",
-        500..=599 => "application_error",
-        _ => "validation_error",
+        500 => "application_error",
+        _ => code,
     }
 }
 
@@ -317,7 +331,11 @@ mod tests {
         assert!(Vendor::Twilio.accepts(Presentation::BasicPassword));
         assert!(!Vendor::Twilio.accepts(Presentation::Bearer));
         assert!(Vendor::Anthropic.accepts(Presentation::ApiKeyHeader));
-        assert!(!Vendor::Anthropic.accepts(Presentation::Bearer));
+        assert!(
+            Vendor::Anthropic.accepts(Presentation::Bearer),
+            "anthropic SDK 2.x sends Bearer"
+        );
+        assert!(!Vendor::Anthropic.accepts(Presentation::BasicUser));
         assert!(Vendor::Openai.accepts(Presentation::Bearer));
         assert!(Vendor::Resend.accepts(Presentation::Bearer));
     }
@@ -370,14 +388,20 @@ mod tests {
                 .contains(&("x-bridle-reason", "endpoint_not_allowed".into())));
             assert!(r.headers.contains(&("x-should-retry", "false".into())));
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-            assert!(r.body.contains("endpoint_not_allowed"), "{v}: {}", r.body);
-            assert!(r.body.contains("nope"));
+            assert!(
+                r.body.contains("Bridle: nope [endpoint_not_allowed]"),
+                "{v}: {}",
+                r.body
+            );
             match v {
                 Vendor::Stripe => assert_eq!(body["error"]["type"], "invalid_request_error"),
                 Vendor::Openai => assert_eq!(body["error"]["code"], "endpoint_not_allowed"),
                 Vendor::Anthropic => assert_eq!(body["error"]["type"], "permission_error"),
                 Vendor::Twilio => assert_eq!(body["code"], 20403),
-                Vendor::Resend => assert_eq!(body["statusCode"], 403),
+                Vendor::Resend => {
+                    assert_eq!(body["statusCode"], 403);
+                    assert_eq!(body["name"], "endpoint_not_allowed");
+                }
             }
         }
         let r = Vendor::Stripe.error_response(Reason::RateLimited, "slow down", Some(30));
