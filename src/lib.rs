@@ -41,7 +41,7 @@ mod glue {
     proxy_wasm::main! {{
         // Not the SDK's logger or panic hook: both unwrap the log hostcall's result.
         std::panic::set_hook(Box::new(|info| {
-            WasmHost.log(Level::Critical, &format!("bridle: filter panicked: {info}"));
+            WasmHost.log(Level::Critical, &format!("filter panicked: {info}"));
         }));
         proxy_wasm::set_root_context(|_| Box::new(Root { plugin: None }));
     }}
@@ -72,16 +72,13 @@ mod glue {
                 Ok(plugin) => {
                     host.log(
                         Level::Info,
-                        &format!("bridle: configured for {}", plugin.gate.vendor()),
+                        &format!("configured for {}", plugin.gate.vendor()),
                     );
                     self.plugin = Some(Rc::new(plugin));
                     true
                 }
                 Err(why) => {
-                    host.log(
-                        Level::Critical,
-                        &format!("bridle: configuration refused: {why}"),
-                    );
+                    host.log(Level::Critical, &format!("configuration refused: {why}"));
                     false
                 }
             }

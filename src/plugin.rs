@@ -32,7 +32,7 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     pub fn configure<H: Host>(host: &H, bytes: Option<&[u8]>) -> Result<Plugin, String> {
         let bytes = bytes.ok_or("no plugin configuration: render one with `bridle render`")?;
-        let config = FilterConfig::from_json(bytes).map_err(|e| e.to_string())?;
+        let config = FilterConfig::from_plugin_bytes(bytes).map_err(|e| e.to_string())?;
         let compiled = config.compile().map_err(|errors| {
             errors
                 .iter()
@@ -62,7 +62,7 @@ impl Plugin {
             let headers = policy
                 .vendor
                 .injection(&secret)
-                .map_err(|e| format!("policy {:?}: {} {e}", policy.name, policy.secret_env))?;
+                .map_err(|e| format!("policy {:?}: {}: {e}", policy.name, policy.secret_env))?;
             injections.push(headers);
         }
 

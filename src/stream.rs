@@ -92,7 +92,7 @@ impl Stream {
         let policy = denial.subject.as_ref().map(|s| s.policy_index);
         plugin.metrics.count(host, policy, denial.reason);
         if denial.reason == Reason::Internal {
-            host.log(Level::Error, &format!("bridle: {}", denial.message));
+            host.log(Level::Error, &format!("{}", denial.message));
         } else {
             host.log(
                 Level::Debug,
@@ -122,7 +122,7 @@ fn send_or_reset<H: Host>(host: &H, status: u16, headers: &[(&'static str, Strin
     {
         host.log(
             Level::Error,
-            "bridle: could not send a local reply; resetting the stream",
+            "could not send a local reply; resetting the stream",
         );
         let _ = host.reset_request();
     }

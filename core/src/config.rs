@@ -88,7 +88,20 @@ impl CompiledConfig {
 }
 
 impl FilterConfig {
-    /// Parses plugin configuration bytes. The error names the field at fault.
+    /// Parses plugin configuration as Envoy delivers it: JSON text (a `StringValue`, or
+    /// Istio's `pluginConfig`) or a binary `google.protobuf.Struct`.
+    pub fn from_plugin_bytes(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_none() || first == Some(&b'{') {
+            return FilterConfig::from_json(bytes);
+        }
+        let value = crate::struct_pb::struct_to_json(bytes)
+            .map_err(|e| ConfigError::new("", format!("invalid configuration: {e}")))?;
+        serde_json::from_value(value)
+            .map_err(|e| ConfigError::new("", format!("invalid configuration: {e}")))
+    }
+
+    /// Parses JSON configuration. The error names the field at fault.
     pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let parsed: Result<FilterConfig, _> = serde::Deserialize::deserialize(&mut de);

@@ -85,6 +85,23 @@ impl PathGlob {
         &self.source
     }
 
+    /// True when every path this glob matches, `outer` matches too: each segment is the
+    /// same literal or glob, or a literal the outer segment matches, or outer's `*`.
+    pub fn is_within(&self, outer: &PathGlob) -> bool {
+        self.segments.len() == outer.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&outer.segments)
+                .all(|(inner, outer)| match (inner, outer) {
+                    (_, Segment::Any) => true,
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Literal(a), Segment::Glob(g)) => g.matches(a),
+                    (Segment::Glob(a), Segment::Glob(b)) => a.pattern() == b.pattern(),
+                    _ => false,
+                })
+    }
+
     pub fn matches(&self, path: &RequestPath<'_>) -> bool {
         let mut want = self.segments.iter();
         for got in path.segments() {
@@ -132,6 +149,10 @@ impl EndpointPattern {
 
     pub fn matches(&self, method: &str, path: &RequestPath<'_>) -> bool {
         self.method == method && self.path.matches(path)
+    }
+
+    pub fn is_within(&self, outer: &EndpointPattern) -> bool {
+        self.method == outer.method && self.path.is_within(&outer.path)
     }
 }
 
@@ -200,6 +221,24 @@ mod tests {
             let e = PathGlob::parse(g).unwrap_err().to_string();
             assert!(e.contains(why), "{g:?}: {e}");
         }
+    }
+
+    #[test]
+    fn narrower_patterns_are_within_wider_ones() {
+        let within = |a: &str, b: &str| {
+            EndpointPattern::parse(a)
+                .unwrap()
+                .is_within(&EndpointPattern::parse(b).unwrap())
+        };
+        assert!(within("GET /v1/charges/*", "GET /v1/charges/*"));
+        assert!(within("GET /v1/charges/ch_1", "GET /v1/charges/*"));
+        assert!(within("GET /v1/charges/ch_1", "GET /v1/charges/ch_*"));
+        assert!(within("GET /v1/charges/ch_*", "GET /v1/charges/*"));
+        assert!(!within("GET /v1/charges/*", "GET /v1/charges/ch_*"));
+        assert!(!within("GET /v1/charges/py_1", "GET /v1/charges/ch_*"));
+        assert!(!within("POST /v1/charges/ch_1", "GET /v1/charges/*"));
+        assert!(!within("GET /v1/charges", "GET /v1/charges/*"));
+        assert!(!within("GET /v1/charges/*/refunds", "GET /v1/charges/*"));
     }
 
     #[test]

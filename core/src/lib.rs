@@ -17,11 +17,15 @@ pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod glob;
+pub mod issue;
 pub mod money;
 pub mod path;
 pub mod policy;
+#[cfg(feature = "files")]
+pub mod policy_files;
 pub mod reason;
 pub mod revocation;
+pub mod struct_pb;
 pub mod token;
 pub mod vendor;
 

@@ -1,0 +1,13 @@
+//! The library behind the `bridle` command, shared with the end-to-end tests so that they
+//! render exactly what the command renders.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod render;

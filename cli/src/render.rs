@@ -1,0 +1,391 @@
+//! Rendering policies into deployable configuration: the filter's JSON, a whole Envoy
+//! bootstrap, or Istio resources. Pure functions of their inputs, so that a GitOps pipeline
+//! (and the repository's own tests) can diff what they would deploy.
+
+use std::collections::BTreeMap;
+
+use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_KEYRING_ENV};
+use bridle_core::policy::CompiledPolicy;
+use bridle_core::vendor::Vendor;
+use serde_json::{json, Value};
+
+pub const LEDGER_CLUSTER: &str = "bridle_ledger";
+pub const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/bridle_filter.wasm";
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The listener port each vendor gets by default: one port per vendor, so that every
+/// error, even for a request with no token, is in that vendor's format.
+pub fn default_port(vendor: Vendor) -> u16 {
+    match vendor {
+        Vendor::Stripe => 10001,
+        Vendor::Twilio => 10002,
+        Vendor::Resend => 10003,
+        Vendor::Openai => 10004,
+        Vendor::Anthropic => 10005,
+    }
+}
+
+/// Where a cluster sends traffic: `http://host:port` or `https://host[:port]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Upstream, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(format!("{s:?}: scheme must be http or https, not {other}")),
+        };
+        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+            return Err(format!("{s:?}: give only scheme, host and port"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("{s:?} has no host"))?
+            .to_string();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("{s:?} has no port"))?;
+        Ok(Upstream { tls, host, port })
+    }
+
+    fn is_ip(&self) -> bool {
+        self.host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    }
+
+    fn authority(&self) -> String {
+        if (self.tls && self.port == 443) || (!self.tls && self.port == 80) {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The filter configuration for one vendor's listener.
+pub fn filter_config(
+    vendor: Vendor,
+    policies: &[CompiledPolicy],
+    ledger: Option<&LedgerLink>,
+) -> FilterConfig {
+    FilterConfig {
+        vendor,
+        policies: policies
+            .iter()
+            .filter(|p| p.policy.vendor == vendor)
+            .map(|p| p.policy.clone())
+            .collect(),
+        ledger: ledger.cloned(),
+        keyring_env: DEFAULT_KEYRING_ENV.to_string(),
+    }
+}
+
+pub fn ledger_link(ledger: &Upstream) -> LedgerLink {
+    LedgerLink {
+        cluster: LEDGER_CLUSTER.to_string(),
+        authority: ledger.authority(),
+        timeout_ms: 500,
+        credential_env: "BRIDLE_ENFORCER_KEY".to_string(),
+        revocation_poll_ms: 200,
+        max_staleness_ms: 3_000,
+    }
+}
+
+/// The vendors that have at least one policy, in a stable order.
+pub fn vendors(policies: &[CompiledPolicy]) -> Vec<Vendor> {
+    let mut v: Vec<Vendor> = policies.iter().map(|p| p.policy.vendor).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The environment variables the filter reads: the keyring, each policy's secret, and the
+/// ledger credential. Envoy passes only these to the VM.
+pub fn env_keys(policies: &[CompiledPolicy], ledger: Option<&LedgerLink>) -> Vec<String> {
+    let mut keys = vec![DEFAULT_KEYRING_ENV.to_string()];
+    keys.extend(policies.iter().map(|p| p.policy.secret_env.clone()));
+    if let Some(l) = ledger {
+        keys.push(l.credential_env.clone());
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    pub wasm: String,
+    pub listen: String,
+    pub admin_port: u16,
+    pub ports: BTreeMap<Vendor, u16>,
+    pub upstreams: BTreeMap<Vendor, Upstream>,
+    pub ledger: Option<Upstream>,
+    pub ca_file: String,
+    /// Envoy's own path normalization and escaped-slash rejection: a second line of defence
+    /// in front of the filter's strict matching. Tests turn it off to prove the filter holds
+    /// on its own.
+    pub envoy_path_hardening: bool,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> EnvoyOptions {
+        EnvoyOptions {
+            wasm: DEFAULT_WASM.to_string(),
+            listen: "127.0.0.1".to_string(),
+            admin_port: 9901,
+            ports: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            ledger: Some(Upstream {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 8181,
+            }),
+            ca_file: DEFAULT_CA_FILE.to_string(),
+            envoy_path_hardening: true,
+        }
+    }
+}
+
+impl EnvoyOptions {
+    pub fn port(&self, v: Vendor) -> u16 {
+        self.ports
+            .get(&v)
+            .copied()
+            .unwrap_or_else(|| default_port(v))
+    }
+
+    pub fn upstream(&self, v: Vendor) -> Result<Upstream, String> {
+        match self.upstreams.get(&v) {
+            Some(u) => Ok(u.clone()),
+            None => Upstream::parse(v.default_upstream()),
+        }
+    }
+}
+
+fn socket(address: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": address, "port_value": port } })
+}
+
+fn cluster(name: &str, up: &Upstream, ca_file: &str, timeout: &str) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": if up.is_ip() { "STATIC" } else { "STRICT_DNS" },
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket(&up.host, up.port) } }] }],
+        },
+    });
+    if up.tls {
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": up.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": { "filename": ca_file },
+                        "match_typed_subject_alt_names": [{
+                            "san_type": "DNS",
+                            "matcher": { "exact": up.host },
+                        }],
+                    },
+                },
+            },
+        });
+    }
+    c
+}
+
+/// The Bridle filter entry of an HTTP filter chain.
+pub fn wasm_filter(
+    vendor: Vendor,
+    config: &FilterConfig,
+    wasm: &str,
+    env_keys: &[String],
+) -> Result<Value, String> {
+    let configuration = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    Ok(json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": format!("bridle_{vendor}"),
+                "root_id": "bridle",
+                // A VM that cannot start or that traps must refuse traffic, never pass it.
+                "failure_policy": "FAIL_CLOSED",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.Struct",
+                    "value": configuration,
+                },
+                "vm_config": {
+                    "vm_id": "bridle",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": wasm } },
+                    "environment_variables": { "host_env_keys": env_keys },
+                },
+            },
+        },
+    }))
+}
+
+fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstream) -> Value {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": format!("bridle_{vendor}"),
+        "common_http_protocol_options": { "headers_with_underscores_action": "REJECT_REQUEST" },
+        "route_config": {
+            "name": format!("bridle_{vendor}"),
+            "virtual_hosts": [{
+                "name": vendor.name(),
+                "domains": ["*"],
+                "routes": [{
+                    "match": { "prefix": "/" },
+                    "route": {
+                        "cluster": format!("vendor_{vendor}"),
+                        "host_rewrite_literal": upstream.authority(),
+                        // Model calls can stream for minutes.
+                        "timeout": "600s",
+                    },
+                }],
+            }],
+        },
+        "http_filters": [
+            filter,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    "suppress_envoy_headers": true,
+                },
+            },
+        ],
+    });
+    if opts.envoy_path_hardening {
+        hcm["normalize_path"] = json!(true);
+        hcm["merge_slashes"] = json!(true);
+        hcm["path_with_escaped_slashes_action"] = json!("REJECT_REQUEST");
+    }
+    json!({
+        "name": format!("bridle_{vendor}"),
+        "address": socket(&opts.listen, opts.port(vendor)),
+        "filter_chains": [{
+            "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }],
+        }],
+    })
+}
+
+/// A complete Envoy bootstrap: one listener per vendor with policies, its vendor cluster,
+/// and the ledger cluster.
+pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Result<Value, String> {
+    let link = opts.ledger.as_ref().map(ledger_link);
+    let keys = env_keys(policies, link.as_ref());
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    for vendor in vendors(policies) {
+        let upstream = opts.upstream(vendor)?;
+        let config = filter_config(vendor, policies, link.as_ref());
+        let filter = wasm_filter(vendor, &config, &opts.wasm, &keys)?;
+        listeners.push(listener(vendor, opts, filter, &upstream));
+        clusters.push(cluster(
+            &format!("vendor_{vendor}"),
+            &upstream,
+            &opts.ca_file,
+            "5s",
+        ));
+    }
+    if listeners.is_empty() {
+        return Err("no policies to render".into());
+    }
+    if let Some(ledger) = &opts.ledger {
+        clusters.push(cluster(LEDGER_CLUSTER, ledger, &opts.ca_file, "1s"));
+    }
+    Ok(json!({
+        "admin": { "address": socket(&opts.listen, opts.admin_port) },
+        "static_resources": { "listeners": listeners, "clusters": clusters },
+    }))
+}
+
+/// Istio: one WasmPlugin per vendor, selecting the egress gateway, with the same
+/// configuration the Envoy bootstrap carries.
+pub fn istio(
+    policies: &[CompiledPolicy],
+    image: &str,
+    namespace: &str,
+    ledger: &Upstream,
+) -> Result<Vec<Value>, String> {
+    let link = ledger_link(ledger);
+    let mut docs = Vec::new();
+    for vendor in vendors(policies) {
+        let config = filter_config(vendor, policies, Some(&link));
+        docs.push(json!({
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "WasmPlugin",
+            "metadata": { "name": format!("bridle-{vendor}"), "namespace": namespace },
+            "spec": {
+                "selector": { "matchLabels": { "istio": "egressgateway" } },
+                "url": image,
+                "phase": "AUTHN",
+                "failStrategy": "FAIL_CLOSE",
+                "match": [{ "mode": "SERVER", "ports": [{ "number": u32::from(default_port(vendor)) }] }],
+                "pluginConfig": serde_json::to_value(&config).map_err(|e| e.to_string())?,
+                "vmConfig": {
+                    "env": env_keys(policies, Some(&link))
+                        .into_iter()
+                        .map(|k| json!({ "name": k, "valueFrom": "HOST" }))
+                        .collect::<Vec<_>>(),
+                },
+            },
+        }));
+    }
+    Ok(docs)
+}
+
+pub const GENERATED_HEADER: &str =
+    "# Generated by `bridle render`. Edit the policies and render again; do not edit by hand.\n";
+
+pub fn to_yaml(docs: &[Value]) -> Result<String, String> {
+    let mut out = String::from(GENERATED_HEADER);
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml_ng::to_string(d).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_parse_strictly() {
+        assert_eq!(
+            Upstream::parse("https://api.stripe.com").unwrap(),
+            Upstream {
+                tls: true,
+                host: "api.stripe.com".into(),
+                port: 443
+            }
+        );
+        assert_eq!(
+            Upstream::parse("http://127.0.0.1:12111")
+                .unwrap()
+                .authority(),
+            "127.0.0.1:12111"
+        );
+        assert!(Upstream::parse("https://api.stripe.com/v1").is_err());
+        assert!(Upstream::parse("ftp://x").is_err());
+        assert!(Upstream::parse("api.stripe.com").is_err());
+    }
+}
