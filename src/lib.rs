@@ -61,7 +61,7 @@ mod glue {
                     host.log(
                         Level::Critical,
                         &format!(
-                            "bridle: could not read the plugin configuration (status {})",
+                            "could not read the plugin configuration (status {})",
                             e.0
                         ),
                     );

@@ -97,7 +97,7 @@ impl Stream {
             host.log(
                 Level::Debug,
                 &format!(
-                    "bridle: denied {} token={}",
+                    "denied {} token={}",
                     denial.reason,
                     denial.subject.as_ref().map_or("-", |s| s.token_id.as_str())
                 ),
