@@ -60,10 +60,7 @@ mod glue {
                 Err(e) => {
                     host.log(
                         Level::Critical,
-                        &format!(
-                            "could not read the plugin configuration (status {})",
-                            e.0
-                        ),
+                        &format!("could not read the plugin configuration (status {})", e.0),
                     );
                     return false;
                 }

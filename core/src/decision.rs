@@ -22,15 +22,18 @@ use crate::Reason;
 
 /// Headers that carry a credential. Exactly one may be present.
 const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
-/// Headers always removed before forwarding: the agent's credentials, and method overrides
-/// (Bridle authorizes on `:method` alone, so no server may be told to read another).
-const STRIPPED_HEADERS: [&str; 6] = [
+/// Headers always removed before forwarding: the agent's credentials, and method and path
+/// overrides (Bridle authorizes on `:method` and `:path` alone, so no server may be told to
+/// read another).
+const STRIPPED_HEADERS: [&str; 8] = [
     "authorization",
     "x-api-key",
     "proxy-authorization",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 /// Bridle's own namespace: never accepted from a client.
 const BRIDLE_HEADER_PREFIX: &str = "x-bridle-";
@@ -142,7 +145,9 @@ pub fn find_credential(req: &Request<'_>, vendor: Vendor) -> Result<Credential, 
             ),
         ));
     };
-    if count > 1 {
+    // Envoy joins repeated headers with a comma (RFC 9110 field combination); no credential
+    // Bridle accepts contains one, so a comma means several credentials.
+    if count > 1 || value.contains(&b',') {
         return Err(Denial::new(
             Reason::CredentialAmbiguous,
             "More than one credential header (Authorization, x-api-key): send exactly one vault token.",
@@ -419,6 +424,8 @@ fn check_merchant(
         TenantSource::StripeAccountHeader => {
             let accounts: Vec<&[u8]> = req.all("stripe-account").collect();
             let contexts: Vec<&[u8]> = req.all("stripe-context").collect();
+            // A comma is Envoy's join of repeated headers: more than one merchant.
+            let joined = accounts.iter().chain(&contexts).any(|v| v.contains(&b','));
             if !contexts.is_empty() && !rules.allow_stripe_context {
                 return Err(Denial::new(
                     Reason::HeaderNotAllowed,
@@ -428,7 +435,7 @@ fn check_merchant(
                     ),
                 ));
             }
-            if accounts.len() + contexts.len() > 1 {
+            if accounts.len() + contexts.len() > 1 || joined {
                 return Err(Denial::new(
                     Reason::MerchantAmbiguous,
                     "Name at most one merchant: one Stripe-Account or Stripe-Context header.",
@@ -677,6 +684,14 @@ mod tests {
                 vec![("x-api-key", token.clone().into_bytes())],
                 Reason::CredentialScheme,
             ),
+            // What Envoy's HTTP/1 codec makes of two Authorization headers.
+            (
+                vec![(
+                    "authorization",
+                    format!("Bearer {token},Bearer {token}").into_bytes(),
+                )],
+                Reason::CredentialAmbiguous,
+            ),
             (
                 vec![("authorization", format!("Bearer {token}x").into_bytes())],
                 Reason::TokenMalformed,
@@ -900,6 +915,11 @@ mod tests {
                 ("stripe-account", b"acct_2Merchant")
             ]),
             Reason::MerchantAmbiguous
+        );
+        assert_eq!(
+            with(&[("stripe-account", b"acct_1Merchant,acct_2Merchant")]),
+            Reason::MerchantAmbiguous,
+            "Envoy's join of two Stripe-Account headers"
         );
         assert_eq!(
             with(&[

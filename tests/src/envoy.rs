@@ -1,0 +1,305 @@
+//! The real Envoy, with the built filter, configured by `bridle render`'s own code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bridle_cli::render::{self, EnvoyOptions, Upstream};
+use bridle_core::policy::{CompiledPolicy, Policy};
+use bridle_core::vendor::Vendor;
+
+use crate::client::Request;
+use crate::keys::{canary_secret, Keys, ENFORCER_KEY, KEYRING_ENV};
+use crate::process::Guarded;
+use crate::repo_root;
+
+/// The Envoy binary from the project's virtualenv (`make envoy`), or `BRIDLE_ENVOY`.
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var("BRIDLE_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy is not installed at {}: run `make envoy` (or `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// The filter built for wasm32-wasip1 (`make wasm`), or `BRIDLE_WASM`.
+pub fn wasm_path() -> PathBuf {
+    let path = std::env::var("BRIDLE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release/bridle_filter.wasm"));
+    assert!(
+        path.exists(),
+        "the filter is not built at {}: run `make wasm` (or `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// Compiles policies written as JSON in a test.
+pub fn policies(values: &[serde_json::Value]) -> Vec<CompiledPolicy> {
+    values
+        .iter()
+        .map(|v| {
+            let p: Policy =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("test policy: {e}"));
+            p.compile().unwrap_or_else(|e| panic!("test policy: {e:?}"))
+        })
+        .collect()
+}
+
+/// What to start.
+#[derive(Clone)]
+pub struct Setup {
+    pub policies: Vec<CompiledPolicy>,
+    pub upstreams: BTreeMap<Vendor, String>,
+    pub ledger: Option<String>,
+    pub envoy_path_hardening: bool,
+    pub keys: Keys,
+    /// Added to (or replacing) the environment Envoy gets.
+    pub env: Vec<(String, String)>,
+    pub concurrency: u32,
+    pub wasm: Option<PathBuf>,
+}
+
+impl Setup {
+    pub fn new(policies: Vec<CompiledPolicy>, keys: &Keys) -> Setup {
+        Setup {
+            policies,
+            upstreams: BTreeMap::new(),
+            ledger: None,
+            envoy_path_hardening: true,
+            keys: keys.clone(),
+            env: Vec::new(),
+            concurrency: 2,
+            wasm: None,
+        }
+    }
+
+    /// Sends every vendor to one upstream (a mock).
+    pub fn upstream_all(mut self, url: &str) -> Setup {
+        for v in Vendor::ALL {
+            self.upstreams.insert(v, url.to_string());
+        }
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Setup {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The environment Envoy runs with: the keyring, canary secrets, the enforcer key.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            (KEYRING_ENV.into(), self.keys.spec.clone()),
+            ("BRIDLE_ENFORCER_KEY".into(), ENFORCER_KEY.into()),
+        ];
+        for v in Vendor::ALL {
+            let (name, value) = canary_secret(v);
+            env.push((name.into(), value.into()));
+        }
+        for (n, v) in &self.env {
+            env.retain(|(m, _)| m != n);
+            env.push((n.clone(), v.clone()));
+        }
+        env
+    }
+
+    pub fn render(&self) -> String {
+        let mut opts = EnvoyOptions {
+            wasm: self
+                .wasm
+                .clone()
+                .unwrap_or_else(wasm_path)
+                .display()
+                .to_string(),
+            listen: "127.0.0.1".into(),
+            admin_port: 0,
+            ledger: self.ledger.as_deref().map(|u| Upstream::parse(u).unwrap()),
+            envoy_path_hardening: self.envoy_path_hardening,
+            ..EnvoyOptions::default()
+        };
+        for v in Vendor::ALL {
+            opts.ports.insert(v, 0);
+        }
+        for (v, url) in &self.upstreams {
+            opts.upstreams.insert(*v, Upstream::parse(url).unwrap());
+        }
+        let bootstrap = render::envoy_bootstrap(&self.policies, &opts).unwrap();
+        render::to_yaml(&[bootstrap]).unwrap()
+    }
+}
+
+pub struct Envoy {
+    process: Guarded,
+    pub admin: u16,
+    ports: HashMap<String, u16>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until its admin endpoint says it is live and every listener is
+    /// bound. An Envoy that exits first (a refused configuration) is an `Err` with its log.
+    pub async fn start(setup: &Setup) -> Result<Envoy, String> {
+        Envoy::start_config(&setup.render(), &setup.environment(), setup.concurrency).await
+    }
+
+    pub async fn start_config(
+        yaml: &str,
+        env: &[(String, String)],
+        concurrency: u32,
+    ) -> Result<Envoy, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let admin_file = dir.path().join("admin.addr");
+        let mut cmd = Command::new(envoy_binary());
+        cmd.arg("-c")
+            .arg(&config)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                &concurrency.to_string(),
+                "-l",
+                "info",
+            ])
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("--log-path")
+            .arg(dir.path().join("envoy.log"))
+            .env_clear()
+            .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut process = Guarded::spawn(cmd).map_err(|e| format!("cannot start envoy: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let log = |dir: &tempfile::TempDir| {
+            std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default()
+        };
+        let admin: u16 = loop {
+            if let Some(status) = process.has_exited() {
+                return Err(format!(
+                    "envoy exited ({status}) before it was ready:\n{}",
+                    log(&dir)
+                ));
+            }
+            if let Ok(addr) = std::fs::read_to_string(&admin_file) {
+                if let Some(port) = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    break port;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "envoy wrote no admin address within a minute:\n{}",
+                    log(&dir)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        loop {
+            if let Some(status) = process.has_exited() {
+                return Err(format!(
+                    "envoy exited ({status}) before it was ready:\n{}",
+                    log(&dir)
+                ));
+            }
+            if let Ok(r) = Request::new("GET", "/ready")
+                .try_send(admin, Duration::from_secs(2))
+                .await
+            {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "envoy was not live within a minute:\n{}",
+                    log(&dir)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let listeners = Request::new("GET", "/listeners?format=json")
+            .send(admin)
+            .await
+            .json();
+        let mut ports = HashMap::new();
+        for l in listeners["listener_statuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let name = l["name"].as_str().unwrap_or_default().to_string();
+            let port = l["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .unwrap_or(0) as u16;
+            ports.insert(name, port);
+        }
+        Ok(Envoy {
+            process,
+            admin,
+            ports,
+            dir,
+        })
+    }
+
+    /// The listener port of a vendor.
+    pub fn port(&self, vendor: Vendor) -> u16 {
+        *self
+            .ports
+            .get(&format!("bridle_{vendor}"))
+            .unwrap_or_else(|| panic!("no listener for {vendor}: {:?}", self.ports))
+    }
+
+    pub fn listener_port(&self, name: &str) -> u16 {
+        *self
+            .ports
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.ports))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Every stat whose name matches the regex, as name -> value.
+    pub async fn stats(&self, regex: &str) -> BTreeMap<String, u64> {
+        let encoded: String = regex
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let r = Request::new("GET", format!("/stats?format=json&filter={encoded}"))
+            .send(self.admin)
+            .await;
+        let mut out = BTreeMap::new();
+        for s in r.json()["stats"].as_array().cloned().unwrap_or_default() {
+            if let (Some(n), Some(v)) = (s["name"].as_str(), s["value"].as_u64()) {
+                out.insert(n.to_string(), v);
+            }
+        }
+        out
+    }
+
+    /// A Bridle counter: `bridle.<vendor>.<policy>.<reason>`.
+    pub async fn counter(&self, vendor: Vendor, policy: &str, reason: &str) -> u64 {
+        let name = format!("wasmcustom.bridle.{vendor}.{policy}.{reason}");
+        let stats = self.stats(&format!("^{}$", name.replace('.', "\\."))).await;
+        *stats.get(&name).unwrap_or_else(|| panic!("no stat {name}"))
+    }
+}

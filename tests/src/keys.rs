@@ -1,0 +1,98 @@
+//! Signing keys, vault tokens and canary secrets for tests.
+//!
+//! Every vendor secret the tests hand Envoy is a canary: a value that must never show up in
+//! a response, a log, an audit record or a metric. Tests grep for them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bridle_core::token::{Claims, Keyring};
+use bridle_core::vendor::Vendor;
+
+pub const KEYRING_ENV: &str = "BRIDLE_KEYRING";
+pub const ENFORCER_KEY: &str = "enf_CANARY_enforcer_5b0d3a";
+pub const ADMIN_KEY: &str = "adm_CANARY_admin_7c11e4";
+
+/// The environment variable and canary value of each vendor's secret in test policies.
+pub fn canary_secret(vendor: Vendor) -> (&'static str, &'static str) {
+    match vendor {
+        Vendor::Stripe => ("STRIPE_SECRET_KEY", "sk_test_CANARY_stripe_9f3a61c2"),
+        Vendor::Twilio => (
+            "TWILIO_API_KEY",
+            "SK0000000000000000000000000CANARY:CANARY_twilio_secret_77",
+        ),
+        Vendor::Resend => ("RESEND_API_KEY", "re_CANARY_resend_2e8b4f"),
+        Vendor::Openai => ("OPENAI_API_KEY", "sk-CANARY-openai-c41d90"),
+        Vendor::Anthropic => ("ANTHROPIC_API_KEY", "sk-ant-CANARY-anthropic-83aa17"),
+    }
+}
+
+pub fn all_canaries() -> Vec<&'static str> {
+    let mut v: Vec<&str> = Vendor::ALL.iter().map(|v| canary_secret(*v).1).collect();
+    v.push(ENFORCER_KEY);
+    v.push(ADMIN_KEY);
+    v
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh keyring for one test.
+#[derive(Clone)]
+pub struct Keys {
+    pub spec: String,
+    pub ring: Keyring,
+}
+
+impl Keys {
+    pub fn generate() -> Keys {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).unwrap();
+        Keys::from_spec(&Keyring::encode_entry(
+            &format!("e2e-{}", random_hex(3)),
+            &key,
+        ))
+    }
+
+    pub fn from_spec(spec: &str) -> Keys {
+        Keys {
+            spec: spec.to_string(),
+            ring: Keyring::parse(spec).unwrap(),
+        }
+    }
+
+    pub fn mint(&self, claims: &Claims) -> String {
+        self.ring.mint(claims).unwrap()
+    }
+
+    /// A token for `policy` with no narrowing, valid for ten minutes.
+    pub fn token(&self, policy: &str, vendor: Vendor) -> String {
+        self.mint(&claims(policy, vendor))
+    }
+}
+
+/// Plain claims for `policy`: no narrowing, issued now, ten minutes to live.
+pub fn claims(policy: &str, vendor: Vendor) -> Claims {
+    let now = now();
+    Claims {
+        v: 1,
+        id: format!("tok_{}", random_hex(8)),
+        policy: policy.into(),
+        vendor,
+        iat: now - 5,
+        exp: now + 600,
+        label: format!("e2e/run-{}", random_hex(4)),
+        endpoints: None,
+        merchants: None,
+        caps: Default::default(),
+    }
+}

@@ -1,0 +1,49 @@
+//! The end-to-end harness: real processes, real sockets.
+//!
+//! - [`envoy::Envoy`] renders a bootstrap with `bridle render`'s own code, starts the Envoy
+//!   binary from the project's virtualenv with the built `.wasm`, and waits on its admin
+//!   endpoint until every listener is up.
+//! - [`mock::MockVendor`] is a vendor upstream that records exactly what it receives.
+//! - [`client`] speaks raw HTTP/1.1, so tests can send paths and headers that a URL library
+//!   would normalize or refuse.
+//!
+//! Nothing here skips: a missing Envoy binary or `.wasm` fails the test with the command
+//! that builds it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod client;
+pub mod envoy;
+pub mod keys;
+pub mod mock;
+pub mod process;
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A binary built by `cargo build` in this workspace (debug profile unless
+/// `BRIDLE_PROFILE=release`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let profile = std::env::var("BRIDLE_PROFILE").unwrap_or_else(|_| "debug".into());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let path = target.join(profile).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `make test`)",
+        path.display()
+    );
+    path
+}
