@@ -87,3 +87,7 @@ e2e: wasm envoy build
 
 .PHONY: test
 test: lint unit validate e2e
+
+.PHONY: run
+run: wasm envoy build
+	scripts/run.sh
