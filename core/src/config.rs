@@ -144,6 +144,16 @@ impl FilterConfig {
                 Err(es) => errors.extend(es.into_iter().map(|e| e.within(&field))),
             }
         }
+        if self.ledger.is_none() {
+            for (i, p) in self.policies.iter().enumerate() {
+                if let Some(j) = p.endpoints.iter().position(|e| e.cost.is_some()) {
+                    errors.push(ConfigError::new(
+                        format!("policies[{i}].endpoints[{j}].cost"),
+                        "costed endpoints need a ledger to count spend: configure ledger",
+                    ));
+                }
+            }
+        }
         if let Some(l) = &self.ledger {
             if l.cluster.is_empty() {
                 errors.push(ConfigError::new(

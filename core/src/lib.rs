@@ -13,7 +13,9 @@
     )
 )]
 
+pub mod body;
 pub mod config;
+pub mod cost;
 pub mod decision;
 pub mod duration;
 pub mod glob;
@@ -25,6 +27,7 @@ pub mod policy;
 pub mod policy_files;
 pub mod reason;
 pub mod revocation;
+pub mod sms;
 pub mod struct_pb;
 pub mod token;
 pub mod vendor;

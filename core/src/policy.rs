@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::CostRule;
 use crate::glob::EndpointPattern;
 use crate::money::{FxTable, Usd};
 use crate::vendor::{TenantSource, Vendor};
@@ -76,6 +77,9 @@ impl Merchants {
 pub struct Endpoint {
     pub method: String,
     pub path: String,
+    /// What a call costs; an endpoint without one is free and needs no ledger round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostRule>,
 }
 
 /// Spend caps, in US dollars. Each is optional; a token can only lower them.
@@ -343,6 +347,23 @@ impl Policy {
                 }
                 Err(err) => fail(&format!("endpoints[{i}]"), err.0),
             }
+            if let Some(cost) = &e.cost {
+                for err in cost.check(&format!("endpoints[{i}].cost")) {
+                    fail(&err.field, err.message);
+                }
+                for fixed in [&cost.amount, &cost.settle]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.currency.as_deref())
+                {
+                    if self.fx.rate(fixed).is_none() {
+                        fail(
+                            &format!("endpoints[{i}].cost"),
+                            format!("currency {fixed:?} needs a rate in fx"),
+                        );
+                    }
+                }
+            }
         }
 
         if let Some(lb) = &self.loop_breaker {
@@ -444,14 +465,17 @@ pub(crate) mod tests {
         p.endpoints.push(Endpoint {
             method: "GET".into(),
             path: "/v1/charges/**".into(),
+            cost: None,
         });
         p.endpoints.push(Endpoint {
             method: "GET".into(),
             path: "/v1/charges/*".into(),
+            cost: None,
         });
         p.endpoints.push(Endpoint {
             method: "FETCH".into(),
             path: "/v1/x".into(),
+            cost: None,
         });
         let errors = p.compile().unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();

@@ -1,0 +1,1 @@
+//! Request and response bodies, read strictly for cost rules (implementation in progress).

@@ -1,0 +1,1 @@
+//! SMS segment counting (implementation in progress).
