@@ -20,6 +20,7 @@ pub mod decision;
 pub mod duration;
 pub mod glob;
 pub mod issue;
+pub mod ledger_api;
 pub mod money;
 pub mod path;
 pub mod policy;

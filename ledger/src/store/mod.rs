@@ -1,0 +1,170 @@
+//! Storage behind the API. A backend must make `reserve` one atomic check-and-reserve, and
+//! must not answer a mutation before it is durable. The API layer knows only this trait, so
+//! a shared-database backend for several ledger replicas slots in beside these two.
+//!
+//! - [`sqlite::SqliteStore`]: the default. One writer thread owns the connection and the
+//!   in-memory accounts; it takes a batch of commands, applies them, commits once (WAL,
+//!   `synchronous=FULL`), then answers them all: one fsync carries many requests.
+//! - [`memory::MemoryStore`]: the same accounts under a lock, nothing persisted. For tests of
+//!   the API layer and as the reference the scenario tests hold the SQLite store to.
+
+use std::future::Future;
+
+use bridle_core::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle};
+use bridle_core::revocation::RevocationFeed;
+use bridle_core::token::Claims;
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::{Alert, PolicyView, RevokeOutcome, RevokeRequest, TokenRecord, TokenView};
+
+pub mod memory;
+pub mod sqlite;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    pub policy: Option<String>,
+    pub label_prefix: Option<String>,
+    /// active, revoked or expired
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub token_id: Option<String>,
+    pub label_prefix: Option<String>,
+    pub policy: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since_ms: Option<u64>,
+    /// Unix milliseconds, exclusive.
+    pub until_ms: Option<u64>,
+    pub limit: Option<usize>,
+    /// The `next` of a previous page.
+    pub after: Option<String>,
+}
+
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 10_000;
+
+impl AuditQuery {
+    pub fn page_size(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+    }
+
+    /// Decodes the cursor: `<at_ms>:<id>`, the last record of the previous page.
+    pub fn cursor(&self) -> Option<(u64, String)> {
+        let (at, id) = self.after.as_deref()?.split_once(':')?;
+        Some((at.parse().ok()?, id.to_string()))
+    }
+
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let eq = |want: &Option<String>, got: &Option<String>| {
+            want.as_ref().is_none_or(|w| got.as_ref() == Some(w))
+        };
+        eq(&self.token_id, &r.token_id)
+            && eq(&self.policy, &r.policy)
+            && self
+                .label_prefix
+                .as_ref()
+                .is_none_or(|p| r.label.as_ref().is_some_and(|l| l.starts_with(p.as_str())))
+            && self.since_ms.is_none_or(|s| r.at_ms >= s)
+            && self.until_ms.is_none_or(|u| r.at_ms < u)
+            && self
+                .cursor()
+                .is_none_or(|(at, id)| (r.at_ms, r.id.as_str()) > (at, id.as_str()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<String>,
+}
+
+impl AuditPage {
+    pub fn from_sorted(mut records: Vec<AuditRecord>, limit: usize) -> AuditPage {
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next = if more {
+            records.last().map(|r| format!("{}:{}", r.at_ms, r.id))
+        } else {
+            None
+        };
+        AuditPage { records, next }
+    }
+}
+
+/// An alert waiting in the outbox for webhook delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutboxAlert {
+    pub alert: Alert,
+    pub attempts: u32,
+}
+
+impl TokenQuery {
+    pub fn matches(&self, v: &TokenView) -> bool {
+        self.policy.as_ref().is_none_or(|p| &v.record.policy == p)
+            && self
+                .label_prefix
+                .as_ref()
+                .is_none_or(|p| v.record.label.starts_with(p.as_str()))
+            && self.status.as_ref().is_none_or(|s| v.status == s)
+    }
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn issue(&self, record: TokenRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Checks every cap and reserves, atomically. `claims` are already verified.
+    fn reserve(
+        &self,
+        claims: Claims,
+        request: ReserveRequest,
+    ) -> impl Future<Output = StoreResult<ReserveResponse>> + Send;
+    /// Applies settles; returns how many changed a reservation.
+    fn settle(&self, settles: Vec<Settle>) -> impl Future<Output = StoreResult<usize>> + Send;
+    /// Stores audit records; a record whose id is already stored is skipped.
+    fn append_audit(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> impl Future<Output = StoreResult<usize>> + Send;
+    fn revoke(
+        &self,
+        request: RevokeRequest,
+    ) -> impl Future<Output = StoreResult<Result<RevokeOutcome, String>>> + Send;
+    fn revocations(&self, since: u64) -> impl Future<Output = StoreResult<RevocationFeed>> + Send;
+    fn token(&self, id: String) -> impl Future<Output = StoreResult<Option<TokenView>>> + Send;
+    fn tokens(&self, query: TokenQuery)
+        -> impl Future<Output = StoreResult<Vec<TokenView>>> + Send;
+    fn policies(&self) -> impl Future<Output = StoreResult<Vec<PolicyView>>> + Send;
+    fn audit(&self, query: AuditQuery) -> impl Future<Output = StoreResult<AuditPage>> + Send;
+    /// Expires unsettled reservations into spend and forgets what nothing needs any more.
+    fn maintain(&self) -> impl Future<Output = StoreResult<usize>> + Send;
+    /// Alerts due for (re)delivery.
+    fn due_alerts(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<OutboxAlert>>> + Send;
+    /// Records a delivery attempt: delivered, or retried at `next_attempt_ms` (`None`: give up).
+    fn alert_attempted(
+        &self,
+        id: String,
+        delivered: bool,
+        next_attempt_ms: Option<u64>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}

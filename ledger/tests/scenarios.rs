@@ -1,0 +1,720 @@
+//! Storage scenarios, each run against every backend by `scenarios!`: caps of every kind,
+//! rolling windows, two-phase settles, idempotency, expiry, revocation, audit, alerts and
+//! concurrency. Durability across a reopen is SQLite's alone and is tested below.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable
+)]
+
+use std::sync::Arc;
+
+use bridle_core::ledger_api::{
+    AuditRecord, ReserveRequest, ReserveResponse, Settle, SettleOutcome,
+};
+use bridle_core::money::Usd;
+use bridle_core::policy::{CapsNarrowing, CompiledPolicy, Policy};
+use bridle_core::token::Claims;
+use bridle_core::vendor::Vendor;
+use bridle_core::Reason;
+use bridle_ledger::accounts::{CapKind, RevokeRequest, TokenRecord};
+use bridle_ledger::clock::{ManualClock, SharedClock};
+use bridle_ledger::store::memory::MemoryStore;
+use bridle_ledger::store::sqlite::SqliteStore;
+use bridle_ledger::store::{AuditQuery, Store, TokenQuery};
+
+const T0: u64 = 1_800_000_000_000;
+const TTL_MS: u64 = 15 * 60 * 1000;
+
+fn policies() -> Vec<CompiledPolicy> {
+    let p: Policy = serde_json::from_value(serde_json::json!({
+        "name": "pay", "vendor": "stripe", "secret_env": "S", "max_ttl": "4h",
+        "merchants": { "allow_unscoped": true },
+        "endpoints": [{ "method": "POST", "path": "/v1/payment_intents" }],
+        "caps": { "per_transaction": "50", "per_window": "100", "lifetime": "150", "policy_per_window": "250", "window": "1h" },
+    }))
+    .unwrap();
+    vec![p.compile().unwrap()]
+}
+
+struct Fixture<S> {
+    store: Arc<S>,
+    clock: ManualClock,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn memory() -> Fixture<MemoryStore> {
+    let clock = ManualClock::at(T0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    Fixture {
+        store: Arc::new(MemoryStore::new(&policies(), TTL_MS, shared)),
+        clock,
+        _dir: None,
+    }
+}
+
+fn sqlite() -> Fixture<SqliteStore> {
+    let clock = ManualClock::at(T0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SqliteStore::open(&dir.path().join("ledger.db"), &policies(), TTL_MS, shared).unwrap();
+    Fixture {
+        store: Arc::new(store),
+        clock,
+        _dir: Some(dir),
+    }
+}
+
+fn claims(id: &str, label: &str) -> Claims {
+    Claims {
+        v: 1,
+        id: id.into(),
+        policy: "pay".into(),
+        vendor: Vendor::Stripe,
+        iat: T0 / 1000,
+        exp: T0 / 1000 + 4 * 3600,
+        label: label.into(),
+        endpoints: None,
+        merchants: None,
+        caps: CapsNarrowing::default(),
+    }
+}
+
+fn usd(s: &str) -> Usd {
+    Usd::parse(s).unwrap()
+}
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn req(amount: &str) -> ReserveRequest {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    ReserveRequest {
+        token: String::new(),
+        request_id: format!("{n:032x}"),
+        method: "POST".into(),
+        path: "/v1/payment_intents".into(),
+        merchant: None,
+        amount: usd(amount),
+        detail: format!("${amount}"),
+        idempotency_key: None,
+    }
+}
+
+async fn reserve<S: Store>(s: &S, c: &Claims, amount: &str) -> ReserveResponse {
+    s.reserve(c.clone(), req(amount)).await.unwrap()
+}
+
+fn granted(r: &ReserveResponse) -> String {
+    match r {
+        ReserveResponse::Granted {
+            reservation,
+            replay: false,
+        } => reservation.clone(),
+        other => panic!("expected a fresh grant, got {other:?}"),
+    }
+}
+
+fn denied(r: &ReserveResponse) -> Reason {
+    match r {
+        ReserveResponse::Denied { reason, .. } => *reason,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+async fn settle<S: Store>(
+    s: &S,
+    id: &str,
+    outcome: SettleOutcome,
+    amount: Option<&str>,
+    replay: bool,
+) -> usize {
+    s.settle(vec![Settle {
+        reservation: id.into(),
+        outcome,
+        amount: amount.map(usd),
+        replay,
+    }])
+    .await
+    .unwrap()
+}
+
+async fn window_spend<S: Store>(s: &S, id: &str) -> Usd {
+    s.token(id.into()).await.unwrap().unwrap().spend.window
+}
+
+// --- scenarios ------------------------------------------------------------------------
+
+async fn each_cap_kind_refuses_with_its_reason<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_a", "acme/a");
+    assert_eq!(
+        denied(&reserve(s, &a, "50.01").await),
+        Reason::CapPerTransaction
+    );
+    granted(&reserve(s, &a, "50").await);
+    granted(&reserve(s, &a, "50").await);
+    let r = reserve(s, &a, "0.01").await;
+    assert_eq!(denied(&r), Reason::CapWindow);
+    let ReserveResponse::Denied { message, .. } = r else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("$100.00 cap") && message.contains("$100.00 already spent"),
+        "{message}"
+    );
+    // An hour later the window is clear, but the lifetime cap ($150) is not.
+    f.clock.advance(3_600_001);
+    granted(&reserve(s, &a, "50").await);
+    assert_eq!(denied(&reserve(s, &a, "1").await), Reason::CapLifetime);
+    // The policy aggregate ($250/h) spans tokens: b and c share it with a's $50.
+    let (b, c) = (claims("tok_b", "acme/b"), claims("tok_c", "acme/c"));
+    granted(&reserve(s, &b, "50").await);
+    granted(&reserve(s, &b, "50").await);
+    granted(&reserve(s, &c, "50").await);
+    granted(&reserve(s, &c, "50").await);
+    assert_eq!(
+        denied(&reserve(s, &c, "0.01").await),
+        Reason::CapWindow,
+        "c is at its own cap first"
+    );
+    assert_eq!(
+        denied(&reserve(s, &claims("tok_d", "acme/d"), "0.01").await),
+        Reason::CapPolicy
+    );
+}
+
+async fn token_narrowing_lowers_caps<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let mut c = claims("tok_n", "acme/n");
+    c.caps = CapsNarrowing {
+        per_transaction: Some(usd("5")),
+        per_window: Some(usd("7")),
+        lifetime: None,
+    };
+    assert_eq!(
+        denied(&reserve(s, &c, "6").await),
+        Reason::CapPerTransaction
+    );
+    granted(&reserve(s, &c, "5").await);
+    assert_eq!(denied(&reserve(s, &c, "2.01").await), Reason::CapWindow);
+    granted(&reserve(s, &c, "2").await);
+}
+
+async fn settles_move_spend_and_are_idempotent<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_s", "acme/s");
+    let r1 = granted(&reserve(s, &a, "40").await);
+    let r2 = granted(&reserve(s, &a, "40").await);
+    let r3 = granted(&reserve(s, &a, "20").await);
+    assert_eq!(window_spend(s, "tok_s").await, usd("100"));
+    // 2xx with the actual cost: commit $30 of the $40.
+    assert_eq!(
+        settle(s, &r1, SettleOutcome::Commit, Some("30"), false).await,
+        1
+    );
+    // 4xx: release.
+    assert_eq!(settle(s, &r2, SettleOutcome::Release, None, false).await, 1);
+    // 5xx: hold, still counted.
+    assert_eq!(settle(s, &r3, SettleOutcome::Hold, None, false).await, 1);
+    assert_eq!(window_spend(s, "tok_s").await, usd("50"));
+    // Settling again changes nothing, whatever the outcome.
+    assert_eq!(settle(s, &r1, SettleOutcome::Release, None, false).await, 0);
+    assert_eq!(
+        settle(s, &r2, SettleOutcome::Commit, Some("40"), false).await,
+        0
+    );
+    assert_eq!(window_spend(s, "tok_s").await, usd("50"));
+    // A held reservation can still be resolved by a later answer.
+    assert_eq!(settle(s, &r3, SettleOutcome::Commit, None, false).await, 1);
+    assert_eq!(window_spend(s, "tok_s").await, usd("50"));
+    // Unknown reservations are ignored.
+    assert_eq!(
+        settle(s, &"f".repeat(32), SettleOutcome::Commit, None, false).await,
+        0
+    );
+}
+
+async fn idempotency_keys_never_count_twice<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_i", "acme/i");
+    let mut first = req("30");
+    first.idempotency_key = Some("key-1".into());
+    let r = s.reserve(a.clone(), first.clone()).await.unwrap();
+    let id = granted(&r);
+    for _ in 0..3 {
+        let mut retry = req("30");
+        retry.idempotency_key = Some("key-1".into());
+        assert_eq!(
+            s.reserve(a.clone(), retry).await.unwrap(),
+            ReserveResponse::Granted {
+                reservation: id.clone(),
+                replay: true
+            }
+        );
+    }
+    assert_eq!(window_spend(s, "tok_i").await, usd("30"));
+    // A replay's settle can confirm but never release the original.
+    assert_eq!(settle(s, &id, SettleOutcome::Release, None, true).await, 0);
+    assert_eq!(window_spend(s, "tok_i").await, usd("30"));
+    assert_eq!(settle(s, &id, SettleOutcome::Commit, None, true).await, 1);
+    // The same key from another token is another reservation.
+    let mut other = req("30");
+    other.idempotency_key = Some("key-1".into());
+    granted(&s.reserve(claims("tok_j", "acme/j"), other).await.unwrap());
+    // The same request id resent is the same reservation; from another token, refused.
+    let again = s.reserve(a.clone(), first.clone()).await.unwrap();
+    assert_eq!(
+        again,
+        ReserveResponse::Granted {
+            reservation: id.clone(),
+            replay: true
+        }
+    );
+    assert_eq!(
+        denied(
+            &s.reserve(
+                claims("tok_k", "acme/k"),
+                ReserveRequest {
+                    idempotency_key: None,
+                    ..first
+                }
+            )
+            .await
+            .unwrap()
+        ),
+        Reason::Internal
+    );
+}
+
+async fn unsettled_reservations_expire_into_spend<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_e", "acme/e");
+    let r = granted(&reserve(s, &a, "40").await);
+    f.clock.advance(TTL_MS + 1);
+    assert_eq!(s.maintain().await.unwrap(), 1);
+    assert_eq!(window_spend(s, "tok_e").await, usd("40"));
+    // Expired is final: a late release cannot undo it.
+    assert_eq!(settle(s, &r, SettleOutcome::Release, None, false).await, 0);
+    assert_eq!(window_spend(s, "tok_e").await, usd("40"));
+}
+
+async fn revocations_by_id_prefix_and_policy<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    for (id, label) in [
+        ("tok_1", "acme/agent-1/run-1"),
+        ("tok_2", "acme/agent-1/run-2"),
+        ("tok_3", "acme/agent-2/run-1"),
+        ("tok_4", "other/x"),
+    ] {
+        s.issue(TokenRecord::from_claims(&claims(id, label), true))
+            .await
+            .unwrap();
+    }
+    let out = s
+        .revoke(RevokeRequest {
+            token_id: Some("tok_4".into()),
+            label_prefix: None,
+            policy: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.tokens_revoked, 1);
+    assert_eq!(
+        denied(&reserve(s, &claims("tok_4", "other/x"), "1").await),
+        Reason::TokenRevoked
+    );
+    let out = s
+        .revoke(RevokeRequest {
+            token_id: None,
+            label_prefix: Some("acme/agent-1/".into()),
+            policy: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.tokens_revoked, 2);
+    assert_eq!(
+        denied(&reserve(s, &claims("tok_1", "acme/agent-1/run-1"), "1").await),
+        Reason::TokenRevoked
+    );
+    granted(&reserve(s, &claims("tok_3", "acme/agent-2/run-1"), "1").await);
+    // A token minted offline (never issued here) with a revoked prefix is refused too.
+    assert_eq!(
+        denied(&reserve(s, &claims("tok_9", "acme/agent-1/run-9"), "1").await),
+        Reason::TokenRevoked
+    );
+    // A token issued after the revocation is a new grant.
+    f.clock.advance(2000);
+    let mut later = claims("tok_5", "acme/agent-1/run-3");
+    later.iat = f.clock_now_s();
+    granted(&reserve(s, &later, "1").await);
+    // The feed carries everything after `since`, in order.
+    let feed = s.revocations(0).await.unwrap();
+    assert_eq!(
+        feed.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(s.revocations(1).await.unwrap().entries.len(), 1);
+    assert_eq!(s.revocations(2).await.unwrap().entries.len(), 0);
+    let out = s
+        .revoke(RevokeRequest {
+            token_id: None,
+            label_prefix: None,
+            policy: Some("pay".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.tokens_revoked >= 2);
+    assert_eq!(denied(&reserve(s, &later, "1").await), Reason::TokenRevoked);
+    let revoked = s
+        .tokens(TokenQuery {
+            status: Some("revoked".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(revoked.len() >= 5, "{}", revoked.len());
+    assert!(s
+        .revoke(RevokeRequest {
+            token_id: None,
+            label_prefix: Some(String::new()),
+            policy: None
+        })
+        .await
+        .unwrap()
+        .is_err());
+    assert!(s
+        .revoke(RevokeRequest {
+            token_id: Some("tok_1".into()),
+            label_prefix: Some("x".into()),
+            policy: None
+        })
+        .await
+        .unwrap()
+        .is_err());
+    assert!(s
+        .revoke(RevokeRequest {
+            token_id: None,
+            label_prefix: None,
+            policy: Some("nope".into())
+        })
+        .await
+        .unwrap()
+        .is_err());
+}
+
+fn record(id: u64, at_ms: u64, token: &str, label: &str) -> AuditRecord {
+    AuditRecord {
+        id: format!("{id:032x}"),
+        at_ms,
+        vendor: Vendor::Stripe,
+        token_id: Some(token.into()),
+        label: Some(label.into()),
+        policy: Some("pay".into()),
+        method: "GET".into(),
+        path: "/v1/charges/ch_1".into(),
+        status: 200,
+        reason: Reason::Allowed,
+        cost: None,
+        reservation: None,
+        merchant: None,
+    }
+}
+
+async fn audit_is_deduplicated_filtered_and_paged<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let batch: Vec<AuditRecord> = (0..25)
+        .map(|i| {
+            record(
+                i,
+                T0 + i,
+                if i % 2 == 0 { "tok_x" } else { "tok_y" },
+                if i < 10 { "acme/a" } else { "beta/b" },
+            )
+        })
+        .collect();
+    assert_eq!(s.append_audit(batch.clone()).await.unwrap(), 25);
+    assert_eq!(
+        s.append_audit(batch.clone()).await.unwrap(),
+        0,
+        "a resent batch adds nothing"
+    );
+    let all = s
+        .audit(AuditQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.records.len(), 25);
+    assert_eq!(all.next, None);
+    let by_token = s
+        .audit(AuditQuery {
+            token_id: Some("tok_x".into()),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_token.records.len(), 13);
+    let by_prefix = s
+        .audit(AuditQuery {
+            label_prefix: Some("acme/".into()),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_prefix.records.len(), 10);
+    let by_time = s
+        .audit(AuditQuery {
+            since_ms: Some(T0 + 5),
+            until_ms: Some(T0 + 8),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_time
+            .records
+            .iter()
+            .map(|r| r.at_ms - T0)
+            .collect::<Vec<_>>(),
+        [5, 6, 7]
+    );
+    // Paging visits every record exactly once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .audit(AuditQuery {
+                limit: Some(7),
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, batch.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+}
+
+async fn alerts_fire_once_per_threshold_per_window<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_al", "acme/al");
+    granted(&reserve(s, &a, "50").await); // 50% of the $100 window cap
+    assert!(s.due_alerts(100).await.unwrap().is_empty());
+    granted(&reserve(s, &a, "30").await); // 80%
+    granted(&reserve(s, &a, "5").await); // 85%: 80% already fired
+    let due = s.due_alerts(100).await.unwrap();
+    let window_80: Vec<_> = due
+        .iter()
+        .filter(|o| o.alert.cap == CapKind::PerWindow && o.alert.threshold == 80)
+        .collect();
+    assert_eq!(window_80.len(), 1, "{due:?}");
+    assert_eq!(window_80[0].alert.spent, usd("80"));
+    assert_eq!(window_80[0].alert.label.as_deref(), Some("acme/al"));
+    // A refusal by the cap fires its 100% alert, once.
+    assert_eq!(denied(&reserve(s, &a, "20").await), Reason::CapWindow);
+    assert_eq!(denied(&reserve(s, &a, "20").await), Reason::CapWindow);
+    let due = s.due_alerts(100).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .filter(|o| o.alert.cap == CapKind::PerWindow && o.alert.threshold == 100)
+            .count(),
+        1,
+        "{due:?}"
+    );
+    for o in &due {
+        s.alert_attempted(o.alert.id.clone(), true, None)
+            .await
+            .unwrap();
+    }
+    assert!(s.due_alerts(100).await.unwrap().is_empty());
+    // A failed delivery is retried when due, then given up on.
+    granted(&reserve(s, &claims("tok_al2", "acme/al2"), "40").await); // lifetime/window at 40%: nothing
+    assert!(s.due_alerts(100).await.unwrap().is_empty());
+    // In the next window the thresholds can fire again.
+    f.clock.advance(3_600_001);
+    granted(&reserve(s, &a, "50").await); // lifetime $135 of $150 = 90%: lifetime 80% fires (once ever)
+    let due = s.due_alerts(100).await.unwrap();
+    assert!(
+        due.iter()
+            .any(|o| o.alert.cap == CapKind::Lifetime && o.alert.threshold == 80),
+        "{due:?}"
+    );
+    let id = due[0].alert.id.clone();
+    s.alert_attempted(id.clone(), false, Some(f.clock_now_ms() + 1000))
+        .await
+        .unwrap();
+    assert!(!s
+        .due_alerts(100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|o| o.alert.id == id));
+    f.clock.advance(1001);
+    let retried = s.due_alerts(100).await.unwrap();
+    assert_eq!(
+        retried
+            .iter()
+            .find(|o| o.alert.id == id)
+            .map(|o| o.attempts),
+        Some(1)
+    );
+}
+
+async fn concurrent_reserves_never_exceed_a_cap<S: Store>(f: Fixture<S>) {
+    let store = f.store.clone();
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // 8 tokens share the $250 policy aggregate; each also has a $100 window cap.
+            let c = claims(&format!("tok_c{}", i % 8), "acme/c");
+            store.reserve(c, req("3.33")).await.unwrap()
+        }));
+    }
+    let mut granted_micros = 0i64;
+    for t in tasks {
+        if let ReserveResponse::Granted { replay: false, .. } = t.await.unwrap() {
+            granted_micros += usd("3.33").micros();
+        }
+    }
+    assert!(
+        granted_micros <= usd("250").micros(),
+        "granted ${}",
+        Usd::from_micros(granted_micros).unwrap()
+    );
+    // And the cap is reached as closely as $3.33 steps allow: nothing was refused early.
+    assert!(granted_micros > usd("250").micros() - usd("3.33").micros());
+    let policy = store.policies().await.unwrap();
+    assert_eq!(policy[0].window_spend.micros(), granted_micros);
+}
+
+impl<S> Fixture<S> {
+    fn clock_now_ms(&self) -> u64 {
+        bridle_ledger::clock::Clock::now_ms(&self.clock)
+    }
+
+    fn clock_now_s(&self) -> u64 {
+        self.clock_now_ms() / 1000
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(memory()).await } )*
+        }
+        mod sqlite_backend {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(sqlite()).await } )*
+        }
+    };
+}
+
+scenarios!(
+    each_cap_kind_refuses_with_its_reason,
+    token_narrowing_lowers_caps,
+    settles_move_spend_and_are_idempotent,
+    idempotency_keys_never_count_twice,
+    unsettled_reservations_expire_into_spend,
+    revocations_by_id_prefix_and_policy,
+    audit_is_deduplicated_filtered_and_paged,
+    alerts_fire_once_per_threshold_per_window,
+    concurrent_reserves_never_exceed_a_cap,
+);
+
+/// SQLite's own promise: whatever was answered is on disk, and a reopened store has the
+/// same spend, tokens, revocations, idempotency keys and alert history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_state_survives_a_reopen() {
+    let clock = ManualClock::at(T0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let a = claims("tok_p", "acme/p");
+    let mut keyed = req("30");
+    keyed.idempotency_key = Some("k".into());
+    let (held, keyed_id) = {
+        let s = SqliteStore::open(&path, &policies(), TTL_MS, shared.clone()).unwrap();
+        s.issue(TokenRecord::from_claims(&a, true)).await.unwrap();
+        let r1 = granted(&s.reserve(a.clone(), req("20")).await.unwrap());
+        settle(&s, &r1, SettleOutcome::Commit, Some("15"), false).await;
+        let held = granted(&s.reserve(a.clone(), req("10")).await.unwrap());
+        let keyed_id = granted(&s.reserve(a.clone(), keyed.clone()).await.unwrap());
+        s.revoke(RevokeRequest {
+            token_id: None,
+            label_prefix: Some("gone/".into()),
+            policy: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        granted(&s.reserve(a.clone(), req("30")).await.unwrap()); // 85% of $100: alert
+        (held, keyed_id)
+        // Dropped without any shutdown: the writer thread dies with the channel.
+    };
+    let s = SqliteStore::open(&path, &policies(), TTL_MS, shared.clone()).unwrap();
+    let view = s.token("tok_p".into()).await.unwrap().unwrap();
+    assert_eq!(view.spend.window, usd("85"));
+    assert_eq!(view.spend.lifetime, usd("85"));
+    assert!(view.record.issued);
+    assert_eq!(s.revocations(0).await.unwrap().entries.len(), 1);
+    assert_eq!(
+        denied(&reserve(&s, &claims("tok_q", "gone/q"), "1").await),
+        Reason::TokenRevoked
+    );
+    assert_eq!(
+        s.reserve(
+            a.clone(),
+            ReserveRequest {
+                request_id: "9".repeat(32),
+                ..keyed
+            }
+        )
+        .await
+        .unwrap(),
+        ReserveResponse::Granted {
+            reservation: keyed_id,
+            replay: true
+        }
+    );
+    // The held reservation is still open and can be settled after the restart.
+    assert_eq!(
+        settle(&s, &held, SettleOutcome::Release, None, false).await,
+        1
+    );
+    assert_eq!(window_spend(&s, "tok_p").await, usd("75"));
+    // The 80% alert was already fired before the restart: not again.
+    granted(&reserve(&s, &a, "5").await);
+    let due = s.due_alerts(100).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .filter(|o| o.alert.cap == CapKind::PerWindow && o.alert.threshold == 80)
+            .count(),
+        1
+    );
+    // Revocation sequence numbers keep growing after a restart.
+    let out = s
+        .revoke(RevokeRequest {
+            token_id: Some("tok_p".into()),
+            label_prefix: None,
+            policy: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.revocation.seq, 2);
+}
