@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::money::Usd;
+use crate::body::{json_get, shown, Body, Item, Lookup};
+use crate::money::{minor_unit_exponent, FxTable, MoneyError, Usd};
 use crate::policy::ConfigError;
 
 /// Where an amount lives in a body: `field` holds integer minor units of the currency named
@@ -196,6 +197,404 @@ impl CostRule {
     }
 }
 
+// Evaluation: what a given request costs.
+
+/// An amount read from a body has at most this many digits (in minor units).
+const MAX_AMOUNT_DIGITS: usize = 18;
+/// No single cost may exceed a billion dollars (in micro-dollars), like every amount in a
+/// policy: the ledger's sums of many costs stay far inside i64.
+const MAX_COST_MICROS: i64 = 1_000_000_000 * 1_000_000;
+/// Twilio's message text field.
+const DEFAULT_TEXT_FIELD: &str = "Body";
+/// Email recipient fields, as Resend (and most email APIs) name them.
+const DEFAULT_RECIPIENT_FIELDS: [&str; 3] = ["to", "cc", "bcc"];
+
+/// What a request will cost: the reservation, and a short human description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    pub reserve: Usd,
+    pub detail: String,
+}
+
+/// Why a request's cost cannot be determined. `reason` is `BodyUnreadable` (a body that is not
+/// strict form or JSON, including a JSON body with a duplicate key), `CostUndetermined` (the
+/// amount is absent, ambiguous, malformed or overflows) or `CurrencyUnknown`; `message` says
+/// what is wrong in terms of the request, and never echoes the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostError {
+    pub reason: crate::Reason,
+    pub message: String,
+}
+
+impl CostError {
+    fn undetermined(message: impl Into<String>) -> CostError {
+        CostError {
+            reason: crate::Reason::CostUndetermined,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for CostError {}
+
+fn read_body(content_type: Option<&[u8]>, body: &[u8]) -> Result<Body, CostError> {
+    Body::read(content_type, body).map_err(|e| CostError {
+        reason: crate::Reason::BodyUnreadable,
+        message: e.0,
+    })
+}
+
+/// `usd` if it is at most [`MAX_COST_MICROS`].
+fn within_limit(usd: Usd) -> Option<Usd> {
+    (usd.micros() <= MAX_COST_MICROS).then_some(usd)
+}
+
+/// Converts with the policy's rates, naming the problem in the policy's terms.
+fn convert(fx: &FxTable, minor: u64, currency: &str) -> Result<Usd, CostError> {
+    let too_large = || {
+        CostError::undetermined(format!(
+            "{minor} {currency} (in minor units) is more than the $1,000,000,000 Bridle can price"
+        ))
+    };
+    let usd = fx.to_usd(minor, currency).map_err(|e| match e {
+        MoneyError::UnknownCurrency(c) => CostError {
+            reason: crate::Reason::CurrencyUnknown,
+            message: format!("currency {c:?} has no exchange rate in policy"),
+        },
+        _ => too_large(),
+    })?;
+    within_limit(usd).ok_or_else(too_large)
+}
+
+/// `1999` minor units of usd as `19.99`, of jpy as `1999`, of kwd as `1.999`.
+fn in_major_units(minor: u64, currency: &str) -> String {
+    let exponent = minor_unit_exponent(currency) as usize;
+    let digits = format!("{minor:0>width$}", width = exponent.saturating_add(1));
+    let split = digits.len().saturating_sub(exponent);
+    match digits.split_at_checked(split) {
+        Some((whole, frac)) if !frac.is_empty() => format!("{whole}.{frac}"),
+        _ => digits,
+    }
+}
+
+/// A whole number of minor units written as text: ASCII digits only, no sign, no leading
+/// zero, at most [`MAX_AMOUNT_DIGITS`] digits.
+fn parse_minor(field: &str, text: &str) -> Result<u64, CostError> {
+    let not_whole = || {
+        CostError::undetermined(format!(
+            "{field} {} is not a whole number of minor currency units, such as 2000 for $20.00",
+            shown(text)
+        ))
+    };
+    if text.is_empty() {
+        return Err(CostError::undetermined(format!("{field} is empty")));
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_whole());
+    }
+    if text.len() > 1 && text.starts_with('0') {
+        return Err(CostError::undetermined(format!(
+            "{field} {} has a leading zero",
+            shown(text)
+        )));
+    }
+    if text.len() > MAX_AMOUNT_DIGITS {
+        return Err(CostError::undetermined(format!(
+            "{field} has more than {MAX_AMOUNT_DIGITS} digits"
+        )));
+    }
+    text.parse().map_err(|_| not_whole())
+}
+
+/// What `lookup` says about an amount: `None` if absent.
+fn amount_of(field: &str, lookup: Lookup<'_>) -> Result<Option<u64>, CostError> {
+    let not_whole = || {
+        CostError::undetermined(format!(
+            "{field} must be a single whole number of minor currency units, such as 2000 for $20.00"
+        ))
+    };
+    match lookup {
+        Lookup::Absent => Ok(None),
+        Lookup::Ambiguous => Err(CostError::undetermined(format!(
+            "{field} is given more than once"
+        ))),
+        Lookup::List(_) | Lookup::Nested => Err(not_whole()),
+        Lookup::One(Item::Text(text)) => parse_minor(field, text).map(Some),
+        Lookup::One(Item::Json(value)) => match value {
+            serde_json::Value::String(text) => parse_minor(field, text).map(Some),
+            serde_json::Value::Number(n) => match n.as_u64() {
+                Some(v) if v.to_string().len() <= MAX_AMOUNT_DIGITS => Ok(Some(v)),
+                Some(_) => Err(CostError::undetermined(format!(
+                    "{field} has more than {MAX_AMOUNT_DIGITS} digits"
+                ))),
+                None if n.is_i64() => Err(CostError::undetermined(format!(
+                    "{field} is negative"
+                ))),
+                None => Err(CostError::undetermined(format!(
+                    "{field} is not a whole number: give minor currency units, such as 2000 for $20.00"
+                ))),
+            },
+            _ => Err(not_whole()),
+        },
+    }
+}
+
+impl AmountField {
+    /// How the rule names its currency, for messages: `currency`, or `eur`.
+    fn currency_source(&self) -> String {
+        match (&self.currency_field, &self.currency) {
+            (Some(f), _) => f.clone(),
+            (None, Some(c)) => format!("{c} (fixed)"),
+            (None, None) => "a currency".into(),
+        }
+    }
+
+    fn read_currency(&self, body: &Body, whose: &str) -> Result<String, CostError> {
+        let field = match (&self.currency_field, &self.currency) {
+            (Some(field), _) => field,
+            (None, Some(fixed)) => return Ok(fixed.to_ascii_lowercase()),
+            (None, None) => {
+                return Err(CostError::undetermined(
+                    "this endpoint's cost rule names no currency",
+                ))
+            }
+        };
+        let code = |text: &str| {
+            (text.len() == 3 && text.bytes().all(|b| b.is_ascii_alphabetic()))
+                .then(|| text.to_ascii_lowercase())
+                .ok_or_else(|| {
+                    CostError::undetermined(format!(
+                        "{field} {} is not a three-letter currency code such as usd",
+                        shown(text)
+                    ))
+                })
+        };
+        match body.get(field) {
+            Lookup::Absent => Err(CostError::undetermined(format!(
+                "{whose} has no {field}: the amount in {} is in the currency it names",
+                self.field
+            ))),
+            Lookup::Ambiguous => Err(CostError::undetermined(format!(
+                "{field} is given more than once"
+            ))),
+            Lookup::One(item) => match item.as_str() {
+                Some(text) => code(text),
+                None => Err(CostError::undetermined(format!(
+                    "{field} must be a three-letter currency code such as usd"
+                ))),
+            },
+            Lookup::List(_) | Lookup::Nested => Err(CostError::undetermined(format!(
+                "{field} must be a single three-letter currency code such as usd"
+            ))),
+        }
+    }
+
+    /// The amount (in minor units) and its lowercase currency, or `None` if the body names no
+    /// amount. `whose` names the body in messages: "the request body".
+    fn read(&self, body: &Body, whose: &str) -> Result<Option<(u64, String)>, CostError> {
+        let Some(minor) = amount_of(&self.field, body.get(&self.field))? else {
+            return Ok(None);
+        };
+        let currency = self.read_currency(body, whose)?;
+        Ok(Some((minor, currency)))
+    }
+
+    /// Reads the amount this field names from a body (e.g. a response, for settling) and
+    /// converts it to dollars with `fx`.
+    pub fn read_usd(
+        &self,
+        fx: &FxTable,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<Usd, CostError> {
+        let parsed = read_body(content_type, body)?;
+        match self.read(&parsed, "the body")? {
+            Some((minor, currency)) => convert(fx, minor, &currency),
+            None => Err(CostError::undetermined(format!(
+                "the body has no {}",
+                self.field
+            ))),
+        }
+    }
+}
+
+/// How many addresses `lookup` holds: a string is one address (or a comma- or
+/// semicolon-separated list of them: counting every part may overcount a quoted display name,
+/// never undercount), a list holds strings, null and absent hold none.
+fn count_addresses(field: &str, lookup: Lookup<'_>) -> Result<u64, CostError> {
+    fn in_text(text: &str) -> u64 {
+        let parts = text
+            .split([',', ';'])
+            .filter(|part| !part.trim().is_empty())
+            .count();
+        u64::try_from(parts).unwrap_or(u64::MAX)
+    }
+    let not_addresses = || {
+        CostError::undetermined(format!(
+            "{field} must be an email address or a list of addresses"
+        ))
+    };
+    match lookup {
+        Lookup::Absent | Lookup::One(Item::Json(serde_json::Value::Null)) => Ok(0),
+        Lookup::One(item) => item.as_str().map(in_text).ok_or_else(not_addresses),
+        Lookup::List(items) => items.iter().try_fold(0u64, |sum, item| {
+            let n = item.as_str().map(in_text).ok_or_else(not_addresses)?;
+            Ok(sum.saturating_add(n))
+        }),
+        Lookup::Ambiguous => Err(CostError::undetermined(format!(
+            "{field} is given more than once"
+        ))),
+        Lookup::Nested => Err(not_addresses()),
+    }
+}
+
+impl CostRule {
+    /// The cost of a request from its Content-Type header value and its whole body.
+    ///
+    /// The body is read only when the rule needs it: a fixed price per call or an estimate
+    /// (`max` alone) is charged whatever the body holds.
+    pub fn estimate(
+        &self,
+        fx: &FxTable,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<Estimate, CostError> {
+        if let Some(amount) = &self.amount {
+            let parsed = read_body(content_type, body)?;
+            return match amount.read(&parsed, "the request body")? {
+                Some((minor, currency)) => {
+                    let reserve = convert(fx, minor, &currency)?;
+                    Ok(Estimate {
+                        reserve,
+                        detail: format!(
+                            "{} {currency} = ${reserve}",
+                            in_major_units(minor, &currency)
+                        ),
+                    })
+                }
+                None => match self.max {
+                    Some(max) => Ok(Estimate {
+                        reserve: max,
+                        detail: format!(
+                            "no {} given: reserving the policy maximum ${max}",
+                            amount.field
+                        ),
+                    }),
+                    None => Err(CostError::undetermined(format!(
+                        "the request body has no {}: this endpoint's cost is read from {} and {}",
+                        amount.field,
+                        amount.field,
+                        amount.currency_source()
+                    ))),
+                },
+            };
+        }
+        if let Some(price) = self.fixed {
+            let (count, unit) = match self.per {
+                Per::Call => {
+                    return Ok(Estimate {
+                        reserve: price,
+                        detail: format!("${price} per call"),
+                    })
+                }
+                Per::SmsSegment => {
+                    let parsed = read_body(content_type, body)?;
+                    (self.sms_segments(&parsed)?, ("SMS segment", "SMS segments"))
+                }
+                Per::Recipient => {
+                    let parsed = read_body(content_type, body)?;
+                    (self.recipients(&parsed)?, ("recipient", "recipients"))
+                }
+            };
+            let reserve = price
+                .checked_mul(count)
+                .and_then(within_limit)
+                .ok_or_else(|| {
+                    CostError::undetermined(format!(
+                        "{count} {} at ${price} each is more than the $1,000,000,000 Bridle can price",
+                        unit.1
+                    ))
+                })?;
+            let unit = if count == 1 { unit.0 } else { unit.1 };
+            return Ok(Estimate {
+                reserve,
+                detail: format!("{count} {unit} × ${price}"),
+            });
+        }
+        if let Some(max) = self.max {
+            return Ok(Estimate {
+                reserve: max,
+                detail: format!("estimate ${max}"),
+            });
+        }
+        Err(CostError::undetermined(
+            "this endpoint's cost rule names no price",
+        ))
+    }
+
+    fn sms_segments(&self, body: &Body) -> Result<u64, CostError> {
+        let field = self.text_field.as_deref().unwrap_or(DEFAULT_TEXT_FIELD);
+        match body.get(field) {
+            Lookup::Absent | Lookup::One(Item::Json(serde_json::Value::Null)) => Ok(1),
+            Lookup::One(item) => item.as_str().map(crate::sms::segments).ok_or_else(|| {
+                CostError::undetermined(format!("{field} must be the message text"))
+            }),
+            Lookup::Ambiguous => Err(CostError::undetermined(format!(
+                "{field} is given more than once"
+            ))),
+            Lookup::List(_) | Lookup::Nested => Err(CostError::undetermined(format!(
+                "{field} must be the message text, given once"
+            ))),
+        }
+    }
+
+    fn recipients(&self, body: &Body) -> Result<u64, CostError> {
+        let fields: Vec<&str> = match &self.recipient_fields {
+            Some(fields) => fields.iter().map(String::as_str).collect(),
+            None => DEFAULT_RECIPIENT_FIELDS.to_vec(),
+        };
+        let mut total: u64 = 0;
+        match body.batch() {
+            Some(emails) => {
+                // Absent from a JSON array, unless a body sent without a content type also
+                // reads as a form that names the field: then it is ambiguous.
+                for field in &fields {
+                    count_addresses(field, body.get(field))?;
+                }
+                for (i, email) in emails.iter().enumerate() {
+                    if !email.is_object() {
+                        return Err(CostError::undetermined(format!(
+                            "a batch is a list of emails, but element {i} is not an object"
+                        )));
+                    }
+                    for field in &fields {
+                        let n = count_addresses(field, json_get(email, field))?;
+                        total = total.saturating_add(n);
+                    }
+                }
+            }
+            None => {
+                for field in &fields {
+                    total = total.saturating_add(count_addresses(field, body.get(field))?);
+                }
+            }
+        }
+        if total == 0 {
+            return Err(CostError::undetermined(format!(
+                "the email has no recipient: this endpoint's cost is counted from {}",
+                fields.join(", ")
+            )));
+        }
+        Ok(total)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +657,681 @@ mod tests {
         )
         .is_err());
         assert!(serde_json::from_value::<CostRule>(serde_json::json!({"fixd": "1"})).is_err());
+    }
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::*;
+    use crate::Reason;
+
+    const FORM: Option<&[u8]> = Some(b"application/x-www-form-urlencoded");
+    const JSON: Option<&[u8]> = Some(b"application/json");
+
+    fn rule(v: serde_json::Value) -> CostRule {
+        let r: CostRule = serde_json::from_value(v).unwrap();
+        assert!(r.check("c").is_empty(), "{:?}", r.check("c"));
+        r
+    }
+
+    fn fx() -> FxTable {
+        serde_json::from_str(r#"{"jpy":"0.0067","eur":"1.08","kwd":"3.25"}"#).unwrap()
+    }
+
+    fn usd(s: &str) -> Usd {
+        Usd::parse(s).unwrap()
+    }
+
+    fn stripe() -> CostRule {
+        rule(serde_json::json!({"amount": {"field": "amount", "currency_field": "currency"}}))
+    }
+
+    fn stripe_max() -> CostRule {
+        rule(serde_json::json!({
+            "amount": {"field": "amount", "currency_field": "currency"},
+            "max": "100",
+        }))
+    }
+
+    fn sms() -> CostRule {
+        rule(serde_json::json!({"fixed": "0.0079", "per": "sms_segment"}))
+    }
+
+    fn email() -> CostRule {
+        rule(serde_json::json!({"fixed": "0.0009", "per": "recipient"}))
+    }
+
+    fn est(r: &CostRule, ct: Option<&[u8]>, body: &str) -> Result<Estimate, CostError> {
+        r.estimate(&fx(), ct, body.as_bytes())
+    }
+
+    fn reserve(r: &CostRule, ct: Option<&[u8]>, body: &str) -> Usd {
+        match est(r, ct, body) {
+            Ok(e) => e.reserve,
+            Err(e) => panic!("{body:?}: {e}"),
+        }
+    }
+
+    fn reason(r: &CostRule, ct: Option<&[u8]>, body: &str) -> Reason {
+        match est(r, ct, body) {
+            Ok(e) => panic!("{body:?} should be refused, got {e:?}"),
+            Err(e) => e.reason,
+        }
+    }
+
+    #[test]
+    fn stripe_form_bodies() {
+        let e = est(
+            &stripe(),
+            FORM,
+            "amount=2000&currency=usd&payment_method_types[]=card&metadata[order]=42",
+        )
+        .unwrap();
+        assert_eq!(e.reserve, usd("20"));
+        assert_eq!(e.detail, "20.00 usd = $20.00");
+        // stripe-python percent-encodes the brackets and indexes lists.
+        assert_eq!(
+            reserve(
+                &stripe(),
+                FORM,
+                "amount=2000&currency=usd&payment_method_types%5B0%5D=card&metadata%5Border%5D=42&description=Tea+%26+cake"
+            ),
+            usd("20")
+        );
+        assert_eq!(
+            reserve(&stripe(), FORM, "currency=USD&amount=1"),
+            usd("0.01")
+        );
+        assert_eq!(reserve(&stripe(), FORM, "amount=0&currency=usd"), Usd::ZERO);
+        assert_eq!(
+            reserve(&stripe(), FORM, "amount=2%30%30&currency=usd"),
+            usd("2")
+        );
+        assert_eq!(
+            reserve(&stripe(), FORM, "%61mount=200&currency=usd"),
+            usd("2")
+        );
+    }
+
+    #[test]
+    fn nested_amounts_and_fixed_currencies() {
+        let r = rule(serde_json::json!({
+            "amount": {"field": "transfer_data[amount]", "currency": "eur"},
+        }));
+        assert_eq!(
+            reserve(&r, FORM, "amount=9999&currency=usd&transfer_data[amount]=500&transfer_data[destination]=acct_1"),
+            usd("5.40")
+        );
+        assert_eq!(
+            reserve(&r, JSON, r#"{"transfer_data": {"amount": 500}}"#),
+            usd("5.40")
+        );
+        assert_eq!(
+            reason(&r, FORM, "transfer_data[amount][x]=500"),
+            Reason::CostUndetermined
+        );
+        assert_eq!(reason(&r, FORM, "amount=500"), Reason::CostUndetermined);
+    }
+
+    #[test]
+    fn zero_and_three_decimal_currencies() {
+        let e = est(&stripe(), FORM, "amount=500&currency=jpy").unwrap();
+        assert_eq!(e.reserve, usd("3.35"));
+        assert_eq!(e.detail, "500 jpy = $3.35");
+        let e = est(&stripe(), FORM, "amount=2000&currency=jpy").unwrap();
+        assert_eq!(e.detail, "2000 jpy = $13.40");
+        let e = est(&stripe(), FORM, "amount=1000&currency=eur").unwrap();
+        assert_eq!(e.reserve, usd("10.80"));
+        assert_eq!(e.detail, "10.00 eur = $10.80");
+        let e = est(&stripe(), FORM, "amount=1500&currency=kwd").unwrap();
+        assert_eq!(e.reserve, usd("4.875"));
+        assert_eq!(e.detail, "1.500 kwd = $4.875");
+        let e = est(&stripe(), FORM, "amount=5&currency=usd").unwrap();
+        assert_eq!(e.detail, "0.05 usd = $0.05");
+    }
+
+    #[test]
+    fn unknown_currencies() {
+        let e = est(&stripe(), FORM, "amount=500&currency=xyz").unwrap_err();
+        assert_eq!(e.reason, Reason::CurrencyUnknown);
+        assert_eq!(e.message, "currency \"xyz\" has no exchange rate in policy");
+        let e = est(&stripe(), FORM, "amount=500&currency=XYZ").unwrap_err();
+        assert_eq!(e.message, "currency \"xyz\" has no exchange rate in policy");
+    }
+
+    #[test]
+    fn malformed_currencies() {
+        for body in [
+            "amount=500",
+            "amount=500&currency=",
+            "amount=500&currency=us",
+            "amount=500&currency=usdx",
+            "amount=500&currency=u%20d",
+            "amount=500&currency=usd&currency=jpy",
+            "amount=500&currency[]=usd",
+            "amount=500&currency=%C3%BCsd",
+        ] {
+            assert_eq!(
+                reason(&stripe_max(), FORM, body),
+                Reason::CostUndetermined,
+                "{body}"
+            );
+        }
+        assert_eq!(
+            reason(&stripe(), JSON, r#"{"amount": 500, "currency": 840}"#),
+            Reason::CostUndetermined
+        );
+        let e = est(&stripe(), FORM, "amount=500").unwrap_err();
+        assert!(e.message.contains("has no currency"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_amount_reserves_the_maximum_or_is_refused() {
+        let e = est(
+            &stripe_max(),
+            FORM,
+            "charge=ch_1&reason=requested_by_customer",
+        )
+        .unwrap();
+        assert_eq!(e.reserve, usd("100"));
+        assert_eq!(
+            e.detail,
+            "no amount given: reserving the policy maximum $100.00"
+        );
+        assert_eq!(reserve(&stripe_max(), FORM, ""), usd("100"));
+        assert_eq!(reserve(&stripe_max(), None, ""), usd("100"));
+        assert_eq!(reserve(&stripe_max(), JSON, ""), usd("100"));
+        assert_eq!(
+            reserve(&stripe_max(), JSON, r#"{"charge": "ch_1"}"#),
+            usd("100")
+        );
+
+        let e = est(&stripe(), FORM, "charge=ch_1").unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
+        assert_eq!(
+            e.message,
+            "the request body has no amount: this endpoint's cost is read from amount and currency"
+        );
+    }
+
+    #[test]
+    fn ambiguous_amounts_are_refused_even_with_a_maximum() {
+        for body in [
+            "amount=1&amount=99999&currency=usd",
+            "amount=1&%61mount=99999&currency=usd",
+            "amount=1&amount[]=99999&currency=usd",
+            "amount[]=1&currency=usd",
+            "amount[0]=1&amount[1]=2&currency=usd",
+            "amount[value]=1&currency=usd",
+        ] {
+            for r in [stripe(), stripe_max()] {
+                assert_eq!(reason(&r, FORM, body), Reason::CostUndetermined, "{body}");
+            }
+        }
+        let e = est(&stripe_max(), FORM, "amount=1&amount=99999&currency=usd").unwrap_err();
+        assert_eq!(e.message, "amount is given more than once");
+    }
+
+    #[test]
+    fn malformed_amounts_are_refused_even_with_a_maximum() {
+        for amount in [
+            "-5",
+            "%2D5",
+            "+5",
+            "%2B5",
+            "5+",
+            "20.00",
+            "20%2E00",
+            "1e3",
+            "",
+            "abc",
+            "0x10",
+            "02000",
+            "9999999999999999999",
+            "%EF%BC%92",
+            "5%00",
+            "1_000",
+            "1,000",
+        ] {
+            let body = format!("amount={amount}&currency=usd");
+            assert_eq!(
+                reason(&stripe_max(), FORM, &body),
+                Reason::CostUndetermined,
+                "{body}"
+            );
+        }
+        let e = est(&stripe(), FORM, "amount=-5&currency=usd").unwrap_err();
+        assert_eq!(
+            e.message,
+            "amount \"-5\" is not a whole number of minor currency units, such as 2000 for $20.00"
+        );
+        let huge = format!("amount={}&currency=usd", "9".repeat(100_000));
+        let e = est(&stripe(), FORM, &huge).unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
+        assert!(e.message.len() < 200, "{e}");
+    }
+
+    #[test]
+    fn amounts_too_large_to_price_are_refused() {
+        // 18 digits is accepted as a number, but overflows the conversion.
+        let e = est(&stripe(), FORM, "amount=999999999999999999&currency=usd").unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
+        assert!(e.message.contains("more than the $1,000,000,000"), "{e}");
+        // No single cost may exceed a billion dollars, like every amount in a policy.
+        assert_eq!(
+            reserve(&stripe(), FORM, "amount=100000000000&currency=usd"),
+            usd("1000000000")
+        );
+        assert_eq!(
+            reason(&stripe(), FORM, "amount=100000000001&currency=usd"),
+            Reason::CostUndetermined
+        );
+        assert_eq!(
+            reason(&stripe_max(), FORM, "amount=99999999999999&currency=usd"),
+            Reason::CostUndetermined
+        );
+    }
+
+    #[test]
+    fn json_amounts() {
+        let r = stripe_max();
+        assert_eq!(
+            reserve(&r, JSON, r#"{"amount": 2000, "currency": "usd"}"#),
+            usd("20")
+        );
+        assert_eq!(
+            reserve(&r, JSON, r#"{"amount": "2000", "currency": "eur"}"#),
+            usd("21.60")
+        );
+        assert_eq!(
+            reserve(
+                &r,
+                Some(b"application/json; charset=utf-8"),
+                r#"{"amount": 0, "currency": "usd"}"#
+            ),
+            Usd::ZERO
+        );
+        for body in [
+            r#"{"amount": 2000.0, "currency": "usd"}"#,
+            r#"{"amount": 20.5, "currency": "usd"}"#,
+            r#"{"amount": 2e3, "currency": "usd"}"#,
+            r#"{"amount": -2000, "currency": "usd"}"#,
+            r#"{"amount": -0, "currency": "usd"}"#,
+            r#"{"amount": "-2000", "currency": "usd"}"#,
+            r#"{"amount": "20.00", "currency": "usd"}"#,
+            r#"{"amount": 18446744073709551616, "currency": "usd"}"#,
+            r#"{"amount": 1000000000000000000, "currency": "usd"}"#,
+            r#"{"amount": null, "currency": "usd"}"#,
+            r#"{"amount": true, "currency": "usd"}"#,
+            r#"{"amount": [2000], "currency": "usd"}"#,
+            r#"{"amount": {"value": 2000}, "currency": "usd"}"#,
+        ] {
+            assert_eq!(reason(&r, JSON, body), Reason::CostUndetermined, "{body}");
+        }
+        let e = est(&r, JSON, r#"{"amount": -2000, "currency": "usd"}"#).unwrap_err();
+        assert_eq!(e.message, "amount is negative");
+        let e = est(&r, JSON, r#"{"amount": 20.5, "currency": "usd"}"#).unwrap_err();
+        assert!(e.message.contains("not a whole number"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_json_keys_make_the_body_unreadable() {
+        // Decision: a duplicate key anywhere in a JSON body is BodyUnreadable (the parser
+        // refuses the body), while a repeated form key is CostUndetermined (the form parses,
+        // but the field the rule reads is ambiguous).
+        for body in [
+            r#"{"amount": 1, "amount": 99999, "currency": "usd"}"#,
+            r#"{"amount": 1, "currency": "usd", "metadata": {"a": 1, "a": 2}}"#,
+            r#"[{"to": "a@x.com", "to": "b@x.com"}]"#,
+        ] {
+            assert_eq!(
+                reason(&stripe_max(), JSON, body),
+                Reason::BodyUnreadable,
+                "{body}"
+            );
+            assert_eq!(
+                reason(&email(), JSON, body),
+                Reason::BodyUnreadable,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_without_content_type_cannot_smuggle_a_form_amount() {
+        // Rack reads a POST body without a content type as a form: this one holds
+        // amount=99999 to Stripe, amount 1 to a JSON reader.
+        let smuggled = r#"{"x":"&amount=99999&currency=usd&y=","amount":1,"currency":"usd"}"#;
+        assert_eq!(
+            reason(&stripe_max(), None, smuggled),
+            Reason::CostUndetermined
+        );
+        assert_eq!(
+            reserve(&stripe_max(), None, r#"{"amount":1,"currency":"usd"}"#),
+            usd("0.01")
+        );
+        let batch = r#"[{"to":"a@x.com"},{"x":"&to[]=b&to[]=c&to[]=d&"}]"#;
+        assert_eq!(reason(&email(), None, batch), Reason::CostUndetermined);
+        assert_eq!(reserve(&email(), JSON, batch), usd("0.0009"));
+        assert_eq!(
+            reserve(&email(), None, r#"[{"to":"a@x.com"},{"to":"b@x.com"}]"#),
+            usd("0.0018")
+        );
+    }
+
+    #[test]
+    fn json_depth_bombs_are_refused() {
+        let bomb = "[".repeat(10_000);
+        assert_eq!(reason(&stripe_max(), JSON, &bomb), Reason::BodyUnreadable);
+        let bomb = format!(
+            "{{\"amount\": 1, \"x\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(reason(&stripe_max(), JSON, &bomb), Reason::BodyUnreadable);
+        assert_eq!(reason(&stripe_max(), None, &bomb), Reason::BodyUnreadable);
+    }
+
+    #[test]
+    fn twilio_sms_segments() {
+        let e = est(&sms(), FORM, "To=%2B15551234567&From=%2B1555&Body=hello").unwrap();
+        assert_eq!(e.reserve, usd("0.0079"));
+        assert_eq!(e.detail, "1 SMS segment × $0.0079");
+        let body = format!("To=%2B15551234567&From=%2B1555&Body={}", "a".repeat(161));
+        let e = est(&sms(), FORM, &body).unwrap();
+        assert_eq!(e.reserve, usd("0.0158"));
+        assert_eq!(e.detail, "2 SMS segments × $0.0079");
+        let body = format!("To=%2B1555&Body={}", "Hello+world+".repeat(30));
+        assert_eq!(reserve(&sms(), FORM, &body), usd("0.0237"));
+        // 71 characters outside GSM-7: UCS-2, two segments.
+        let body = format!("To=%2B1555&Body={}", "%E4%B8%AD".repeat(71));
+        assert_eq!(reserve(&sms(), FORM, &body), usd("0.0158"));
+        // One emoji makes the message UCS-2: 69 + 2 units is two segments.
+        let body = format!("To=%2B1555&Body={}%F0%9F%98%80", "a".repeat(69));
+        assert_eq!(reserve(&sms(), FORM, &body), usd("0.0158"));
+        // No text (a media message): one segment.
+        assert_eq!(
+            reserve(&sms(), FORM, "To=%2B1555&MediaUrl=https%3A%2F%2Fx"),
+            usd("0.0079")
+        );
+        assert_eq!(
+            reason(&sms(), FORM, "Body=a&Body=b"),
+            Reason::CostUndetermined
+        );
+        assert_eq!(reason(&sms(), FORM, "Body[]=a"), Reason::CostUndetermined);
+        assert_eq!(reason(&sms(), FORM, "Body=%ZZ"), Reason::BodyUnreadable);
+        let custom = rule(
+            serde_json::json!({"fixed": "0.01", "per": "sms_segment", "text_field": "message[text]"}),
+        );
+        let body = format!(r#"{{"message": {{"text": "{}"}}}}"#, "a".repeat(200));
+        assert_eq!(reserve(&custom, JSON, &body), usd("0.02"));
+        assert_eq!(
+            reason(&custom, JSON, r#"{"message": {"text": 5}}"#),
+            Reason::CostUndetermined
+        );
+    }
+
+    #[test]
+    fn resend_recipients() {
+        let e = est(
+            &email(),
+            JSON,
+            r#"{"from": "f@x.com", "to": "a@x.com", "subject": "hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.reserve, usd("0.0009"));
+        assert_eq!(e.detail, "1 recipient × $0.0009");
+        let e = est(
+            &email(),
+            JSON,
+            r#"{"to": ["a@x.com", "b@x.com"], "cc": "c@x.com", "bcc": ["d@x.com"]}"#,
+        )
+        .unwrap();
+        assert_eq!(e.reserve, usd("0.0036"));
+        assert_eq!(e.detail, "4 recipients × $0.0009");
+        assert_eq!(
+            reserve(
+                &email(),
+                JSON,
+                r#"[{"to": "a@x.com", "cc": ["b@x.com"]}, {"to": ["c@x.com", "d@x.com", "e@x.com"], "bcc": null}]"#
+            ),
+            usd("0.0045")
+        );
+        // A comma-separated string counts every address.
+        assert_eq!(
+            reserve(&email(), JSON, r#"{"to": "a@x.com, B <b@x.com>;c@x.com"}"#),
+            usd("0.0027")
+        );
+        assert_eq!(
+            reserve(
+                &email(),
+                JSON,
+                r#"{"to": "a@x.com", "cc": null, "bcc": []}"#
+            ),
+            usd("0.0009")
+        );
+        assert_eq!(
+            reserve(&email(), FORM, "to[]=a%40x.com&to[]=b%40x.com&cc=c%40x.com"),
+            usd("0.0027")
+        );
+        for body in [
+            r#"{"from": "f@x.com", "subject": "hi"}"#,
+            r#"{"to": [], "cc": null, "bcc": ""}"#,
+            r#"{"to": " , "}"#,
+            r#"[]"#,
+            r#"[{"from": "f@x.com"}, {"to": []}]"#,
+            r#"[{"to": "a@x.com"}, "b@x.com"]"#,
+            r#"{"to": 5}"#,
+            r#"{"to": [{"email": "a@x.com"}]}"#,
+            r#"{"to": {"email": "a@x.com"}}"#,
+            r#"{"to": ["a@x.com", null]}"#,
+        ] {
+            assert_eq!(
+                reason(&email(), JSON, body),
+                Reason::CostUndetermined,
+                "{body}"
+            );
+        }
+        assert_eq!(
+            reason(&email(), FORM, "to=a&to=b"),
+            Reason::CostUndetermined
+        );
+        let e = est(&email(), JSON, "{}").unwrap_err();
+        assert_eq!(
+            e.message,
+            "the email has no recipient: this endpoint's cost is counted from to, cc, bcc"
+        );
+        let custom = rule(
+            serde_json::json!({"fixed": "0.001", "per": "recipient", "recipient_fields": ["personalizations[0][to]"]}),
+        );
+        assert_eq!(
+            reserve(
+                &custom,
+                JSON,
+                r#"{"personalizations": [{"to": ["a", "b"]}], "to": "ignored"}"#
+            ),
+            usd("0.002")
+        );
+    }
+
+    #[test]
+    fn multiplying_a_price_can_overflow() {
+        let r = rule(serde_json::json!({"fixed": "1000000000", "per": "recipient"}));
+        let to: Vec<String> = (0..10_000).map(|i| format!("u{i}@x.com")).collect();
+        let body = serde_json::json!({ "to": to }).to_string();
+        let e = est(&r, JSON, &body).unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
+        assert!(e.message.contains("more than the $1,000,000,000"), "{e}");
+        assert_eq!(
+            reason(&r, JSON, r#"{"to": ["a", "b"]}"#),
+            Reason::CostUndetermined
+        );
+        assert_eq!(reserve(&r, JSON, r#"{"to": ["a"]}"#), usd("1000000000"));
+    }
+
+    #[test]
+    fn per_call_prices_and_estimates_ignore_the_body() {
+        let call = rule(serde_json::json!({"fixed": "0.5"}));
+        let e = est(
+            &call,
+            Some(b"multipart/form-data; boundary=x"),
+            "\u{0}garbage",
+        )
+        .unwrap();
+        assert_eq!(e.reserve, usd("0.5"));
+        assert_eq!(e.detail, "$0.50 per call");
+        let estimate = rule(
+            serde_json::json!({"max": "500", "settle": {"field": "amount_paid", "currency_field": "currency"}}),
+        );
+        let e = estimate.estimate(&fx(), None, &[0xff; 64]).unwrap();
+        assert_eq!(
+            e,
+            Estimate {
+                reserve: usd("500"),
+                detail: "estimate $500.00".into()
+            }
+        );
+        assert_eq!(
+            CostRule::default()
+                .estimate(&fx(), None, b"")
+                .unwrap_err()
+                .reason,
+            Reason::CostUndetermined
+        );
+    }
+
+    #[test]
+    fn settling_from_a_response() {
+        let field: AmountField = serde_json::from_value(
+            serde_json::json!({"field": "amount_paid", "currency_field": "currency"}),
+        )
+        .unwrap();
+        let body = br#"{"id":"in_1","object":"invoice","amount_paid":1999,"currency":"usd","lines":{"data":[{"amount":1999}]}}"#;
+        assert_eq!(field.read_usd(&fx(), JSON, body).unwrap(), usd("19.99"));
+        assert_eq!(field.read_usd(&fx(), None, body).unwrap(), usd("19.99"));
+        assert_eq!(
+            field
+                .read_usd(
+                    &fx(),
+                    Some(b"application/json"),
+                    br#"{"amount_paid":500,"currency":"jpy"}"#
+                )
+                .unwrap(),
+            usd("3.35")
+        );
+        let fixed: AmountField = serde_json::from_value(
+            serde_json::json!({"field": "lines[data][0][amount]", "currency": "eur"}),
+        )
+        .unwrap();
+        assert_eq!(fixed.read_usd(&fx(), JSON, body).unwrap(), usd("21.5892"));
+        let e = field
+            .read_usd(&fx(), JSON, br#"{"id":"in_1"}"#)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
+        assert_eq!(e.message, "the body has no amount_paid");
+        assert_eq!(
+            field
+                .read_usd(&fx(), JSON, br#"{"amount_paid":19.99,"currency":"usd"}"#)
+                .unwrap_err()
+                .reason,
+            Reason::CostUndetermined
+        );
+        assert_eq!(
+            field
+                .read_usd(&fx(), JSON, br#"{"amount_paid":1,"currency":"xyz"}"#)
+                .unwrap_err()
+                .reason,
+            Reason::CurrencyUnknown
+        );
+        assert_eq!(
+            field
+                .read_usd(&fx(), Some(b"text/html"), b"<html>")
+                .unwrap_err()
+                .reason,
+            Reason::BodyUnreadable
+        );
+        assert_eq!(
+            field
+                .read_usd(&fx(), FORM, b"amount_paid=1999&currency=usd")
+                .unwrap(),
+            usd("19.99")
+        );
+    }
+
+    #[test]
+    fn hostile_bodies_are_refused_not_panicked_on() {
+        let amps = "&".repeat(1 << 20);
+        assert_eq!(reserve(&stripe_max(), FORM, &amps), usd("100"));
+        assert_eq!(reason(&stripe(), FORM, &amps), Reason::CostUndetermined);
+        let many = "a=1&".repeat(100_000);
+        let e = est(&stripe_max(), FORM, &many).unwrap_err();
+        assert_eq!(e.reason, Reason::BodyUnreadable);
+        assert_eq!(e.message, "the form body has more than 10000 fields");
+        let long_key = format!("{}=1&amount=5&currency=usd", "k".repeat(1 << 20));
+        assert_eq!(reserve(&stripe(), FORM, &long_key), usd("0.05"));
+        let long_nested = format!("amount{}=1&currency=usd", "[x]".repeat(100_000));
+        assert_eq!(
+            reason(&stripe_max(), FORM, &long_nested),
+            Reason::CostUndetermined
+        );
+        for ct in [
+            &b"multipart/form-data; boundary=----x"[..],
+            b"text/plain",
+            b"application/xml",
+            b"application/json; charset=utf-16",
+            b"\xff\xfe",
+            b"",
+        ] {
+            for r in [stripe_max(), sms(), email()] {
+                let e = r
+                    .estimate(&fx(), Some(ct), b"amount=5&currency=usd")
+                    .unwrap_err();
+                assert_eq!(e.reason, Reason::BodyUnreadable, "{ct:?}");
+            }
+        }
+        for r in [stripe_max(), sms(), email()] {
+            for ct in [FORM, JSON, None] {
+                let e = r
+                    .estimate(&fx(), ct, b"amount=5\xff&currency=usd&to=\xc3")
+                    .unwrap_err();
+                assert_eq!(e.reason, Reason::BodyUnreadable);
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // A small deterministic fuzz: bytes drawn from an alphabet rich in syntax.
+        const ALPHABET: &[u8] = b"amount=currency&usd[]{}\",:%2B5F0+-.e9\xff\xc3 \nto@";
+        let rules = [
+            stripe(),
+            stripe_max(),
+            sms(),
+            email(),
+            rule(serde_json::json!({"amount": {"field": "a[b][0]", "currency": "jpy"}})),
+        ];
+        let settle = AmountField {
+            field: "amount".into(),
+            currency_field: Some("currency".into()),
+            currency: None,
+        };
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for round in 0..20_000 {
+            let len = (round % 97) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    ALPHABET[((state >> 33) as usize) % ALPHABET.len()]
+                })
+                .collect();
+            for ct in [FORM, JSON, None] {
+                for r in &rules {
+                    let _ = r.estimate(&fx(), ct, &bytes);
+                }
+                let _ = settle.read_usd(&fx(), ct, &bytes);
+            }
+        }
     }
 }

@@ -145,7 +145,7 @@ mod tests {
         std::fs::write(dir.join("a.yaml"), GOOD).unwrap();
         std::fs::write(dir.join("b.yml"), GOOD).unwrap();
         std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
-        let errors = load(&[dir.clone()]).unwrap_err();
+        let errors = load(std::slice::from_ref(&dir)).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(
             errors[0].to_string().contains("already defined in"),
@@ -153,7 +153,7 @@ mod tests {
             errors[0]
         );
         std::fs::remove_file(dir.join("b.yml")).unwrap();
-        assert_eq!(load(&[dir.clone()]).unwrap().len(), 1);
+        assert_eq!(load(std::slice::from_ref(&dir)).unwrap().len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,1 @@
+//! Placeholder: the deployment manifests' consistency checks (being written).

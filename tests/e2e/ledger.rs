@@ -1,0 +1,1 @@
+//! Placeholder: the ledger end-to-end tests (being written).
