@@ -18,7 +18,6 @@ pub struct Status(pub u32);
 
 pub const NOT_FOUND: Status = Status(1);
 pub const EMPTY: Status = Status(7);
-pub const CAS_MISMATCH: Status = Status(8);
 
 #[link(wasm_import_module = "env")]
 extern "C" {

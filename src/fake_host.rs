@@ -123,6 +123,13 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn random(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        Ok(())
+    }
+
     fn header_map(&self, map: MapType) -> Result<Headers, HostError> {
         Ok(self.map(map))
     }

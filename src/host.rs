@@ -40,6 +40,7 @@ pub trait Host {
     fn log(&self, level: Level, message: &str);
     fn env(&self, name: &str) -> Option<String>;
     fn set_tick_ms(&self, ms: u32) -> Result<(), HostError>;
+    fn random(&self, buf: &mut [u8]) -> Result<(), HostError>;
 
     fn header_map(&self, map: MapType) -> Result<Headers, HostError>;
     fn replace_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError>;
@@ -121,6 +122,10 @@ mod wasm {
 
         fn set_tick_ms(&self, ms: u32) -> Result<(), HostError> {
             abi::set_tick_period_ms(ms).map_err(e)
+        }
+
+        fn random(&self, buf: &mut [u8]) -> Result<(), HostError> {
+            getrandom::fill(buf).map_err(|_| HostError(u32::MAX))
         }
 
         fn header_map(&self, map: MapType) -> Result<Headers, HostError> {

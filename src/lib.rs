@@ -12,15 +12,23 @@
         clippy::indexing_slicing
     )
 )]
+// Natively the crate is built only for its tests; outside them, the modules that only the
+// proxy-wasm glue calls look unused.
+#![cfg_attr(not(any(target_arch = "wasm32", test)), allow(dead_code))]
 
 #[cfg(target_arch = "wasm32")]
 mod abi;
 #[cfg(any(target_arch = "wasm32", test))]
 mod header_map;
 pub mod host;
+mod ids;
+mod loop_guard;
 pub mod metrics;
 pub mod plugin;
+mod reports;
+mod revocations;
 pub mod stream;
+mod ticker;
 
 #[cfg(test)]
 mod fake_host;
@@ -37,20 +45,35 @@ mod glue {
     use crate::host::{BufferType, Host, Level, WasmHost};
     use crate::plugin::Plugin;
     use crate::stream::Stream;
+    use crate::ticker::Ticker;
 
     proxy_wasm::main! {{
         // Not the SDK's logger or panic hook: both unwrap the log hostcall's result.
         std::panic::set_hook(Box::new(|info| {
             WasmHost.log(Level::Critical, &format!("filter panicked: {info}"));
         }));
-        proxy_wasm::set_root_context(|_| Box::new(Root { plugin: None }));
+        proxy_wasm::set_root_context(|_| Box::new(Root { plugin: None, ticker: Ticker::default() }));
     }}
 
     struct Root {
         plugin: Option<Rc<Plugin>>,
+        ticker: Ticker,
     }
 
-    impl Context for Root {}
+    impl Context for Root {
+        fn on_http_call_response(
+            &mut self,
+            token_id: u32,
+            _num_headers: usize,
+            body_size: usize,
+            _num_trailers: usize,
+        ) {
+            if let Some(plugin) = &self.plugin {
+                self.ticker
+                    .on_call_response(&WasmHost, plugin, token_id, body_size);
+            }
+        }
+    }
 
     impl RootContext for Root {
         fn on_configure(&mut self, size: usize) -> bool {
@@ -81,6 +104,12 @@ mod glue {
             }
         }
 
+        fn on_tick(&mut self) {
+            if let Some(plugin) = &self.plugin {
+                self.ticker.on_tick(&WasmHost, plugin);
+            }
+        }
+
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
             Some(Box::new(StreamContext(Stream::new(self.plugin.clone()))))
         }
@@ -92,11 +121,37 @@ mod glue {
 
     struct StreamContext(Stream);
 
-    impl Context for StreamContext {}
+    impl Context for StreamContext {
+        fn on_http_call_response(
+            &mut self,
+            token_id: u32,
+            _num_headers: usize,
+            body_size: usize,
+            _num_trailers: usize,
+        ) {
+            self.0.on_call_response(&WasmHost, token_id, body_size);
+        }
+    }
 
     impl HttpContext for StreamContext {
-        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            self.0.on_request_headers(&WasmHost)
+        fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+            self.0.on_request_headers(&WasmHost, end_of_stream)
+        }
+
+        fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+            self.0.on_request_body(&WasmHost, body_size, end_of_stream)
+        }
+
+        fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+            self.0.on_response_headers(&WasmHost, end_of_stream)
+        }
+
+        fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+            self.0.on_response_body(&WasmHost, body_size, end_of_stream)
+        }
+
+        fn on_log(&mut self) {
+            self.0.on_log(&WasmHost);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Envoy stats counters: one per policy and reason, defined up front so the request path only
-//! increments. Envoy shows them as `wasmcustom.bridle.<vendor>.<policy>.<reason>`; denials
-//! that happen before a genuine token names a policy count under `_unattributed`.
+//! Envoy stats. Decisions: one counter per policy and reason, defined up front so the request
+//! path only increments, shown as `wasmcustom.bridle.<vendor>.<policy>.<reason>`; denials
+//! before a genuine token names a policy count under `_unattributed`. The ledger link:
+//! `wasmcustom.bridle.ledger.*`, shared by every plugin in the VM.
 
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
@@ -13,6 +14,19 @@ pub const UNATTRIBUTED: &str = "_unattributed";
 pub struct Metrics {
     /// `ids[slot * reasons + reason]`, slot 0 is unattributed, slot i+1 is policy i.
     ids: Vec<u32>,
+    pub ledger: LedgerMetrics,
+}
+
+/// How the conversation with the ledger is going.
+#[derive(Debug, Default)]
+pub struct LedgerMetrics {
+    pub polls_ok: u32,
+    pub polls_failed: u32,
+    pub reports_ok: u32,
+    pub reports_failed: u32,
+    pub items_dropped: u32,
+    pub revocations: u32,
+    pub reserve_failed: u32,
 }
 
 impl Metrics {
@@ -29,7 +43,17 @@ impl Metrics {
                 );
             }
         }
-        Ok(Metrics { ids })
+        let c = |name: &str| host.define_counter(&format!("bridle.ledger.{name}"));
+        let ledger = LedgerMetrics {
+            polls_ok: c("revocation_polls_ok")?,
+            polls_failed: c("revocation_polls_failed")?,
+            reports_ok: c("reports_ok")?,
+            reports_failed: c("reports_failed")?,
+            items_dropped: c("report_items_dropped")?,
+            revocations: host.define_gauge("bridle.ledger.revocations")?,
+            reserve_failed: c("reserve_failed")?,
+        };
+        Ok(Metrics { ids, ledger })
     }
 
     pub fn count<H: Host>(&self, host: &H, policy: Option<usize>, reason: Reason) {

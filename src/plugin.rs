@@ -1,33 +1,50 @@
 //! One plugin configuration on one Envoy worker: the checked policies, the keyring, the
-//! injected credentials and the counters. Built once in `on_configure`; a configuration
-//! that is wrong in any way is refused whole, with a log line that says what and where.
+//! injected credentials, the counters and the link to the ledger. Built once in
+//! `on_configure`; a configuration that is wrong in any way is refused whole, with a log
+//! line that says what and where.
 
 use std::cell::RefCell;
 
-use bridle_core::config::FilterConfig;
+use bridle_core::config::{FilterConfig, LedgerLink};
 use bridle_core::decision::Gate;
-use bridle_core::revocation::RevocationSet;
 use bridle_core::token::Keyring;
 
 use crate::host::Host;
+use crate::ids::Ids;
 use crate::metrics::Metrics;
+use crate::revocations::{self, Cache};
+
+/// The filter's side of the ledger: where it is, how to authenticate, the shared queue that
+/// carries settles and audit records, and this plugin's copy of the revocation set.
+pub struct Ledger {
+    pub link: LedgerLink,
+    /// The enforcement credential: sent to the ledger, never logged.
+    pub enforcer_key: String,
+    pub queue: u32,
+    pub keys: revocations::Keys,
+    pub revocations: RefCell<Cache>,
+}
 
 pub struct Plugin {
     pub gate: Gate,
     /// Per policy: the request headers that carry the real vendor secret.
     injections: Vec<Vec<(&'static str, String)>>,
     pub metrics: Metrics,
-    pub revocations: RefCell<RevocationSet>,
+    pub ledger: Option<Ledger>,
+    pub ids: Ids,
 }
 
 impl std::fmt::Debug for Plugin {
-    /// Never the injections: they hold the vendor secrets.
+    /// Never the injections or the enforcer key: they are secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
             .field("vendor", &self.gate.vendor())
             .finish_non_exhaustive()
     }
 }
+
+/// The tick period: the fastest of the revocation poll and the report flush.
+pub const TICK_MS: u32 = 100;
 
 impl Plugin {
     pub fn configure<H: Host>(host: &H, bytes: Option<&[u8]>) -> Result<Plugin, String> {
@@ -66,6 +83,36 @@ impl Plugin {
             injections.push(headers);
         }
 
+        let ledger = match &compiled.ledger {
+            None => None,
+            Some(link) => {
+                let enforcer_key = host
+                    .env(&link.credential_env)
+                    .filter(|k| !k.is_empty() && k.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+                    .ok_or_else(|| {
+                        format!(
+                            "environment variable {} (the ledger enforcement key) is not set",
+                            link.credential_env
+                        )
+                    })?;
+                let queue = host
+                    .queue_register(&format!("bridle.{}.reports", link.cluster))
+                    .map_err(|e| format!("could not register the report queue (status {})", e.0))?;
+                host.set_tick_ms(TICK_MS)
+                    .map_err(|e| format!("could not set the tick period (status {})", e.0))?;
+                Some(Ledger {
+                    keys: revocations::Keys::new(&link.cluster),
+                    link: link.clone(),
+                    enforcer_key,
+                    queue,
+                    revocations: RefCell::new(Cache::default()),
+                })
+            }
+        };
+
+        let mut seed = [0u8; 16];
+        host.random(&mut seed)
+            .map_err(|_| "no randomness available for request ids".to_string())?;
         let names: Vec<&str> = compiled
             .policies
             .iter()
@@ -77,7 +124,8 @@ impl Plugin {
             gate: Gate::new(compiled, keyring),
             injections,
             metrics,
-            revocations: RefCell::new(RevocationSet::default()),
+            ledger,
+            ids: Ids::new(seed),
         })
     }
 

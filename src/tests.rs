@@ -99,7 +99,7 @@ fn allowed_requests_carry_the_secret_and_not_the_token() {
         ],
     );
     assert_eq!(
-        Stream::new(Some(p)).on_request_headers(&h),
+        Stream::new(Some(p)).on_request_headers(&h, true),
         Action::Continue
     );
     assert_eq!(
@@ -130,7 +130,7 @@ fn denials_are_vendor_shaped_counted_and_secret_free() {
         &[("authorization", auth.as_bytes())],
     );
     assert_eq!(
-        Stream::new(Some(p.clone())).on_request_headers(&h),
+        Stream::new(Some(p.clone())).on_request_headers(&h, true),
         Action::Pause
     );
     let sent = h.sent().unwrap();
@@ -150,7 +150,7 @@ fn denials_are_vendor_shaped_counted_and_secret_free() {
     );
 
     request(&h, "GET", "/v1/charges/ch_1", &[]);
-    Stream::new(Some(p)).on_request_headers(&h);
+    Stream::new(Some(p)).on_request_headers(&h, true);
     assert_eq!(h.sent().unwrap().status, 401);
     assert_eq!(h.counter("bridle.stripe._unattributed.token_missing"), 1);
     assert!(!h.all_logs().contains(SECRET));
@@ -169,7 +169,10 @@ fn a_failed_rewrite_denies_instead_of_forwarding() {
         &[("authorization", auth.as_bytes())],
     );
     h.fail_edits.set(true);
-    assert_eq!(Stream::new(Some(p)).on_request_headers(&h), Action::Pause);
+    assert_eq!(
+        Stream::new(Some(p)).on_request_headers(&h, true),
+        Action::Pause
+    );
     assert_eq!(h.sent().unwrap().status, 500);
     assert_eq!(h.counter("bridle.stripe.stripe-payments.internal"), 1);
     assert_eq!(h.counter("bridle.stripe.stripe-payments.allowed"), 0);
@@ -181,7 +184,10 @@ fn a_denial_that_cannot_be_sent_resets_the_stream() {
     let p = plugin(&h);
     request(&h, "GET", "/v1/charges/ch_1", &[]);
     h.fail_send.set(true);
-    assert_eq!(Stream::new(Some(p)).on_request_headers(&h), Action::Pause);
+    assert_eq!(
+        Stream::new(Some(p)).on_request_headers(&h, true),
+        Action::Pause
+    );
     assert!(h.reset.get());
 }
 
@@ -189,7 +195,10 @@ fn a_denial_that_cannot_be_sent_resets_the_stream() {
 fn an_unconfigured_filter_refuses_everything() {
     let h = host();
     request(&h, "GET", "/v1/charges/ch_1", &[]);
-    assert_eq!(Stream::new(None).on_request_headers(&h), Action::Pause);
+    assert_eq!(
+        Stream::new(None).on_request_headers(&h, true),
+        Action::Pause
+    );
     assert_eq!(h.sent().unwrap().status, 500);
 }
 

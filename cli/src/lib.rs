@@ -10,4 +10,5 @@
     )
 )]
 
+pub mod ledger_client;
 pub mod render;

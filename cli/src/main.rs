@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bridle_cli::ledger_client::LedgerClient;
 use bridle_cli::render::{self, EnvoyOptions, Upstream};
 use bridle_core::issue::{claims_for, IssueRequest};
 use bridle_core::money::Usd;
@@ -13,6 +14,7 @@ use bridle_core::policy_files;
 use bridle_core::token::Keyring;
 use bridle_core::vendor::Vendor;
 use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +41,14 @@ enum Command {
     /// Mint a vault token offline from the signing keyring (development and tests; in
     /// production the ledger issues tokens).
     Mint(MintArgs),
+    /// Issue a vault token from the ledger; prints the token.
+    Issue(IssueArgs),
+    /// Revoke one token, every token whose label starts with a prefix, or a whole policy.
+    Revoke(RevokeArgs),
+    /// List tokens with their spend and cap utilization.
+    Tokens(TokensArgs),
+    /// Read the audit log.
+    Audit(AuditArgs),
     /// Generate a signing key as a keyring entry, `kid:base64url`.
     Keygen {
         #[arg(long, default_value = "k1")]
@@ -117,10 +127,9 @@ struct EnvoyArgs {
     output: Option<PathBuf>,
 }
 
+/// What a token is for: its policy, holder, life and narrowing.
 #[derive(Args)]
-struct MintArgs {
-    #[command(flatten)]
-    policies: PolicyArgs,
+struct Grant {
     #[arg(long)]
     policy: String,
     /// Who holds it: an agent run id, or tenant/agent/run.
@@ -138,8 +147,108 @@ struct MintArgs {
     /// Lower a cap, e.g. per_transaction=5.00. Repeatable.
     #[arg(long = "cap", value_name = "NAME=USD")]
     caps: Vec<String>,
+}
+
+#[derive(Args)]
+struct MintArgs {
+    #[command(flatten)]
+    policies: PolicyArgs,
+    #[command(flatten)]
+    grant: Grant,
     #[arg(long, env = "BRIDLE_KEYRING", hide_env_values = true)]
     keyring: String,
+}
+
+/// Where the ledger is and the admin credential.
+#[derive(Args)]
+struct LedgerArgs {
+    #[arg(
+        long = "ledger",
+        env = "BRIDLE_LEDGER_URL",
+        default_value = "http://127.0.0.1:8181"
+    )]
+    url: String,
+    #[arg(long, env = "BRIDLE_ADMIN_KEY", hide_env_values = true)]
+    admin_key: String,
+}
+
+impl LedgerArgs {
+    fn client(&self) -> LedgerClient {
+        LedgerClient::new(&self.url, &self.admin_key)
+    }
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    #[command(flatten)]
+    grant: Grant,
+    /// Print the ledger's whole answer as JSON instead of just the token.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RevokeTarget {
+    /// One token, by id.
+    #[arg(long = "token")]
+    token_id: Option<String>,
+    /// Every token whose label starts with this: one tenant, one agent, one run.
+    #[arg(long)]
+    label_prefix: Option<String>,
+    /// Every token of a policy.
+    #[arg(long)]
+    policy: Option<String>,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    #[command(flatten)]
+    target: RevokeTarget,
+}
+
+#[derive(Args)]
+struct TokensArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    #[arg(long)]
+    policy: Option<String>,
+    #[arg(long)]
+    label_prefix: Option<String>,
+    /// active, revoked or expired
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    #[arg(long = "token")]
+    token_id: Option<String>,
+    #[arg(long)]
+    label_prefix: Option<String>,
+    #[arg(long)]
+    policy: Option<String>,
+    /// From when: a duration ago (1h), a unix time, or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Until when (exclusive), in the same forms.
+    #[arg(long)]
+    until: Option<String>,
+    /// Most records to print (pages are followed).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -238,6 +347,10 @@ fn run(cli: Cli) -> Result<(), Errors> {
             Ok(())
         }
         Command::Mint(args) => mint(args),
+        Command::Issue(args) => issue(args),
+        Command::Revoke(args) => revoke(args),
+        Command::Tokens(args) => tokens(args),
+        Command::Audit(args) => audit(args),
         Command::Keygen { kid } => {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| one(format!("no randomness: {e}")))?;
@@ -311,20 +424,9 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
     }
 }
 
-fn mint(args: MintArgs) -> Result<(), Errors> {
-    let policies = load(&args.policies.paths)?;
-    let policy = policies
-        .iter()
-        .find(|p| p.policy.name == args.policy)
-        .ok_or_else(|| {
-            one(format!(
-                "no policy named {:?} under {:?}",
-                args.policy, args.policies.paths
-            ))
-        })?;
-    let keyring = Keyring::parse(&args.keyring).map_err(|e| one(format!("BRIDLE_KEYRING: {e}")))?;
+fn issue_request(grant: Grant) -> Result<IssueRequest, Errors> {
     let mut caps = CapsNarrowing::default();
-    for (name, usd) in parse_pairs("cap", &args.caps)? {
+    for (name, usd) in parse_pairs("cap", &grant.caps)? {
         let value = Some(Usd::parse(&usd).map_err(|e| one(format!("--cap {name}: {e}")))?);
         match name.as_str() {
             "per_transaction" => caps.per_transaction = value,
@@ -337,17 +439,219 @@ fn mint(args: MintArgs) -> Result<(), Errors> {
             }
         }
     }
-    let request = IssueRequest {
-        policy: args.policy,
-        label: args.label,
-        expires_in: bridle_core::duration::parse(&args.ttl).map_err(one)?,
-        endpoints: (!args.endpoints.is_empty()).then_some(args.endpoints),
-        merchants: (!args.merchants.is_empty()).then_some(args.merchants),
+    Ok(IssueRequest {
+        policy: grant.policy,
+        label: grant.label,
+        expires_in: bridle_core::duration::parse(&grant.ttl).map_err(one)?,
+        endpoints: (!grant.endpoints.is_empty()).then_some(grant.endpoints),
+        merchants: (!grant.merchants.is_empty()).then_some(grant.merchants),
         caps,
-    };
+    })
+}
+
+fn mint(args: MintArgs) -> Result<(), Errors> {
+    let policies = load(&args.policies.paths)?;
+    let request = issue_request(args.grant)?;
+    let policy = policies
+        .iter()
+        .find(|p| p.policy.name == request.policy)
+        .ok_or_else(|| {
+            one(format!(
+                "no policy named {:?} under {:?}",
+                request.policy, args.policies.paths
+            ))
+        })?;
+    let keyring = Keyring::parse(&args.keyring).map_err(|e| one(format!("BRIDLE_KEYRING: {e}")))?;
     let id = format!("tok_{}", random_hex(12)?);
     let claims = claims_for(policy, &request, id, now())
         .map_err(|es| es.into_iter().map(|e| e.to_string()).collect::<Errors>())?;
     println!("{}", keyring.mint(&claims).map_err(one)?);
+    Ok(())
+}
+
+fn issue(args: IssueArgs) -> Result<(), Errors> {
+    let request = issue_request(args.grant)?;
+    let body = serde_json::to_value(&request).map_err(one)?;
+    let answer = args
+        .ledger
+        .client()
+        .post("/v1/tokens", &body)
+        .map_err(one)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
+    } else {
+        println!(
+            "{}",
+            answer["token"]
+                .as_str()
+                .ok_or_else(|| one("the ledger's answer has no token"))?
+        );
+        eprintln!(
+            "issued {} for {} ({}), expires at {}",
+            answer["id"].as_str().unwrap_or("?"),
+            answer["label"].as_str().unwrap_or("?"),
+            answer["policy"].as_str().unwrap_or("?"),
+            answer["expires_at"]
+        );
+    }
+    Ok(())
+}
+
+fn revoke(args: RevokeArgs) -> Result<(), Errors> {
+    let t = args.target;
+    let body =
+        json!({ "token_id": t.token_id, "label_prefix": t.label_prefix, "policy": t.policy });
+    let body: Value = body
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let answer = args
+        .ledger
+        .client()
+        .post("/v1/revocations", &body)
+        .map_err(one)?;
+    println!(
+        "revoked {} {} ({} known tokens; revocation #{})",
+        answer["revocation"]["kind"].as_str().unwrap_or("?"),
+        answer["revocation"]["value"].as_str().unwrap_or("?"),
+        answer["tokens_revoked"],
+        answer["revocation"]["seq"]
+    );
+    Ok(())
+}
+
+fn tokens(args: TokensArgs) -> Result<(), Errors> {
+    let mut query = vec![("limit", args.limit.to_string())];
+    for (k, v) in [
+        ("policy", args.policy),
+        ("label_prefix", args.label_prefix),
+        ("status", args.status),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v));
+        }
+    }
+    let answer = args
+        .ledger
+        .client()
+        .get("/v1/tokens", &query)
+        .map_err(one)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
+        return Ok(());
+    }
+    println!(
+        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
+        "TOKEN", "POLICY", "LABEL", "STATUS", "WINDOW $", "LIFETIME $", "USE"
+    );
+    for t in answer["tokens"].as_array().cloned().unwrap_or_default() {
+        let util = t["spend"]["utilization"]["per_window"]
+            .as_f64()
+            .map_or("-".to_string(), |u| format!("{:.0}%", u * 100.0));
+        println!(
+            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
+            t["id"].as_str().unwrap_or("?"),
+            t["policy"].as_str().unwrap_or("?"),
+            t["label"].as_str().unwrap_or("?"),
+            t["status"].as_str().unwrap_or("?"),
+            t["spend"]["window"].as_str().unwrap_or("?"),
+            t["spend"]["lifetime"].as_str().unwrap_or("?"),
+            util
+        );
+    }
+    Ok(())
+}
+
+/// A point in time for audit queries, in unix milliseconds.
+fn when(s: &str) -> Result<u64, Errors> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if let Ok(n) = s.parse::<u64>() {
+        // Seconds or milliseconds, by magnitude.
+        return Ok(if n < 100_000_000_000 { n * 1000 } else { n });
+    }
+    if let Ok(ago) = bridle_core::duration::parse(s) {
+        return Ok(now_ms.saturating_sub(ago.as_millis() as u64));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        })
+        .map_err(|_| {
+            one(format!(
+                "{s:?} is not a time: use 1h (ago), a unix time, or 2026-11-21T10:00:00Z"
+            ))
+        })
+}
+
+fn audit(args: AuditArgs) -> Result<(), Errors> {
+    let client = args.ledger.client();
+    let mut base = Vec::new();
+    for (k, v) in [
+        ("token_id", args.token_id),
+        ("label_prefix", args.label_prefix),
+        ("policy", args.policy),
+    ] {
+        if let Some(v) = v {
+            base.push((k, v));
+        }
+    }
+    if let Some(s) = &args.since {
+        base.push(("since_ms", when(s)?.to_string()));
+    }
+    if let Some(u) = &args.until {
+        base.push(("until_ms", when(u)?.to_string()));
+    }
+    let mut records: Vec<Value> = Vec::new();
+    let mut after: Option<String> = None;
+    while records.len() < args.limit {
+        let mut query = base.clone();
+        query.push(("limit", (args.limit - records.len()).min(1000).to_string()));
+        if let Some(a) = &after {
+            query.push(("after", a.clone()));
+        }
+        let page = client.get("/v1/audit", &query).map_err(one)?;
+        records.extend(page["records"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(records)).map_err(one)?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>4} {:<22} {:<40} {:<29} {:>9}",
+        "TIME", "CODE", "REASON", "REQUEST", "TOKEN", "COST $"
+    );
+    for r in records {
+        let at = r["at_ms"].as_u64().unwrap_or(0);
+        let time =
+            humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(at));
+        println!(
+            "{:<24} {:>4} {:<22} {:<40} {:<29} {:>9}",
+            time.to_string(),
+            r["status"],
+            r["reason"].as_str().unwrap_or("?"),
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or("?"),
+                r["path"].as_str().unwrap_or("?")
+            ),
+            r["token_id"].as_str().unwrap_or("-"),
+            r["cost"].as_str().unwrap_or("-")
+        );
+    }
     Ok(())
 }

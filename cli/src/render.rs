@@ -223,6 +223,9 @@ pub fn wasm_filter(
                 "root_id": "bridle",
                 // A VM that cannot start or that traps must refuse traffic, never pass it.
                 "failure_policy": "FAIL_CLOSED",
+                // Costed requests hold their headers while the body is read and priced;
+                // without this, Envoy would hold the body too and the price never come.
+                "allow_on_headers_stop_iteration": true,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.Struct",
                     "value": configuration,

@@ -105,9 +105,12 @@ pub struct VerifiedToken {
     endpoints: Option<Vec<EndpointPattern>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Grant {
     pub subject: Subject,
+    /// The vault token as presented: sent on to the ledger (which verifies it again) for
+    /// costed calls; never forwarded to the vendor, never logged.
+    pub credential: String,
     pub token: Arc<VerifiedToken>,
     /// Index of the policy endpoint that matched (its cost rule applies).
     pub endpoint_index: usize,
@@ -119,8 +122,27 @@ pub struct Grant {
     pub path: String,
 }
 
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("presentation", &self.presentation).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Grant {
+    /// Everything but the credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("subject", &self.subject)
+            .field("endpoint_index", &self.endpoint_index)
+            .field("merchant", &self.merchant)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The credential as presented, before verification.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Credential {
     pub token: String,
     pub presentation: Presentation,
@@ -374,6 +396,7 @@ impl Gate {
             .about(&subject));
         }
         Ok(Grant {
+            credential: credential.token.clone(),
             strip_headers,
             method: method.to_string(),
             path: path.path.to_string(),
@@ -1072,6 +1095,15 @@ mod tests {
             ],
         );
         assert_eq!(reason(&g, &stripped), Reason::Allowed);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_credential() {
+        let g = gate();
+        let t = bearer(&claims());
+        let grant = decide(&g, &req("GET", "/v1/charges/ch_1", &[("authorization", t), ("stripe-account", b"acct_1Merchant".to_vec())])).unwrap();
+        assert!(grant.credential.starts_with("bvt_"));
+        assert!(!format!("{grant:?}").contains("bvt_"));
     }
 
     #[test]

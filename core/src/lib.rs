@@ -21,6 +21,7 @@ pub mod duration;
 pub mod glob;
 pub mod issue;
 pub mod ledger_api;
+pub mod loop_breaker;
 pub mod money;
 pub mod path;
 pub mod policy;

@@ -68,6 +68,8 @@ reasons! {
     LedgerUnavailable => "ledger_unavailable", 503;
     RevocationStale => "revocation_stale", 503;
     Internal => "internal", 500;
+    // Envoy refused the request before Bridle saw it (a malformed path, say); audited too.
+    ProxyRejected => "proxy_rejected", 400;
 }
 
 impl Reason {

@@ -146,7 +146,29 @@ impl Envoy {
     /// Starts Envoy and waits until its admin endpoint says it is live and every listener is
     /// bound. An Envoy that exits first (a refused configuration) is an `Err` with its log.
     pub async fn start(setup: &Setup) -> Result<Envoy, String> {
-        Envoy::start_config(&setup.render(), &setup.environment(), setup.concurrency).await
+        let envoy = Envoy::start_config(&setup.render(), &setup.environment(), setup.concurrency).await?;
+        if setup.ledger.is_some() {
+            // Uncosted requests wait for a fresh revocation set: let the first poll land and
+            // every worker's plugins copy it on their tick.
+            envoy.await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(envoy)
+    }
+
+    /// Waits (up to 15 s) until a stat reaches `at_least`.
+    pub async fn await_stat(&self, name: &str, at_least: u64) -> Result<u64, String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let value = self.stats(&format!("^{}$", name.replace('.', "\\."))).await.get(name).copied().unwrap_or(0);
+            if value >= at_least {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{name} stayed at {value} (< {at_least}):\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn start_config(

@@ -19,6 +19,7 @@
 pub mod client;
 pub mod envoy;
 pub mod keys;
+pub mod ledger;
 pub mod mock;
 pub mod process;
 
