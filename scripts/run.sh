@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: a mock vendor, then Envoy with the example policies, in the foreground.
+# `make run`: the ledger, a mock vendor, then Envoy with the example policies.
 # Ctrl-C stops everything. Set BRIDLE_UPSTREAM_<VENDOR> (e.g. BRIDLE_UPSTREAM_STRIPE=
 # https://api.stripe.com) and the vendor's secret variable to front a real API instead.
 set -euo pipefail
@@ -38,16 +38,24 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+LEDGER_ADDR=${BRIDLE_LEDGER_ADDR:-127.0.0.1:8181}
+target/debug/bridle-ledger --listen "$LEDGER_ADDR" --db "$RUN/ledger.db" --policies policies &
+pids+=($!)
 target/debug/bridle-mock-vendor "$MOCK_ADDR" &
 pids+=($!)
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/${LEDGER_ADDR%:*}/${LEDGER_ADDR##*:}") 2>/dev/null && break
+  sleep 0.1
+done
 
-$BRIDLE render envoy --ledger "${BRIDLE_LEDGER_URL:-none}" -o "$RUN/envoy.yaml"
+$BRIDLE render envoy --ledger "http://$LEDGER_ADDR" -o "$RUN/envoy.yaml"
 cat <<MSG
 
 Bridle is starting. Listeners (one per vendor, point the vendor's SDK here):
   stripe     http://127.0.0.1:10001      openai     http://127.0.0.1:10004/v1
   twilio     http://127.0.0.1:10002      anthropic  http://127.0.0.1:10005
   resend     http://127.0.0.1:10003      Envoy admin http://127.0.0.1:9901
+  ledger     http://$LEDGER_ADDR         (admin API: bridle issue / revoke / tokens / audit)
 Upstreams: ${BRIDLE_UPSTREAM_STRIPE} (stripe) ... mock vendor on http://$MOCK_ADDR
 Credentials for the walkthrough: source $RUN/dev.env
 

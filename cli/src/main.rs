@@ -516,7 +516,7 @@ fn revoke(args: RevokeArgs) -> Result<(), Errors> {
         .post("/v1/revocations", &body)
         .map_err(one)?;
     println!(
-        "revoked {} {} ({} known tokens; revocation #{})",
+        "revoked {} {}: covers {} issued token(s), and any minted offline (revocation #{})",
         answer["revocation"]["kind"].as_str().unwrap_or("?"),
         answer["revocation"]["value"].as_str().unwrap_or("?"),
         answer["tokens_revoked"],

@@ -154,7 +154,9 @@ async fn the_example_policies_serve_requests() {
     let mock = MockVendor::start().await;
     let keys = Keys::generate();
     let policies = policy_files::load(&[repo_root().join("policies")]).unwrap();
-    let setup = Setup::new(policies, &keys).upstream_all(&mock.url());
+    let ledger = bridle_e2e::ledger::Ledger::start(&policies, &keys).await;
+    let mut setup = Setup::new(policies, &keys).upstream_all(&mock.url());
+    setup.ledger = Some(ledger.url());
     let envoy = Envoy::start(&setup).await.unwrap();
     let stripe = keys.token("stripe-payments", Vendor::Stripe);
     let r = Request::new("GET", "/v1/charges/ch_1")
@@ -176,4 +178,15 @@ async fn the_example_policies_serve_requests() {
         .send(envoy.port(Vendor::Openai))
         .await;
     assert_eq!((r.status, r.reason()), (403, "endpoint_not_allowed"));
+    // Costed examples: a $20 payment intent on an allowed merchant, then one over the cap.
+    let pay = |amount: &str| {
+        Request::new("POST", "/v1/payment_intents")
+            .bearer(&stripe)
+            .header("stripe-account", "acct_1BridleDemoA")
+            .form(&format!("amount={amount}&currency=usd"))
+    };
+    let r = pay("2000").send(envoy.port(Vendor::Stripe)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = pay("30000").send(envoy.port(Vendor::Stripe)).await;
+    assert_eq!((r.status, r.reason()), (402, "cap_per_transaction"));
 }

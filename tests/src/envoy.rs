@@ -146,11 +146,14 @@ impl Envoy {
     /// Starts Envoy and waits until its admin endpoint says it is live and every listener is
     /// bound. An Envoy that exits first (a refused configuration) is an `Err` with its log.
     pub async fn start(setup: &Setup) -> Result<Envoy, String> {
-        let envoy = Envoy::start_config(&setup.render(), &setup.environment(), setup.concurrency).await?;
+        let envoy =
+            Envoy::start_config(&setup.render(), &setup.environment(), setup.concurrency).await?;
         if setup.ledger.is_some() {
             // Uncosted requests wait for a fresh revocation set: let the first poll land and
             // every worker's plugins copy it on their tick.
-            envoy.await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1).await?;
+            envoy
+                .await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1)
+                .await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         Ok(envoy)
@@ -160,12 +163,20 @@ impl Envoy {
     pub async fn await_stat(&self, name: &str, at_least: u64) -> Result<u64, String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let value = self.stats(&format!("^{}$", name.replace('.', "\\."))).await.get(name).copied().unwrap_or(0);
+            let value = self
+                .stats(&format!("^{}$", name.replace('.', "\\.")))
+                .await
+                .get(name)
+                .copied()
+                .unwrap_or(0);
             if value >= at_least {
                 return Ok(value);
             }
             if Instant::now() > deadline {
-                return Err(format!("{name} stayed at {value} (< {at_least}):\n{}", self.log()));
+                return Err(format!(
+                    "{name} stayed at {value} (< {at_least}):\n{}",
+                    self.log()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -201,8 +212,21 @@ impl Envoy {
             .stderr(Stdio::null());
         let mut process = Guarded::spawn(cmd).map_err(|e| format!("cannot start envoy: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
+        // The lines that say what went wrong, not Envoy's whole start-up banner.
         let log = |dir: &tempfile::TempDir| {
-            std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default()
+            let all = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+            let lines: Vec<&str> = all
+                .lines()
+                .filter(|l| {
+                    l.contains("][critical]") || l.contains("][error]") || l.contains("][warning]")
+                })
+                .collect();
+            if lines.is_empty() {
+                let tail: Vec<&str> = all.lines().rev().take(20).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            } else {
+                lines.join("\n")
+            }
         };
         let admin: u16 = loop {
             if let Some(status) = process.has_exited() {

@@ -23,7 +23,11 @@ pub struct Ledger {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Ledger {
@@ -32,7 +36,11 @@ impl Ledger {
         Ledger::start_with(policies, keys, &[]).await
     }
 
-    pub async fn start_with(policies: &[CompiledPolicy], keys: &Keys, extra_args: &[&str]) -> Ledger {
+    pub async fn start_with(
+        policies: &[CompiledPolicy],
+        keys: &Keys,
+        extra_args: &[&str],
+    ) -> Ledger {
         let dir = tempfile::tempdir().unwrap();
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
@@ -63,13 +71,18 @@ impl Ledger {
 
     pub fn log(&self) -> String {
         (0..self.starts)
-            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("ledger.{i}.log"))).unwrap_or_default())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("ledger.{i}.log")))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
 
     async fn launch(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join(format!("ledger.{}.log", self.starts))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("ledger.{}.log", self.starts)))
+                .unwrap();
         self.starts += 1;
         let mut cmd = Command::new(workspace_binary("bridle-ledger"));
         cmd.arg("--listen")
@@ -93,12 +106,19 @@ impl Ledger {
             if let Some(status) = process.has_exited() {
                 panic!("the ledger exited ({status}):\n{}", self.log());
             }
-            if let Ok(r) = Request::new("GET", "/healthz").try_send(self.port, Duration::from_secs(2)).await {
+            if let Ok(r) = Request::new("GET", "/healthz")
+                .try_send(self.port, Duration::from_secs(2))
+                .await
+            {
                 if r.status == 200 {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "the ledger was not healthy within 30s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the ledger was not healthy within 30s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.process = Some(process);
@@ -131,22 +151,32 @@ impl Ledger {
 
     async fn admin_ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let r = self.admin(method, path, body).await;
-        assert!((200..300).contains(&r.status), "{method} {path}: {} {}", r.status, r.text());
+        assert!(
+            (200..300).contains(&r.status),
+            "{method} {path}: {} {}",
+            r.status,
+            r.text()
+        );
         r.json()
     }
 
     /// Issues a token; returns (token, id).
     pub async fn issue(&self, request: Value) -> (String, String) {
         let v = self.admin_ok("POST", "/v1/tokens", Some(&request)).await;
-        (v["token"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
+        (
+            v["token"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn revoke(&self, request: Value) -> Value {
-        self.admin_ok("POST", "/v1/revocations", Some(&request)).await
+        self.admin_ok("POST", "/v1/revocations", Some(&request))
+            .await
     }
 
     pub async fn token(&self, id: &str) -> Value {
-        self.admin_ok("GET", &format!("/v1/tokens/{id}"), None).await
+        self.admin_ok("GET", &format!("/v1/tokens/{id}"), None)
+            .await
     }
 
     /// Every audit record matching `query` (e.g. `token_id=tok_1`), following pages.
