@@ -95,6 +95,14 @@ impl FakeHost {
         self.sent.borrow().clone()
     }
 
+    pub fn queue_pop_for_test(&self, queue: u32) -> Option<Vec<u8>> {
+        self.queues
+            .borrow_mut()
+            .entry(queue)
+            .or_default()
+            .pop_front()
+    }
+
     pub fn all_logs(&self) -> String {
         self.logs
             .borrow()

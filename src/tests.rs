@@ -233,3 +233,504 @@ fn bad_configuration_is_refused_with_the_reason() {
     no_keyring.env.borrow_mut().remove("BRIDLE_KEYRING");
     assert!(err(Some(config().to_string().as_bytes()), &no_keyring).contains("BRIDLE_KEYRING"));
 }
+
+// --- the ledger link -----------------------------------------------------------------
+
+mod ledger_flow {
+    use std::rc::Rc;
+
+    use bridle_core::ledger_api::{Report, ReserveRequest, SettleOutcome};
+    use bridle_core::revocation::{RevocationEntry, RevocationFeed, RevocationKind};
+    use proxy_wasm::types::Action;
+
+    use super::{keyring_spec, token, NOW, SECRET};
+    use crate::fake_host::FakeHost;
+    use crate::host::{BufferType, MapType};
+    use crate::plugin::Plugin;
+    use crate::reports::{Item, Queued};
+    use crate::stream::Stream;
+    use crate::ticker::Ticker;
+
+    const ENFORCER: &str = "enf_test_key_0123456789";
+
+    fn config(on_unavailable: &str) -> serde_json::Value {
+        serde_json::json!({
+            "vendor": "stripe",
+            "policies": [{
+                "name": "stripe-payments", "vendor": "stripe", "secret_env": "STRIPE_SECRET_KEY", "max_ttl": "1h",
+                "merchants": { "allow_unscoped": true },
+                "endpoints": [
+                    { "method": "GET", "path": "/v1/charges/*" },
+                    { "method": "POST", "path": "/v1/payment_intents", "cost": { "amount": { "field": "amount", "currency_field": "currency" } } },
+                    { "method": "POST", "path": "/v1/refunds", "cost": { "max": "50", "settle": { "field": "amount", "currency_field": "currency" } } },
+                ],
+                "loop_breaker": { "max_requests_per_minute": 3, "max_identical_per_minute": 2 },
+                "on_ledger_unavailable": on_unavailable,
+            }],
+            "ledger": { "cluster": "bridle_ledger", "authority": "ledger", "timeout_ms": 400 },
+        })
+    }
+
+    fn host() -> FakeHost {
+        let h = FakeHost::default();
+        h.now_secs.set(NOW);
+        h.env
+            .borrow_mut()
+            .insert("BRIDLE_KEYRING".into(), keyring_spec());
+        h.env
+            .borrow_mut()
+            .insert("STRIPE_SECRET_KEY".into(), SECRET.into());
+        h.env
+            .borrow_mut()
+            .insert("BRIDLE_ENFORCER_KEY".into(), ENFORCER.into());
+        h
+    }
+
+    fn plugin(h: &FakeHost, on_unavailable: &str) -> Rc<Plugin> {
+        let p = Rc::new(
+            Plugin::configure(h, Some(config(on_unavailable).to_string().as_bytes())).unwrap(),
+        );
+        // A fresh revocation set, as if a poll had just landed.
+        h.shared.borrow_mut().insert(
+            "bridle.bridle_ledger.revocations.fresh_ms".into(),
+            ((NOW * 1000).to_le_bytes().to_vec(), 1),
+        );
+        Ticker::default().on_tick(h, &p);
+        // That tick polled the ledger; tests look only at their own callouts.
+        h.callouts.borrow_mut().clear();
+        p
+    }
+
+    fn post(h: &FakeHost, path: &str, body: &[u8]) {
+        let auth = format!("Bearer {}", token());
+        h.set_map(
+            MapType::RequestHeaders,
+            &[
+                (":method", b"POST"),
+                (":path", path.as_bytes()),
+                ("authorization", auth.as_bytes()),
+                ("content-type", b"application/x-www-form-urlencoded"),
+            ],
+        );
+        h.set_buffer(BufferType::RequestBody, body);
+    }
+
+    fn answer(h: &FakeHost, status: &str, body: &serde_json::Value) -> usize {
+        h.set_map(
+            MapType::CallResponseHeaders,
+            &[(":status", status.as_bytes())],
+        );
+        let bytes = body.to_string().into_bytes();
+        h.set_buffer(BufferType::CallResponseBody, &bytes);
+        bytes.len()
+    }
+
+    fn queued(h: &FakeHost, p: &Plugin) -> Vec<Item> {
+        let queue = p.ledger.as_ref().unwrap().queue;
+        let mut items = Vec::new();
+        while let Some(bytes) = h.queue_pop_for_test(queue) {
+            items.push(serde_json::from_slice::<Queued>(&bytes).unwrap().item);
+        }
+        items
+    }
+
+    /// Runs a costed request up to the ledger's answer; returns the stream and the call.
+    fn reserve(h: &FakeHost, p: &Rc<Plugin>, body: &[u8]) -> (Stream, ReserveRequest) {
+        post(h, "/v1/payment_intents", body);
+        let mut s = Stream::new(Some(p.clone()));
+        assert_eq!(
+            s.on_request_headers(h, false),
+            Action::Pause,
+            "headers wait for the body"
+        );
+        assert!(
+            h.header(MapType::RequestHeaders, "authorization")
+                .unwrap()
+                .starts_with("Bearer bvt_"),
+            "not rewritten yet"
+        );
+        assert_eq!(s.on_request_body(h, body.len(), false), Action::Pause);
+        assert_eq!(s.on_request_body(h, body.len(), true), Action::Pause);
+        let call = h.callouts.borrow().last().cloned().unwrap();
+        assert_eq!(call.cluster, "bridle_ledger");
+        assert_eq!(call.timeout_ms, 400);
+        assert!(call
+            .headers
+            .contains(&(":path".into(), "/v1/enforce/reserve".into())));
+        assert!(call
+            .headers
+            .contains(&("authorization".into(), format!("Bearer {ENFORCER}"))));
+        (s, serde_json::from_slice(&call.body).unwrap())
+    }
+
+    #[test]
+    fn a_granted_reservation_rewrites_resumes_and_commits() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let (mut s, req) = reserve(&h, &p, b"amount=2000&currency=usd");
+        assert_eq!(req.amount.to_string(), "20.00");
+        assert!(
+            req.token.starts_with("bvt_"),
+            "the ledger verifies the token itself"
+        );
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false}),
+        );
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        assert_eq!(h.resumed.get(), 1);
+        assert_eq!(
+            h.header(MapType::RequestHeaders, "authorization"),
+            Some(format!("Bearer {SECRET}"))
+        );
+        h.set_map(MapType::ResponseHeaders, &[(":status", b"200")]);
+        s.on_response_headers(&h, true);
+        s.on_log(&h);
+        let items = queued(&h, &p);
+        let Item::Settle(settle) = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(
+            (settle.outcome, settle.reservation.as_str(), settle.amount),
+            (SettleOutcome::Commit, req.request_id.as_str(), None)
+        );
+        let Item::Audit(audit) = &items[1] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(
+            (audit.status, audit.cost.map(|c| c.to_string())),
+            (200, Some("20.00".to_string()))
+        );
+        assert_eq!(audit.id, req.request_id);
+        assert!(
+            !format!("{items:?}").contains("bvt_"),
+            "no token in what is reported"
+        );
+    }
+
+    #[test]
+    fn vendor_outcomes_map_to_settles() {
+        for (status, want) in [
+            ("201", Some(SettleOutcome::Commit)),
+            ("402", Some(SettleOutcome::Release)),
+            ("503", Some(SettleOutcome::Hold)),
+            ("", Some(SettleOutcome::Hold)),
+        ] {
+            let h = host();
+            let p = plugin(&h, "deny");
+            let (mut s, req) = reserve(&h, &p, b"amount=100&currency=usd");
+            let n = answer(
+                &h,
+                "200",
+                &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false}),
+            );
+            s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+            if !status.is_empty() {
+                h.set_map(MapType::ResponseHeaders, &[(":status", status.as_bytes())]);
+                s.on_response_headers(&h, true);
+            }
+            s.on_log(&h);
+            let Item::Settle(settle) = &queued(&h, &p)[0] else {
+                panic!()
+            };
+            assert_eq!(Some(settle.outcome), want, "status {status:?}");
+        }
+    }
+
+    #[test]
+    fn settles_from_the_response_body_when_the_rule_says() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        post(&h, "/v1/refunds", b"charge=ch_1");
+        let mut s = Stream::new(Some(p.clone()));
+        s.on_request_headers(&h, false);
+        s.on_request_body(&h, 11, true);
+        let req: ReserveRequest = serde_json::from_slice(&h.callouts.borrow()[0].body).unwrap();
+        assert_eq!(req.amount.to_string(), "50.00", "the estimate is reserved");
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false}),
+        );
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        h.set_map(
+            MapType::ResponseHeaders,
+            &[(":status", b"200"), ("content-type", b"application/json")],
+        );
+        assert_eq!(s.on_response_headers(&h, false), Action::Continue);
+        let body = br#"{"id":"re_1","amount":1234,"currency":"usd"}"#;
+        h.set_buffer(BufferType::ResponseBody, body);
+        assert_eq!(
+            s.on_response_body(&h, 10, false),
+            Action::Pause,
+            "buffer until the end"
+        );
+        assert_eq!(s.on_response_body(&h, body.len(), true), Action::Continue);
+        s.on_log(&h);
+        let Item::Settle(settle) = &queued(&h, &p)[0] else {
+            panic!()
+        };
+        assert_eq!(settle.amount.map(|a| a.to_string()), Some("12.34".into()));
+    }
+
+    #[test]
+    fn ledger_failures_deny_and_release() {
+        // The ledger answers 503.
+        let h = host();
+        let p = plugin(&h, "deny");
+        let (mut s, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        let n = answer(&h, "503", &serde_json::json!({}));
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let sent = h.sent().unwrap();
+        assert_eq!(
+            (sent.status, sent.header("x-bridle-reason")),
+            (503, Some("ledger_unavailable"))
+        );
+        assert_eq!(sent.header("stripe-should-retry"), Some("false"));
+        assert_eq!(h.resumed.get(), 0);
+        assert_ne!(
+            h.header(MapType::RequestHeaders, "authorization"),
+            Some(format!("Bearer {SECRET}")),
+            "never rewritten"
+        );
+        s.on_log(&h);
+        let Item::Settle(settle) = &queued(&h, &p)[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (settle.outcome, settle.reservation.as_str()),
+            (SettleOutcome::Release, req.request_id.as_str())
+        );
+
+        // An unreadable answer.
+        let h = host();
+        let p = plugin(&h, "deny");
+        let (mut s, _) = reserve(&h, &p, b"amount=100&currency=usd");
+        h.set_map(MapType::CallResponseHeaders, &[(":status", b"200")]);
+        h.set_buffer(BufferType::CallResponseBody, b"<html>");
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, 6);
+        assert_eq!(
+            h.sent().unwrap().header("x-bridle-reason"),
+            Some("ledger_unavailable")
+        );
+
+        // The callout cannot even start.
+        let h = host();
+        let p = plugin(&h, "deny");
+        h.fail_dispatch.set(true);
+        post(&h, "/v1/payment_intents", b"amount=100&currency=usd");
+        let mut s = Stream::new(Some(p));
+        s.on_request_headers(&h, false);
+        assert_eq!(s.on_request_body(&h, 23, true), Action::Pause);
+        assert_eq!(h.sent().unwrap().status, 503);
+    }
+
+    #[test]
+    fn the_ledgers_refusals_reach_the_agent() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let (mut s, _) = reserve(&h, &p, b"amount=100&currency=usd");
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "denied", "reason": "cap_window", "message": "over the $1.00 cap"}),
+        );
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let sent = h.sent().unwrap();
+        assert_eq!(
+            (sent.status, sent.header("x-bridle-reason")),
+            (402, Some("cap_window"))
+        );
+        assert!(sent.body.contains("over the $1.00 cap"));
+        assert_eq!(h.counter("bridle.stripe.stripe-payments.cap_window"), 1);
+    }
+
+    #[test]
+    fn a_stream_gone_before_the_answer_releases() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let (mut s, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        s.on_log(&h);
+        let Item::Settle(settle) = &queued(&h, &p)[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (settle.outcome, settle.reservation.as_str()),
+            (SettleOutcome::Release, req.request_id.as_str())
+        );
+    }
+
+    #[test]
+    fn costed_requests_refuse_what_they_cannot_price() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        for (path, body, reason) in [
+            (
+                "/v1/payment_intents?amount=1",
+                &b"amount=99999&currency=usd"[..],
+                "cost_undetermined",
+            ),
+            ("/v1/payment_intents", b"currency=usd", "cost_undetermined"),
+            (
+                "/v1/payment_intents",
+                b"amount=100&currency=xyz",
+                "currency_unknown",
+            ),
+        ] {
+            post(&h, path, body);
+            let mut s = Stream::new(Some(p.clone()));
+            s.on_request_headers(&h, false);
+            s.on_request_body(&h, body.len(), true);
+            assert_eq!(
+                h.sent().unwrap().header("x-bridle-reason"),
+                Some(reason),
+                "{path} {body:?}"
+            );
+        }
+        post(&h, "/v1/payment_intents", b"");
+        let mut s = Stream::new(Some(p));
+        s.on_request_headers(&h, false);
+        s.on_request_body(&h, crate::stream::MAX_BODY + 1, false);
+        assert_eq!(h.sent().unwrap().status, 413);
+        assert!(
+            h.callouts.borrow().is_empty(),
+            "nothing unpriceable reached the ledger"
+        );
+    }
+
+    #[test]
+    fn a_stale_revocation_set_follows_the_policy() {
+        for (mode, want) in [("deny", Some(503)), ("allow", None)] {
+            let h = host();
+            let p =
+                Rc::new(Plugin::configure(&h, Some(config(mode).to_string().as_bytes())).unwrap());
+            let auth = format!("Bearer {}", token());
+            h.set_map(
+                MapType::RequestHeaders,
+                &[
+                    (":method", b"GET"),
+                    (":path", b"/v1/charges/ch_1"),
+                    ("authorization", auth.as_bytes()),
+                ],
+            );
+            Stream::new(Some(p)).on_request_headers(&h, true);
+            assert_eq!(h.sent().map(|s| s.status), want, "{mode}");
+        }
+    }
+
+    #[test]
+    fn the_ticker_polls_merges_and_the_streams_see_revocations() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let mut ticker = Ticker::default();
+        h.callouts.borrow_mut().clear();
+        h.now_secs.set(NOW + 1);
+        ticker.on_tick(&h, &p);
+        let call = h.callouts.borrow().last().cloned().unwrap();
+        assert!(
+            call.headers
+                .contains(&(":path".into(), "/v1/enforce/revocations?since=0".into())),
+            "{call:?}"
+        );
+        let feed = RevocationFeed {
+            seq: 1,
+            entries: vec![RevocationEntry {
+                seq: 1,
+                kind: RevocationKind::Token,
+                value: "tok_abc".into(),
+                at: NOW,
+                until: NOW + 3600,
+            }],
+            reset: false,
+        };
+        let n = answer(&h, "200", &serde_json::to_value(&feed).unwrap());
+        ticker.on_call_response(&h, &p, h.callouts.borrow().len() as u32, n);
+        assert_eq!(h.counter("bridle.ledger.revocation_polls_ok"), 1);
+        // Another plugin (another worker) picks the set up from shared data on its tick.
+        let other =
+            Rc::new(Plugin::configure(&h, Some(config("deny").to_string().as_bytes())).unwrap());
+        Ticker::default().on_tick(&h, &other);
+        let auth = format!("Bearer {}", token());
+        h.set_map(
+            MapType::RequestHeaders,
+            &[
+                (":method", b"GET"),
+                (":path", b"/v1/charges/ch_1"),
+                ("authorization", auth.as_bytes()),
+            ],
+        );
+        Stream::new(Some(other)).on_request_headers(&h, true);
+        assert_eq!(
+            h.sent().unwrap().header("x-bridle-reason"),
+            Some("token_revoked")
+        );
+    }
+
+    #[test]
+    fn the_ticker_reports_in_batches_and_puts_back_what_failed() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        for _ in 0..3 {
+            let auth = format!("Bearer {}", token());
+            h.set_map(
+                MapType::RequestHeaders,
+                &[
+                    (":method", b"GET"),
+                    (":path", b"/v1/charges/ch_1"),
+                    ("authorization", auth.as_bytes()),
+                ],
+            );
+            let mut s = Stream::new(Some(p.clone()));
+            s.on_request_headers(&h, true);
+            s.on_log(&h);
+        }
+        let mut ticker = Ticker::default();
+        h.callouts.borrow_mut().clear();
+        ticker.on_tick(&h, &p);
+        let report_call = h
+            .callouts
+            .borrow()
+            .iter()
+            .position(|c| {
+                c.headers
+                    .contains(&(":path".into(), "/v1/enforce/report".into()))
+            })
+            .unwrap();
+        let report: Report =
+            serde_json::from_slice(&h.callouts.borrow()[report_call].body).unwrap();
+        assert_eq!(report.audit.len(), 3);
+        // The ledger failed: the batch goes back on the queue, to be sent again.
+        let n = answer(&h, "500", &serde_json::json!({}));
+        ticker.on_call_response(&h, &p, report_call as u32 + 1, n);
+        assert_eq!(h.counter("bridle.ledger.reports_failed"), 1);
+        let again = queued(&h, &p);
+        assert_eq!(again.len(), 3);
+    }
+
+    #[test]
+    fn the_loop_breaker_answers_429_with_retry_after() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let auth = format!("Bearer {}", token());
+        let mut statuses = Vec::new();
+        for i in 0..4 {
+            h.sent.borrow_mut().take();
+            let path = format!("/v1/charges/ch_{i}");
+            h.set_map(
+                MapType::RequestHeaders,
+                &[
+                    (":method", b"GET"),
+                    (":path", path.as_bytes()),
+                    ("authorization", auth.as_bytes()),
+                ],
+            );
+            Stream::new(Some(p.clone())).on_request_headers(&h, true);
+            statuses.push(h.sent().map_or(200, |s| s.status));
+        }
+        assert_eq!(statuses, [200, 200, 200, 429]);
+        let sent = h.sent().unwrap();
+        assert_eq!(sent.header("x-bridle-reason"), Some("rate_limited"));
+        assert!(sent.header("retry-after").is_some());
+    }
+}
