@@ -35,8 +35,10 @@ impl LedgerClient {
         if (200..300).contains(&status) {
             Ok(body)
         } else {
-            let message = body["error"]["message"]
-                .as_str()
+            let message = body
+                .get("error")
+                .and_then(|e| e.get("message"))
+                .and_then(Value::as_str)
                 .map(String::from)
                 .unwrap_or_else(|| body.to_string());
             Err(format!("the ledger refused ({status}): {message}"))

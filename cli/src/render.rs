@@ -186,22 +186,24 @@ fn cluster(name: &str, up: &Upstream, ca_file: &str, timeout: &str) -> Value {
         },
     });
     if up.tls {
-        c["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": up.host,
-                "common_tls_context": {
-                    "validation_context": {
-                        "trusted_ca": { "filename": ca_file },
-                        "match_typed_subject_alt_names": [{
-                            "san_type": "DNS",
-                            "matcher": { "exact": up.host },
-                        }],
+        if let Some(o) = c.as_object_mut() {
+            o.insert("transport_socket".into(), json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": up.host,
+                    "common_tls_context": {
+                        "validation_context": {
+                            "trusted_ca": { "filename": ca_file },
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": { "exact": up.host },
+                            }],
+                        },
                     },
                 },
-            },
-        });
+            }));
+        }
     }
     c
 }
@@ -274,9 +276,14 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
         ],
     });
     if opts.envoy_path_hardening {
-        hcm["normalize_path"] = json!(true);
-        hcm["merge_slashes"] = json!(true);
-        hcm["path_with_escaped_slashes_action"] = json!("REJECT_REQUEST");
+        if let Some(o) = hcm.as_object_mut() {
+            o.insert("normalize_path".into(), json!(true));
+            o.insert("merge_slashes".into(), json!(true));
+            o.insert(
+                "path_with_escaped_slashes_action".into(),
+                json!("REJECT_REQUEST"),
+            );
+        }
     }
     json!({
         "name": format!("bridle_{vendor}"),
@@ -339,7 +346,8 @@ pub fn istio(
                 "url": image,
                 "phase": "AUTHN",
                 "failStrategy": "FAIL_CLOSE",
-                "match": [{ "mode": "SERVER", "ports": [{ "number": u32::from(default_port(vendor)) }] }],
+                // istiod classes every gateway listener as CLIENT; SERVER would match none.
+                "match": [{ "mode": "CLIENT", "ports": [{ "number": u32::from(default_port(vendor)) }] }],
                 "pluginConfig": serde_json::to_value(&config).map_err(|e| e.to_string())?,
                 "vmConfig": {
                     "env": env_keys(policies, Some(&link))

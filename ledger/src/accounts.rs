@@ -237,10 +237,12 @@ pub enum Change {
 /// A token's current spend and caps.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TokenView {
+    /// The token's claims; its `caps` are its own narrowing.
     #[serde(flatten)]
     pub record: TokenRecord,
     pub status: &'static str,
-    pub caps: Caps,
+    /// The caps in force: the policy's, lowered by the token's narrowing.
+    pub effective_caps: Caps,
     pub spend: SpendView,
 }
 
@@ -959,7 +961,7 @@ impl Accounts {
         Some(TokenView {
             record: t.record.clone(),
             status,
-            caps,
+            effective_caps: caps,
             spend: SpendView {
                 window: usd(t.window.sum),
                 lifetime: usd(t.lifetime),

@@ -70,7 +70,11 @@ impl Default for Metrics {
             "Dollars reserved by granted reservations",
             m.reserved_usd.clone(),
         );
-        registry.register("settles", "Settles applied, by outcome", m.settles.clone());
+        registry.register(
+            "settles",
+            "Settles received from filters, by outcome (an idempotent repeat counts too)",
+            m.settles.clone(),
+        );
         registry.register(
             "audit_records",
             "Audit records stored",

@@ -154,8 +154,7 @@ fn complete(raw: &[u8], head_only: bool) -> bool {
     if head.contains("transfer-encoding: chunked") {
         return body.ends_with(b"0\r\n\r\n");
     }
-    let status_no_body = head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304");
-    status_no_body
+    head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304")
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {

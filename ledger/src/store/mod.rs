@@ -94,6 +94,7 @@ impl AuditQuery {
 pub struct AuditPage {
     pub records: Vec<AuditRecord>,
     /// Pass as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
 

@@ -557,7 +557,7 @@ impl Store for SqliteStore {
                 .map_err(sql)?;
             Ok(Some(TokenView {
                 status: token_status(&record, now_s),
-                caps: Default::default(),
+                effective_caps: Default::default(),
                 spend: SpendView { lifetime: Usd::from_micros(lifetime).unwrap_or_default(), ..Default::default() },
                 record,
             }))
