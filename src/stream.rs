@@ -3,6 +3,7 @@
 //! ```text
 //! headers ── deny ─────────────────────────────────────────► local reply
 //!    │  allow, free ─────────────────────────────────────────► rewrite, forward
+//!    │  allow, free, loop breaker ─► whole body ─► fingerprint ─► rewrite, forward
 //!    └─ allow, costed ─► whole body ─► price ─► reserve ─┬─ granted ─► rewrite, resume
 //!                                                        └─ refused, error, timeout ─► local reply
 //! response ─► (settle amount from the body, when the rule says) ─► on_log: settle, audit
@@ -38,9 +39,11 @@ pub const MAX_RESPONSE_BODY: usize = 1 << 20;
 /// Longest idempotency key passed to the ledger (Stripe's own limit).
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// A costed request waiting for its body, then for the ledger.
-struct Costed {
+/// A request whose body Bridle reads before deciding: a costed one (to price it), or one
+/// whose policy watches for identical repeats (to fingerprint it).
+struct Pending {
     grant: Grant,
+    costed: bool,
     raw_path: Vec<u8>,
     content_type: Option<Vec<u8>>,
     idempotency_key: Option<String>,
@@ -56,9 +59,9 @@ enum Phase {
     /// No headers seen: Envoy refused the request before the filter ran, or it is starting.
     Start,
     Denied,
-    AwaitingBody(Box<Costed>),
+    AwaitingBody(Box<Pending>),
     Reserving {
-        costed: Box<Costed>,
+        costed: Box<Pending>,
         call: u32,
     },
     Forwarded,
@@ -195,16 +198,17 @@ impl Stream {
             }
         }
         let raw_path = header(&headers, ":path").unwrap_or_default().to_vec();
-        if !costed || end_of_stream {
+        let watch_repeats = policy.policy.loop_breaker.is_some();
+        if !costed && (end_of_stream || !watch_repeats) {
+            // The whole request is known now, or its body would not change the decision.
             let fp = end_of_stream.then(|| fingerprint(&grant.method, &raw_path, &[]));
             if let Some(action) = self.loop_check(host, &plugin, policy, &grant, fp) {
                 return action;
             }
-        }
-        if !costed {
             return self.forward(host, &plugin, &grant);
         }
-        let costed = Box::new(Costed {
+        let pending = Box::new(Pending {
+            costed,
             content_type: header(&headers, "content-type").map(<[u8]>::to_vec),
             idempotency_key: header(&headers, "idempotency-key")
                 .and_then(|k| std::str::from_utf8(k).ok())
@@ -218,12 +222,56 @@ impl Stream {
             grant,
         });
         if end_of_stream {
-            return self.reserve(host, &plugin, costed, &[]);
+            return self.with_body(host, &plugin, pending, Some(&[]));
         }
         // Headers wait here while the body is buffered (the Envoy config sets
         // allow_on_headers_stop_iteration so that body callbacks still arrive).
-        self.phase = Phase::AwaitingBody(costed);
+        self.phase = Phase::AwaitingBody(pending);
         Action::Pause
+    }
+
+    /// Decides once the body is read: price and reserve a costed call, or fingerprint a free
+    /// one for the loop breaker and let it go. `None`: too large to read.
+    fn with_body<H: Host>(
+        &mut self,
+        host: &H,
+        plugin: &Plugin,
+        pending: Box<Pending>,
+        body: Option<&[u8]>,
+    ) -> Action {
+        if pending.costed {
+            return match body {
+                Some(body) => self.reserve(host, plugin, pending, body),
+                None => {
+                    let denial = Denial::new(
+                        Reason::BodyTooLarge,
+                        format!("A costed request's body may be at most {MAX_BODY} bytes."),
+                    );
+                    self.deny(host, plugin, with_subject(denial, &pending.grant), None)
+                }
+            };
+        }
+        let Some(policy) = plugin
+            .gate
+            .config()
+            .policy(pending.grant.subject.policy_index)
+        else {
+            return self.deny(
+                host,
+                plugin,
+                with_subject(
+                    Denial::new(Reason::Internal, "policy index"),
+                    &pending.grant,
+                ),
+                None,
+            );
+        };
+        // A body too large to read still counts against the rate, just unfingerprinted.
+        let fp = body.map(|b| fingerprint(&pending.grant.method, &pending.raw_path, b));
+        if let Some(action) = self.loop_check(host, plugin, policy, &pending.grant, fp) {
+            return action;
+        }
+        self.forward(host, plugin, &pending.grant)
     }
 
     pub fn on_request_body<H: Host>(
@@ -236,27 +284,24 @@ impl Stream {
             return Action::Pause;
         };
         match std::mem::replace(&mut self.phase, Phase::Start) {
-            Phase::AwaitingBody(costed) => {
+            Phase::AwaitingBody(pending) => {
                 if body_size > MAX_BODY {
-                    self.subject = Some(costed.grant.subject.clone());
-                    let denial = Denial::new(
-                        Reason::BodyTooLarge,
-                        format!("A costed request's body may be at most {MAX_BODY} bytes."),
-                    );
-                    return self.deny(host, &plugin, with_subject(denial, &costed.grant), None);
+                    return self.with_body(host, &plugin, pending, None);
                 }
                 if !end_of_stream {
-                    self.phase = Phase::AwaitingBody(costed);
+                    self.phase = Phase::AwaitingBody(pending);
                     return Action::Pause;
                 }
                 match host.buffer(BufferType::RequestBody, 0, body_size) {
-                    Ok(body) => self.reserve(host, &plugin, costed, &body.unwrap_or_default()),
+                    Ok(body) => {
+                        self.with_body(host, &plugin, pending, Some(&body.unwrap_or_default()))
+                    }
                     Err(e) => {
                         let denial = Denial::new(
                             Reason::Internal,
                             format!("Could not read the request body (status {}).", e.0),
                         );
-                        self.deny(host, &plugin, with_subject(denial, &costed.grant), None)
+                        self.deny(host, &plugin, with_subject(denial, &pending.grant), None)
                     }
                 }
             }
@@ -276,7 +321,7 @@ impl Stream {
         &mut self,
         host: &H,
         plugin: &Plugin,
-        costed: Box<Costed>,
+        costed: Box<Pending>,
         body: &[u8],
     ) -> Action {
         let grant = &costed.grant;

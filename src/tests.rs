@@ -709,6 +709,61 @@ mod ledger_flow {
     }
 
     #[test]
+    fn identical_bodies_are_fingerprinted_even_when_free() {
+        let h = host();
+        let mut cfg = config("deny");
+        cfg["policies"][0]["endpoints"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({ "method": "POST", "path": "/v1/customers" }));
+        let p = Rc::new(Plugin::configure(&h, Some(cfg.to_string().as_bytes())).unwrap());
+        h.shared.borrow_mut().insert(
+            "bridle.bridle_ledger.revocations.fresh_ms".into(),
+            ((NOW * 1000).to_le_bytes().to_vec(), 1),
+        );
+        Ticker::default().on_tick(&h, &p);
+        let send = |body: &[u8]| {
+            h.sent.borrow_mut().take();
+            post(&h, "/v1/customers", body);
+            let mut s = Stream::new(Some(p.clone()));
+            assert_eq!(
+                s.on_request_headers(&h, false),
+                Action::Pause,
+                "the body is read first"
+            );
+            let action = s.on_request_body(&h, body.len(), true);
+            (
+                action,
+                h.sent()
+                    .map(|r| r.header("x-bridle-reason").unwrap_or_default().to_string()),
+            )
+        };
+        assert_eq!(send(b"email=a@x.io"), (Action::Continue, None));
+        // Forwarded with the real secret, after the body was read.
+        assert_eq!(
+            h.header(MapType::RequestHeaders, "authorization"),
+            Some(format!("Bearer {SECRET}"))
+        );
+        assert_eq!(send(b"email=a@x.io"), (Action::Continue, None));
+        assert_eq!(send(b"email=a@x.io").1.as_deref(), Some("repeat_limited"));
+        // The rate limit (3 a minute) still counts the refused one: a different body is now over it.
+        assert_eq!(send(b"email=b@x.io").1.as_deref(), Some("rate_limited"));
+    }
+
+    #[test]
+    fn a_bodyless_costed_request_is_counted_once() {
+        let h = host();
+        let mut cfg = config("deny");
+        cfg["policies"][0]["loop_breaker"]["max_requests_per_minute"] = 1.into();
+        cfg["policies"][0]["endpoints"][1]["cost"] = serde_json::json!({ "max": "1" });
+        let p = Rc::new(Plugin::configure(&h, Some(cfg.to_string().as_bytes())).unwrap());
+        post(&h, "/v1/payment_intents", b"");
+        Stream::new(Some(p)).on_request_headers(&h, true);
+        assert!(h.sent().is_none(), "{:?}", h.sent());
+        assert_eq!(h.callouts.borrow().len(), 1, "the reservation went out");
+    }
+
+    #[test]
     fn the_loop_breaker_answers_429_with_retry_after() {
         let h = host();
         let p = plugin(&h, "deny");
