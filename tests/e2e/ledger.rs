@@ -1,7 +1,12 @@
 //! The filter and the ledger together, through the real Envoy and the real ledger process:
 //! costs, caps, concurrency, idempotency, the loop breaker, revocation, failure modes,
 //! durability across kill -9, alerts, and the audit log.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -87,12 +92,24 @@ struct Stack {
 async fn stack_with(extra_ledger_args: &[&str]) -> Stack {
     let mock = MockVendor::start().await;
     let keys = Keys::generate();
-    let ps = policies(&[stripe_pay(), stripe_tight(), stripe_loop(), twilio_sms(), resend_mail(), openai_open()]);
+    let ps = policies(&[
+        stripe_pay(),
+        stripe_tight(),
+        stripe_loop(),
+        twilio_sms(),
+        resend_mail(),
+        openai_open(),
+    ]);
     let ledger = Ledger::start_with(&ps, &keys, extra_ledger_args).await;
     let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
     setup.ledger = Some(ledger.url());
     let envoy = Envoy::start(&setup).await.unwrap();
-    Stack { ledger, envoy, mock, keys }
+    Stack {
+        ledger,
+        envoy,
+        mock,
+        keys,
+    }
 }
 
 async fn stack() -> Stack {
@@ -101,7 +118,9 @@ async fn stack() -> Stack {
 
 impl Stack {
     async fn issue(&self, policy: &str, label: &str) -> (String, String) {
-        self.ledger.issue(json!({ "policy": policy, "label": label, "expires_in": "1h" })).await
+        self.ledger
+            .issue(json!({ "policy": policy, "label": label, "expires_in": "1h" }))
+            .await
     }
 
     fn stripe(&self) -> u16 {
@@ -122,7 +141,11 @@ impl Stack {
 }
 
 fn intent(token: &str, amount: &str, currency: &str) -> Request {
-    Request::new("POST", "/v1/payment_intents").bearer(token).form(&format!("amount={amount}&currency={currency}&payment_method_types[]=card"))
+    Request::new("POST", "/v1/payment_intents")
+        .bearer(token)
+        .form(&format!(
+            "amount={amount}&currency={currency}&payment_method_types[]=card"
+        ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,23 +156,52 @@ async fn a_costed_call_reserves_forwards_and_commits() {
     assert_eq!(r.status, 200, "{}", r.text());
     let got = s.mock.requests();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].header("authorization").as_deref(), Some(format!("Bearer {}", canary_secret(Vendor::Stripe).1).as_str()));
-    assert_eq!(got[0].body, b"amount=2000&currency=usd&payment_method_types[]=card", "the body reaches the vendor untouched");
+    assert_eq!(
+        got[0].header("authorization").as_deref(),
+        Some(format!("Bearer {}", canary_secret(Vendor::Stripe).1).as_str())
+    );
+    assert_eq!(
+        got[0].body, b"amount=2000&currency=usd&payment_method_types[]=card",
+        "the body reaches the vendor untouched"
+    );
     assert!(!got[0].everything().contains("bvt_"));
     let t = s.settled(&id).await;
-    assert_eq!((t["spend"]["window"].as_str(), t["spend"]["lifetime"].as_str()), (Some("20.00"), Some("20.00")));
+    assert_eq!(
+        (
+            t["spend"]["window"].as_str(),
+            t["spend"]["lifetime"].as_str()
+        ),
+        (Some("20.00"), Some("20.00"))
+    );
     let audit = s.ledger.await_audit(&format!("token_id={id}"), 1).await;
     assert_eq!(audit.len(), 1);
-    assert_eq!((audit[0]["status"].as_u64(), audit[0]["reason"].as_str(), audit[0]["cost"].as_str()), (Some(200), Some("allowed"), Some("20.00")));
+    assert_eq!(
+        (
+            audit[0]["status"].as_u64(),
+            audit[0]["reason"].as_str(),
+            audit[0]["cost"].as_str()
+        ),
+        (Some(200), Some("allowed"), Some("20.00"))
+    );
     assert_eq!(s.envoy.counter(Vendor::Stripe, "pay", "allowed").await, 1);
 
     // A token minted offline (bridle mint) is accounted for from its first costed call.
     let mut claims = bridle_e2e::keys::claims("pay", Vendor::Stripe);
     claims.label = "acme/offline".into();
     let minted = s.keys.mint(&claims);
-    assert_eq!(intent(&minted, "700", "usd").send(s.stripe()).await.status, 200);
+    assert_eq!(
+        intent(&minted, "700", "usd").send(s.stripe()).await.status,
+        200
+    );
     let t = s.settled(&claims.id).await;
-    assert_eq!((t["spend"]["window"].as_str(), t["issued"].as_bool(), t["label"].as_str()), (Some("7.00"), Some(false), Some("acme/offline")));
+    assert_eq!(
+        (
+            t["spend"]["window"].as_str(),
+            t["issued"].as_bool(),
+            t["label"].as_str()
+        ),
+        (Some("7.00"), Some(false), Some("acme/offline"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,19 +209,43 @@ async fn cost_rules_price_each_vendor() {
     let s = stack().await;
     let (token, id) = s.issue("pay", "acme/costs").await;
     // Zero-decimal yen, and euros through the policy's FX table.
-    assert_eq!(intent(&token, "500", "jpy").send(s.stripe()).await.status, 200);
-    assert_eq!(intent(&token, "1000", "eur").send(s.stripe()).await.status, 200);
+    assert_eq!(
+        intent(&token, "500", "jpy").send(s.stripe()).await.status,
+        200
+    );
+    assert_eq!(
+        intent(&token, "1000", "eur").send(s.stripe()).await.status,
+        200
+    );
     // A currency without a rate is refused before the vendor sees it.
     let before = s.mock.count();
     let r = intent(&token, "100", "xyz").send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (400, "currency_unknown"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.reason()),
+        (400, "currency_unknown"),
+        "{}",
+        r.text()
+    );
     // An ambiguous amount is refused, never read the cheap way.
-    let r = Request::new("POST", "/v1/payment_intents").bearer(&token).form("amount=1&amount=4999&currency=usd").send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (400, "cost_undetermined"), "{}", r.text());
+    let r = Request::new("POST", "/v1/payment_intents")
+        .bearer(&token)
+        .form("amount=1&amount=4999&currency=usd")
+        .send(s.stripe())
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (400, "cost_undetermined"),
+        "{}",
+        r.text()
+    );
     assert_eq!(s.mock.count(), before);
     // A refund without an amount reserves the policy's maximum, then settles from the
     // response ($15.00 from the mock's refund).
-    let r = Request::new("POST", "/v1/refunds").bearer(&token).form("charge=ch_1").send(s.stripe()).await;
+    let r = Request::new("POST", "/v1/refunds")
+        .bearer(&token)
+        .form("charge=ch_1")
+        .send(s.stripe())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let t = s.settled(&id).await;
     // $3.35 (yen) + $10.80 (euros) + $15.00 (refund settled from the response).
@@ -178,26 +254,59 @@ async fn cost_rules_price_each_vendor() {
     // Twilio: 200 GSM characters are two SMS segments at $0.0079.
     let (sms, sms_id) = s.issue("sms", "acme/sms").await;
     let basic = base64_basic(SID, &sms);
-    let body = format!("To=%2B15551234567&From=%2B15557654321&Body={}", "a".repeat(200));
-    let r = Request::new("POST", format!("/2010-04-01/Accounts/{SID}/Messages.json")).header("authorization", basic).form(&body).send(s.envoy.port(Vendor::Twilio)).await;
+    let body = format!(
+        "To=%2B15551234567&From=%2B15557654321&Body={}",
+        "a".repeat(200)
+    );
+    let r = Request::new("POST", format!("/2010-04-01/Accounts/{SID}/Messages.json"))
+        .header("authorization", basic)
+        .form(&body)
+        .send(s.envoy.port(Vendor::Twilio))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(s.settled(&sms_id).await["spend"]["window"].as_str(), Some("0.0158"));
+    assert_eq!(
+        s.settled(&sms_id).await["spend"]["window"].as_str(),
+        Some("0.0158")
+    );
 
     // Resend: one price per recipient, to + cc + bcc; over the per-transaction cap is refused.
     let (mail, mail_id) = s.issue("mail", "acme/mail").await;
     let port = s.envoy.port(Vendor::Resend);
     let three = json!({"from": "a@x.io", "to": ["b@x.io", "c@x.io"], "cc": "d@x.io", "subject": "s", "text": "t"});
-    assert_eq!(Request::new("POST", "/emails").bearer(&mail).json(&three).send(port).await.status, 200);
-    assert_eq!(s.settled(&mail_id).await["spend"]["window"].as_str(), Some("0.003"));
+    assert_eq!(
+        Request::new("POST", "/emails")
+            .bearer(&mail)
+            .json(&three)
+            .send(port)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        s.settled(&mail_id).await["spend"]["window"].as_str(),
+        Some("0.003")
+    );
     let four = json!({"from": "a@x.io", "to": ["b@x.io", "c@x.io"], "cc": "d@x.io", "bcc": ["e@x.io"], "subject": "s", "text": "t"});
-    let r = Request::new("POST", "/emails").bearer(&mail).json(&four).send(port).await;
-    assert_eq!((r.status, r.reason()), (402, "cap_per_transaction"), "{}", r.text());
+    let r = Request::new("POST", "/emails")
+        .bearer(&mail)
+        .json(&four)
+        .send(port)
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (402, "cap_per_transaction"),
+        "{}",
+        r.text()
+    );
     assert_eq!(r.json()["name"], "cap_per_transaction");
 }
 
 fn base64_basic(user: &str, pass: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,25 +314,62 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
     let s = stack().await;
     let (token, _) = s.issue("pay", "acme/caps").await;
     let r = intent(&token, "5001", "usd").send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (402, "cap_per_transaction"), "{}", r.text());
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("$50.00 per-transaction cap"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.reason()),
+        (402, "cap_per_transaction"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$50.00 per-transaction cap"),
+        "{}",
+        r.text()
+    );
     assert_eq!(r.header("stripe-should-retry"), Some("false"));
     assert_eq!(r.json()["error"]["type"], "card_error");
-    assert_eq!(intent(&token, "5000", "usd").send(s.stripe()).await.status, 200);
-    assert_eq!(intent(&token, "5000", "usd").send(s.stripe()).await.status, 200);
+    assert_eq!(
+        intent(&token, "5000", "usd").send(s.stripe()).await.status,
+        200
+    );
+    assert_eq!(
+        intent(&token, "5000", "usd").send(s.stripe()).await.status,
+        200
+    );
     let r = intent(&token, "1", "usd").send(s.stripe()).await;
     assert_eq!((r.status, r.reason()), (402, "cap_window"), "{}", r.text());
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("$100.00 cap") && message.contains("$100.00 already spent"), "{message}");
+    assert!(
+        message.contains("$100.00 cap") && message.contains("$100.00 already spent"),
+        "{message}"
+    );
 
     // A token narrowed below its policy: its lifetime cap bites first.
     let narrowed = s.ledger.issue(json!({ "policy": "pay", "label": "acme/narrow", "expires_in": "1h", "caps": { "lifetime": "30" } })).await.0;
-    assert_eq!(intent(&narrowed, "3000", "usd").send(s.stripe()).await.status, 200);
+    assert_eq!(
+        intent(&narrowed, "3000", "usd")
+            .send(s.stripe())
+            .await
+            .status,
+        200
+    );
     let r = intent(&narrowed, "1", "usd").send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (402, "cap_lifetime"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.reason()),
+        (402, "cap_lifetime"),
+        "{}",
+        r.text()
+    );
 
     // The policy aggregate spans tokens: $250 across three.
-    for (label, amount, want) in [("t/a", "10000", 200), ("t/b", "10000", 200), ("t/c", "5000", 200), ("t/d", "1", 402)] {
+    for (label, amount, want) in [
+        ("t/a", "10000", 200),
+        ("t/b", "10000", 200),
+        ("t/c", "5000", 200),
+        ("t/d", "1", 402),
+    ] {
         let (t, _) = s.issue("tight", label).await;
         let r = intent(&t, amount, "usd").send(s.stripe()).await;
         assert_eq!(r.status, want, "{label}: {}", r.text());
@@ -233,8 +379,14 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
     }
     // Refused calls never reach the vendor.
     assert_eq!(s.mock.count(), 6);
-    assert_eq!(s.envoy.counter(Vendor::Stripe, "pay", "cap_window").await, 1);
-    assert_eq!(s.envoy.counter(Vendor::Stripe, "tight", "cap_policy").await, 1);
+    assert_eq!(
+        s.envoy.counter(Vendor::Stripe, "pay", "cap_window").await,
+        1
+    );
+    assert_eq!(
+        s.envoy.counter(Vendor::Stripe, "tight", "cap_policy").await,
+        1
+    );
 }
 
 /// Hundreds of concurrent costed calls against small caps: committed plus reserved spend
@@ -274,7 +426,13 @@ async fn spend_never_exceeds_a_cap_under_concurrency() {
     let granted = futures_count(tasks).await;
     assert_eq!(granted, 45, "$150.10 left holds 45 calls of $3.33");
     let policies = s.ledger.admin("GET", "/v1/policies", None).await.json();
-    let tight = policies["policies"].as_array().unwrap().iter().find(|p| p["name"] == "tight").unwrap().clone();
+    let tight = policies["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tight")
+        .unwrap()
+        .clone();
     assert_eq!(tight["window_spend"].as_str(), Some("249.75"), "{tight}");
 }
 
@@ -293,16 +451,32 @@ async fn idempotent_retries_count_once() {
     let s = stack().await;
     let (token, id) = s.issue("pay", "acme/idem").await;
     for _ in 0..3 {
-        let r = intent(&token, "1500", "usd").header("idempotency-key", "order-42-attempt").send(s.stripe()).await;
+        let r = intent(&token, "1500", "usd")
+            .header("idempotency-key", "order-42-attempt")
+            .send(s.stripe())
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     // The vendor sees every retry (it answers them from its own idempotency cache); Bridle
     // counts the money once.
     assert_eq!(s.mock.count(), 3);
-    assert_eq!(s.settled(&id).await["spend"]["window"].as_str(), Some("15.00"));
+    assert_eq!(
+        s.settled(&id).await["spend"]["window"].as_str(),
+        Some("15.00")
+    );
     // A new key is new spend.
-    assert_eq!(intent(&token, "1500", "usd").header("idempotency-key", "order-43").send(s.stripe()).await.status, 200);
-    assert_eq!(s.settled(&id).await["spend"]["window"].as_str(), Some("30.00"));
+    assert_eq!(
+        intent(&token, "1500", "usd")
+            .header("idempotency-key", "order-43")
+            .send(s.stripe())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        s.settled(&id).await["spend"]["window"].as_str(),
+        Some("30.00")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,13 +484,29 @@ async fn vendor_outcomes_settle_the_reservation() {
     let s = stack().await;
     let (token, id) = s.issue("pay", "acme/settle").await;
     // 4xx: the vendor refused, nothing was spent.
-    s.mock.reply_next(Reply::json(402, json!({"error": {"type": "card_error", "code": "card_declined"}})));
-    assert_eq!(intent(&token, "4000", "usd").send(s.stripe()).await.status, 402);
-    assert_eq!(s.settled(&id).await["spend"]["window"].as_str(), Some("0.00"));
+    s.mock.reply_next(Reply::json(
+        402,
+        json!({"error": {"type": "card_error", "code": "card_declined"}}),
+    ));
+    assert_eq!(
+        intent(&token, "4000", "usd").send(s.stripe()).await.status,
+        402
+    );
+    assert_eq!(
+        s.settled(&id).await["spend"]["window"].as_str(),
+        Some("0.00")
+    );
     // 5xx: the vendor may have acted; the reservation stays spent.
-    s.mock.reply_next(Reply::json(500, json!({"error": {"type": "api_error"}})));
-    assert_eq!(intent(&token, "4000", "usd").send(s.stripe()).await.status, 500);
-    assert_eq!(s.settled(&id).await["spend"]["window"].as_str(), Some("40.00"));
+    s.mock
+        .reply_next(Reply::json(500, json!({"error": {"type": "api_error"}})));
+    assert_eq!(
+        intent(&token, "4000", "usd").send(s.stripe()).await.status,
+        500
+    );
+    assert_eq!(
+        s.settled(&id).await["spend"]["window"].as_str(),
+        Some("40.00")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,16 +518,36 @@ async fn the_loop_breaker_stops_a_looping_agent_in_its_first_minute() {
     assert_eq!(same().send(s.stripe()).await.status, 200);
     assert_eq!(same().send(s.stripe()).await.status, 200);
     let r = same().send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (429, "repeat_limited"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.reason()),
+        (429, "repeat_limited"),
+        "{}",
+        r.text()
+    );
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     assert_eq!(r.header("stripe-should-retry"), Some("false"));
     // Any requests: six a minute (the three above count).
     for i in 0..3 {
-        assert_eq!(Request::new("GET", format!("/v1/charges/ch_{i}")).bearer(&token).send(s.stripe()).await.status, 200);
+        assert_eq!(
+            Request::new("GET", format!("/v1/charges/ch_{i}"))
+                .bearer(&token)
+                .send(s.stripe())
+                .await
+                .status,
+            200
+        );
     }
-    let r = Request::new("GET", "/v1/charges/ch_other").bearer(&token).send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (429, "rate_limited"), "{}", r.text());
+    let r = Request::new("GET", "/v1/charges/ch_other")
+        .bearer(&token)
+        .send(s.stripe())
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (429, "rate_limited"),
+        "{}",
+        r.text()
+    );
     // Costed calls are counted too, and never reach the ledger's reserve once stopped.
     let r = intent(&token, "100", "usd").send(s.stripe()).await;
     assert_eq!(r.status, 429);
@@ -353,7 +563,11 @@ async fn refused_within(port: u16, request: &Request, limit: Duration) -> Durati
             assert_eq!(r.reason(), "token_revoked");
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "still {} after {limit:?}", r.status);
+        assert!(
+            start.elapsed() < limit,
+            "still {} after {limit:?}",
+            r.status
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -372,9 +586,16 @@ async fn revocation_by_id_and_by_prefix_takes_effect_within_a_second() {
     s.ledger.revoke(json!({ "token_id": b1_id })).await;
     let took = refused_within(port, &get(&b1), Duration::from_secs(1)).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
-    assert_eq!(get(&a1).send(port).await.status, 200, "other tokens are untouched");
+    assert_eq!(
+        get(&a1).send(port).await.status,
+        200,
+        "other tokens are untouched"
+    );
 
-    let out = s.ledger.revoke(json!({ "label_prefix": "acme/agent-a/" })).await;
+    let out = s
+        .ledger
+        .revoke(json!({ "label_prefix": "acme/agent-a/" }))
+        .await;
     assert_eq!(out["tokens_revoked"], 2);
     for t in [&a1, &a2] {
         let took = refused_within(port, &get(t), Duration::from_secs(1)).await;
@@ -398,15 +619,30 @@ async fn with_the_ledger_down_requests_fail_closed_promptly() {
     // Costed: denied at once (the callout fails fast), well under its 500 ms deadline.
     for _ in 0..5 {
         let start = Instant::now();
-        let r = intent(&token, "100", "usd").try_send(s.stripe(), Duration::from_secs(3)).await.expect("a costed request hung");
-        assert_eq!((r.status, r.reason()), (503, "ledger_unavailable"), "{}", r.text());
-        assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+        let r = intent(&token, "100", "usd")
+            .try_send(s.stripe(), Duration::from_secs(3))
+            .await
+            .expect("a costed request hung");
+        assert_eq!(
+            (r.status, r.reason()),
+            (503, "ledger_unavailable"),
+            "{}",
+            r.text()
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(r.header("stripe-should-retry"), Some("false"));
     }
     // Uncosted: allowed while the revocation set is fresh, then the policy decides.
     let deadline = Instant::now() + Duration::from_secs(8);
     loop {
-        let r = Request::new("GET", "/v1/charges/ch_1").bearer(&token).send(s.stripe()).await;
+        let r = Request::new("GET", "/v1/charges/ch_1")
+            .bearer(&token)
+            .send(s.stripe())
+            .await;
         if r.status == 503 {
             assert_eq!(r.reason(), "revocation_stale");
             break;
@@ -416,17 +652,37 @@ async fn with_the_ledger_down_requests_fail_closed_promptly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A policy that says `on_ledger_unavailable: allow` keeps serving uncosted calls.
-    let r = Request::new("GET", "/v1/models").bearer(&chat).send(s.envoy.port(Vendor::Openai)).await;
+    let r = Request::new("GET", "/v1/models")
+        .bearer(&chat)
+        .send(s.envoy.port(Vendor::Openai))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(s.mock.requests().iter().filter(|q| q.method == "POST").count(), 0, "no costed call got through");
+    assert_eq!(
+        s.mock
+            .requests()
+            .iter()
+            .filter(|q| q.method == "POST")
+            .count(),
+        0,
+        "no costed call got through"
+    );
     // The ledger comes back: so does service.
     s.ledger.restart().await;
     let deadline = Instant::now() + Duration::from_secs(8);
-    while Request::new("GET", "/v1/charges/ch_1").bearer(&token).send(s.stripe()).await.status != 200 {
+    while Request::new("GET", "/v1/charges/ch_1")
+        .bearer(&token)
+        .send(s.stripe())
+        .await
+        .status
+        != 200
+    {
         assert!(Instant::now() < deadline, "did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(intent(&token, "100", "usd").send(s.stripe()).await.status, 200);
+    assert_eq!(
+        intent(&token, "100", "usd").send(s.stripe()).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -441,7 +697,10 @@ async fn kill_9_under_load_loses_no_committed_spend() {
         workers.push(tokio::spawn(async move {
             let (mut granted, mut refused) = (0u64, 0u64);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let r = intent(&token, "10", "usd").try_send(port, Duration::from_secs(3)).await.expect("a request hung across the crash");
+                let r = intent(&token, "10", "usd")
+                    .try_send(port, Duration::from_secs(3))
+                    .await
+                    .expect("a request hung across the crash");
                 match r.status {
                     200 => granted += 1,
                     503 | 402 => refused += 1,
@@ -463,14 +722,27 @@ async fn kill_9_under_load_loses_no_committed_spend() {
         granted += g;
         refused += r;
     }
-    assert!(granted > 20 && refused > 0, "granted {granted}, refused {refused}");
+    assert!(
+        granted > 20 && refused > 0,
+        "granted {granted}, refused {refused}"
+    );
     // Every call the agent saw succeed was reserved durably before it was forwarded: the
     // ledger's spend covers all of them ($0.10 each), and never passes the $100 cap.
     let t = s.settled(&id).await;
-    let spent = bridle_core::money::Usd::parse(t["spend"]["lifetime"].as_str().unwrap()).unwrap().micros();
-    assert!(spent >= granted as i64 * 100_000, "spend ${} < {granted} granted calls", t["spend"]["lifetime"]);
+    let spent = bridle_core::money::Usd::parse(t["spend"]["lifetime"].as_str().unwrap())
+        .unwrap()
+        .micros();
+    assert!(
+        spent >= granted as i64 * 100_000,
+        "spend ${} < {granted} granted calls",
+        t["spend"]["lifetime"]
+    );
     assert!(spent <= 100_000_000);
-    assert_eq!(s.mock.count() as u64, granted, "only granted calls reached the vendor");
+    assert_eq!(
+        s.mock.count() as u64,
+        granted,
+        "only granted calls reached the vendor"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,10 +751,16 @@ async fn cap_alerts_fire_exactly_once_per_threshold() {
     let s = stack_with(&["--alert-webhook", &format!("{}/hooks/bridle", hook.url())]).await;
     let (token, _) = s.issue("pay", "acme/alerts").await;
     for amount in ["5000", "3000", "500"] {
-        assert_eq!(intent(&token, amount, "usd").send(s.stripe()).await.status, 200); // 50%, 80%, 85%
+        assert_eq!(
+            intent(&token, amount, "usd").send(s.stripe()).await.status,
+            200
+        ); // 50%, 80%, 85%
     }
     for _ in 0..2 {
-        assert_eq!(intent(&token, "2000", "usd").send(s.stripe()).await.status, 402); // refused at the cap: 100%
+        assert_eq!(
+            intent(&token, "2000", "usd").send(s.stripe()).await.status,
+            402
+        ); // refused at the cap: 100%
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let window_alerts = |h: &MockVendor| -> Vec<Value> {
@@ -497,12 +775,25 @@ async fn cap_alerts_fire_exactly_once_per_threshold() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let alerts = window_alerts(&hook);
-    let thresholds: Vec<u64> = alerts.iter().map(|a| a["alert"]["threshold"].as_u64().unwrap()).collect();
-    assert_eq!(thresholds.iter().filter(|t| **t == 80).count(), 1, "{alerts:?}");
-    assert_eq!(thresholds.iter().filter(|t| **t == 100).count(), 1, "{alerts:?}");
+    let thresholds: Vec<u64> = alerts
+        .iter()
+        .map(|a| a["alert"]["threshold"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        thresholds.iter().filter(|t| **t == 80).count(),
+        1,
+        "{alerts:?}"
+    );
+    assert_eq!(
+        thresholds.iter().filter(|t| **t == 100).count(),
+        1,
+        "{alerts:?}"
+    );
     assert_eq!(alerts[0]["type"], "bridle.cap_alert");
     assert_eq!(alerts[0]["alert"]["label"], "acme/alerts");
-    assert!(s.ledger.metrics().await.contains("bridle_ledger_alerts_total{policy=\"pay\",cap=\"per_window\",threshold=\"80\"} 1"));
+    assert!(s.ledger.metrics().await.contains(
+        "bridle_ledger_alerts_total{policy=\"pay\",cap=\"per_window\",threshold=\"80\"} 1"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,24 +816,47 @@ async fn every_request_is_audited_once() {
     for r in &requests {
         statuses.push(r.send(port).await.status);
     }
-    s.ledger.await_audit(&format!("since_ms={started_ms}"), requests.len()).await;
+    s.ledger
+        .await_audit(&format!("since_ms={started_ms}"), requests.len())
+        .await;
     // Exactly once: give any duplicate time to arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let audit = s.ledger.audit(&format!("since_ms={started_ms}")).await;
     assert_eq!(audit.len(), requests.len(), "{audit:#?}");
-    let mut got: Vec<u16> = audit.iter().map(|a| a["status"].as_u64().unwrap() as u16).collect();
+    let mut got: Vec<u16> = audit
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap() as u16)
+        .collect();
     got.sort();
     statuses.sort();
     assert_eq!(got, statuses);
-    let ids: std::collections::HashSet<&str> = audit.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> =
+        audit.iter().map(|a| a["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), requests.len());
-    let reasons: Vec<&str> = audit.iter().map(|a| a["reason"].as_str().unwrap()).collect();
-    for want in ["allowed", "endpoint_not_allowed", "token_missing", "token_malformed", "cap_per_transaction", "proxy_rejected"] {
+    let reasons: Vec<&str> = audit
+        .iter()
+        .map(|a| a["reason"].as_str().unwrap())
+        .collect();
+    for want in [
+        "allowed",
+        "endpoint_not_allowed",
+        "token_missing",
+        "token_malformed",
+        "cap_per_transaction",
+        "proxy_rejected",
+    ] {
         assert!(reasons.contains(&want), "no {want} in {reasons:?}");
     }
     // What the vendor received is exactly the path the audit log says was matched.
-    for (rec, got) in audit.iter().filter(|a| a["reason"] == "allowed").zip(s.mock.requests()) {
-        assert_eq!(rec["path"].as_str().unwrap(), got.path.split('?').next().unwrap());
+    for (rec, got) in audit
+        .iter()
+        .filter(|a| a["reason"] == "allowed")
+        .zip(s.mock.requests())
+    {
+        assert_eq!(
+            rec["path"].as_str().unwrap(),
+            got.path.split('?').next().unwrap()
+        );
     }
 }
 
@@ -550,10 +864,19 @@ async fn every_request_is_audited_once() {
 async fn the_ledger_refuses_missing_and_wrong_credentials_and_is_unreachable_through_the_proxy() {
     let s = stack().await;
     let port = s.ledger.port;
-    let admin = ["/v1/tokens", "/v1/tokens/tok_1", "/v1/audit", "/v1/policies"];
+    let admin = [
+        "/v1/tokens",
+        "/v1/tokens/tok_1",
+        "/v1/audit",
+        "/v1/policies",
+    ];
     let enforce = ["/v1/enforce/revocations"];
     for path in admin.iter().chain(&enforce) {
-        for auth in [None, Some("Bearer wrong-key-wrong-key"), Some("Basic YWRtaW46YWRtaW4=")] {
+        for auth in [
+            None,
+            Some("Bearer wrong-key-wrong-key"),
+            Some("Basic YWRtaW46YWRtaW4="),
+        ] {
             let mut r = Request::new("GET", *path);
             if let Some(a) = auth {
                 r = r.header("authorization", a);
@@ -563,20 +886,59 @@ async fn the_ledger_refuses_missing_and_wrong_credentials_and_is_unreachable_thr
             assert_eq!(resp.json()["error"]["code"], "unauthenticated");
         }
     }
-    for path in ["/v1/tokens", "/v1/revocations", "/v1/enforce/reserve", "/v1/enforce/settle", "/v1/enforce/report"] {
+    for path in [
+        "/v1/tokens",
+        "/v1/revocations",
+        "/v1/enforce/reserve",
+        "/v1/enforce/settle",
+        "/v1/enforce/report",
+    ] {
         let resp = Request::new("POST", path).json(&json!({})).send(port).await;
         assert_eq!(resp.status, 401, "{path}");
     }
     // Neither key opens the other surface.
-    assert_eq!(Request::new("GET", "/v1/tokens").bearer(ENFORCER_KEY).send(port).await.status, 401);
-    assert_eq!(Request::new("GET", "/v1/enforce/revocations").bearer(ADMIN_KEY).send(port).await.status, 401);
-    assert_eq!(Request::new("GET", "/v1/tokens").bearer(ADMIN_KEY).send(port).await.status, 200);
+    assert_eq!(
+        Request::new("GET", "/v1/tokens")
+            .bearer(ENFORCER_KEY)
+            .send(port)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        Request::new("GET", "/v1/enforce/revocations")
+            .bearer(ADMIN_KEY)
+            .send(port)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        Request::new("GET", "/v1/tokens")
+            .bearer(ADMIN_KEY)
+            .send(port)
+            .await
+            .status,
+        200
+    );
     // An agent with a vault token cannot reach the ledger through the proxy: the proxy
     // routes only to the vendor, and the policy does not allow these paths anyway.
     let (token, _) = s.issue("pay", "acme/sneaky").await;
-    for (method, path) in [("POST", "/v1/enforce/reserve"), ("GET", "/v1/tokens"), ("POST", "/v1/revocations"), ("GET", "/v1/enforce/revocations")] {
-        let r: Response = Request::new(method, path).bearer(&token).send(s.stripe()).await;
-        assert_eq!((r.status, r.reason()), (403, "endpoint_not_allowed"), "{method} {path}");
+    for (method, path) in [
+        ("POST", "/v1/enforce/reserve"),
+        ("GET", "/v1/tokens"),
+        ("POST", "/v1/revocations"),
+        ("GET", "/v1/enforce/revocations"),
+    ] {
+        let r: Response = Request::new(method, path)
+            .bearer(&token)
+            .send(s.stripe())
+            .await;
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, "endpoint_not_allowed"),
+            "{method} {path}"
+        );
     }
     assert_eq!(s.mock.count(), 0);
 }
