@@ -11,6 +11,7 @@
 //! full, committed ones at their final amount, released ones not at all.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bridle_core::ledger_api::{ReserveRequest, ReserveResponse, Settle, SettleOutcome};
 use bridle_core::money::Usd;
@@ -125,7 +126,8 @@ impl TokenRecord {
 /// A rolling window's running sum, over reservations ordered by time.
 #[derive(Clone, Debug, Default)]
 struct Window {
-    events: VecDeque<(u64, String)>,
+    /// Reservation ids are shared with the reservation map, not copied per window.
+    events: VecDeque<(u64, Arc<str>)>,
     sum: i64,
     /// Reservations at or before this time have left the window.
     floor_ms: u64,
@@ -138,14 +140,14 @@ impl Window {
             if *at > floor {
                 break;
             }
-            self.sum -= reservations.get(id).map_or(0, |r| r.counted);
+            self.sum -= reservations.get(&**id).map_or(0, |r| r.counted);
             self.events.pop_front();
         }
         self.floor_ms = self.floor_ms.max(floor);
     }
 
-    fn push(&mut self, at_ms: u64, id: &str, counted: i64) {
-        self.events.push_back((at_ms, id.to_string()));
+    fn push(&mut self, at_ms: u64, id: &Arc<str>, counted: i64) {
+        self.events.push_back((at_ms, id.clone()));
         self.sum += counted;
     }
 
@@ -229,7 +231,10 @@ impl Alert {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     Token(TokenRecord),
-    Reservation(Reservation),
+    /// A new reservation, by id: the backend reads it from the accounts rather than a copy.
+    Reserved(String),
+    /// A reservation's state or counted amount changed.
+    Settled(String),
     Revocation(RevocationEntry),
     Alert(Alert),
 }
@@ -296,8 +301,16 @@ pub struct Accounts {
     next_seq: u64,
     alerts_fired: HashMap<String, u64>,
     reservation_ttl_ms: u64,
+    /// Reservations in the order they were made, so that expiry looks only at the oldest
+    /// instead of scanning every reservation each second. Settled ones are skipped on the way.
+    open_by_age: VecDeque<(u64, Arc<str>)>,
+    /// When memory was last trimmed; eviction walks every token, so it runs once a minute.
+    evicted_at_ms: u64,
     changes: Vec<Change>,
 }
+
+/// How often `evict` does its full walk; nothing it forgets is needed sooner.
+const EVICT_EVERY_MS: u64 = 60_000;
 
 fn usd(micros: i64) -> Usd {
     Usd::from_micros(micros.max(0)).unwrap_or_default()
@@ -326,6 +339,8 @@ impl Accounts {
             next_seq: 1,
             alerts_fired: HashMap::new(),
             reservation_ttl_ms,
+            open_by_age: VecDeque::new(),
+            evicted_at_ms: 0,
             changes: Vec::new(),
         }
     }
@@ -367,16 +382,21 @@ impl Accounts {
     pub fn load_reservation(&mut self, r: Reservation, now_ms: u64) {
         let window = self.window_ms(&r.policy);
         if r.at_ms > now_ms.saturating_sub(window) {
+            let shared_id: Arc<str> = Arc::from(r.id.as_str());
             if let Some(t) = self.tokens.get_mut(&r.token_id) {
-                t.window.push(r.at_ms, &r.id, r.counted);
+                t.window.push(r.at_ms, &shared_id, r.counted);
             }
             if let Some(p) = self.policies.get_mut(&r.policy) {
-                p.window.push(r.at_ms, &r.id, r.counted);
+                p.window.push(r.at_ms, &shared_id, r.counted);
             }
         }
         if let Some(key) = &r.idempotency_key {
             self.idempotency
                 .insert((r.token_id.clone(), key.clone()), r.id.clone());
+        }
+        if r.state == ReservationState::Reserved {
+            self.open_by_age
+                .push_back((r.at_ms, Arc::from(r.id.as_str())));
         }
         self.reservations.insert(r.id.clone(), r);
     }
@@ -452,7 +472,12 @@ impl Accounts {
                 "This vault token has been revoked.".into(),
             );
         }
-        let Some(policy) = self.policies.get(&claims.policy).map(|p| p.policy.clone()) else {
+        // Only the caps: this runs on every reservation, and a policy is a large thing to copy.
+        let Some(policy_caps) = self
+            .policies
+            .get(&claims.policy)
+            .map(|p| p.policy.policy.caps.clone())
+        else {
             return deny(
                 Reason::TokenPolicyUnknown,
                 format!("The ledger does not know policy {:?}.", claims.policy),
@@ -496,8 +521,8 @@ impl Accounts {
         }
 
         let amount = req.amount.micros();
-        let caps = effective_caps(&policy.policy.caps, &claims.caps);
-        let window_ms = policy.policy.caps.window().as_millis() as u64;
+        let caps = effective_caps(&policy_caps, &claims.caps);
+        let window_ms = policy_caps.window().as_millis() as u64;
         self.prune(now_ms, &claims.id, &claims.policy, window_ms);
         let (token_window, lifetime) = self
             .tokens
@@ -507,7 +532,6 @@ impl Accounts {
             .policies
             .get(&claims.policy)
             .map_or(0, |p| p.window.sum);
-        let window_name = bridle_core::duration::format(policy.policy.caps.window());
 
         if let Some(cap) = caps.per_transaction {
             if amount > cap.micros() {
@@ -521,32 +545,29 @@ impl Accounts {
             }
         }
         let checks = [
-            (
-                CapKind::PerWindow,
-                caps.per_window,
-                token_window,
-                format!("this token's spend in the last {window_name}"),
-            ),
-            (
-                CapKind::Lifetime,
-                caps.lifetime,
-                lifetime,
-                "this token's lifetime spend".to_string(),
-            ),
+            (CapKind::PerWindow, caps.per_window, token_window),
+            (CapKind::Lifetime, caps.lifetime, lifetime),
             (
                 CapKind::PolicyPerWindow,
                 caps.policy_per_window,
                 policy_window,
-                format!(
-                    "policy {:?}'s spend in the last {window_name}",
-                    claims.policy
-                ),
             ),
         ];
-        for (kind, cap, spent, what) in &checks {
+        for (kind, cap, spent) in &checks {
             if let Some(cap) = cap {
                 if spent.saturating_add(amount) > cap.micros() {
                     self.alert_on_denial(now_ms, claims, *kind, *spent, *cap, window_ms);
+                    let window_name = bridle_core::duration::format(policy_caps.window());
+                    let what = match kind {
+                        CapKind::PerWindow => {
+                            format!("this token's spend in the last {window_name}")
+                        }
+                        CapKind::Lifetime => "this token's lifetime spend".to_string(),
+                        CapKind::PolicyPerWindow => format!(
+                            "policy {:?}'s spend in the last {window_name}",
+                            claims.policy
+                        ),
+                    };
                     return deny(
                         kind.reason(),
                         format!(
@@ -574,18 +595,20 @@ impl Accounts {
             detail: req.detail.clone(),
             settled_at_ms: None,
         };
+        let shared_id: Arc<str> = Arc::from(r.id.as_str());
         if let Some(t) = self.tokens.get_mut(&claims.id) {
-            t.window.push(now_ms, &r.id, amount);
+            t.window.push(now_ms, &shared_id, amount);
             t.lifetime += amount;
         }
         if let Some(p) = self.policies.get_mut(&claims.policy) {
-            p.window.push(now_ms, &r.id, amount);
+            p.window.push(now_ms, &shared_id, amount);
         }
         if let Some(key) = &r.idempotency_key {
             self.idempotency
                 .insert((claims.id.clone(), key.clone()), r.id.clone());
         }
-        self.changes.push(Change::Reservation(r.clone()));
+        self.changes.push(Change::Reserved(r.id.clone()));
+        self.open_by_age.push_back((now_ms, shared_id));
         self.reservations.insert(r.id.clone(), r);
         self.check_alerts(now_ms, &claims.id, &claims.policy);
         ReserveResponse::Granted {
@@ -648,7 +671,7 @@ impl Accounts {
         r.state = next;
         r.settled_at_ms = Some(now_ms);
         let (token_id, policy) = (r.token_id.clone(), r.policy.clone());
-        self.changes.push(Change::Reservation(r.clone()));
+        self.changes.push(Change::Settled(r.id.clone()));
         if counted > reserved {
             // The vendor reports more than was reserved: the estimate was not an upper bound.
             self.check_alerts(now_ms, &token_id, &policy);
@@ -659,24 +682,32 @@ impl Accounts {
     /// Reservations never settled within the TTL expire into spend. Returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let cutoff = now_ms.saturating_sub(self.reservation_ttl_ms);
-        let stale: Vec<String> = self
-            .reservations
-            .values()
-            .filter(|r| r.state == ReservationState::Reserved && r.at_ms <= cutoff)
-            .map(|r| r.id.clone())
-            .collect();
-        for id in &stale {
-            if let Some(r) = self.reservations.get_mut(id) {
-                r.state = ReservationState::Expired;
-                r.settled_at_ms = Some(now_ms);
-                self.changes.push(Change::Reservation(r.clone()));
+        let mut expired = 0;
+        while let Some((at_ms, _)) = self.open_by_age.front() {
+            if *at_ms > cutoff {
+                break;
+            }
+            let Some((_, id)) = self.open_by_age.pop_front() else {
+                break;
+            };
+            if let Some(r) = self.reservations.get_mut(&*id) {
+                if r.state == ReservationState::Reserved {
+                    r.state = ReservationState::Expired;
+                    r.settled_at_ms = Some(now_ms);
+                    self.changes.push(Change::Settled(r.id.clone()));
+                    expired += 1;
+                }
             }
         }
-        stale.len()
+        expired
     }
 
     /// Forgets, in memory only, what no window, retry or reservation TTL can still need.
     pub fn evict(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.evicted_at_ms) < EVICT_EVERY_MS {
+            return;
+        }
+        self.evicted_at_ms = now_ms;
         let longest_window = self
             .policies
             .values()
@@ -942,7 +973,7 @@ impl Accounts {
             .window
             .events
             .iter()
-            .filter_map(|(_, rid)| self.reservations.get(rid))
+            .filter_map(|(_, rid)| self.reservations.get(&**rid))
             .filter(|r| matches!(r.state, ReservationState::Reserved | ReservationState::Held))
             .map(|r| r.counted)
             .sum();

@@ -99,6 +99,7 @@ async fn serve<S: Store>(config: Config, store: S, clock: SharedClock) -> Result
     let app = Arc::new(App {
         store: store.clone(),
         keyring: config.keyring,
+        verified: Default::default(),
         policies: config
             .policies
             .iter()

@@ -35,6 +35,10 @@ struct Args {
     /// How long a reservation may stay unsettled before it counts as spent.
     #[arg(long, env = "BRIDLE_RESERVATION_TTL", default_value = "15m")]
     reservation_ttl: String,
+    /// Threads serving HTTP (the store has its own writer thread besides). Defaults to the
+    /// CPUs this process may use.
+    #[arg(long, env = "BRIDLE_LEDGER_THREADS")]
+    threads: Option<usize>,
     /// Where cap alerts are POSTed (JSON), retried with backoff.
     #[arg(long, env = "BRIDLE_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let threads = args.threads;
     let config = match config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -63,7 +68,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bridle-ledger: {e}");

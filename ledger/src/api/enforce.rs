@@ -30,7 +30,7 @@ pub async fn reserve<S: Store>(
             "request_id must be 16-64 lowercase hex digits",
         ));
     }
-    let response = match app.keyring.verify(&req.token) {
+    let response = match app.verify(&req.token) {
         Err(e) => ReserveResponse::Denied {
             reason: e.reason(),
             message: format!("{e}."),

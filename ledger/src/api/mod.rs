@@ -7,7 +7,7 @@
 //! `/healthz` and `/metrics` need no credential and reveal no secret.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bridle_core::policy::CompiledPolicy;
-use bridle_core::token::Keyring;
+use bridle_core::token::{Claims, Keyring, TokenError};
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -33,6 +33,8 @@ pub use errors::ApiError;
 pub struct App<S> {
     pub store: Arc<S>,
     pub keyring: Keyring,
+    /// Tokens already verified, so a busy token costs one signature check, not one per call.
+    pub verified: TokenCache,
     pub policies: HashMap<String, CompiledPolicy>,
     pub admin_key: String,
     pub enforcer_key: String,
@@ -43,6 +45,33 @@ pub struct App<S> {
 impl<S> App<S> {
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Verifies a token's structure and signature, once per distinct token.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verified.verify(&self.keyring, token)
+    }
+}
+
+/// A bounded cache of verified claims, keyed by the whole token; emptied when full.
+#[derive(Default)]
+pub struct TokenCache(Mutex<HashMap<String, Claims>>);
+
+const TOKEN_CACHE_CAPACITY: usize = 4096;
+
+impl TokenCache {
+    fn verify(&self, keyring: &Keyring, token: &str) -> Result<Claims, TokenError> {
+        if let Some(c) = self.0.lock().ok().and_then(|m| m.get(token).cloned()) {
+            return Ok(c);
+        }
+        let claims = keyring.verify(token)?;
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= TOKEN_CACHE_CAPACITY {
+                m.clear();
+            }
+            m.insert(token.to_string(), claims.clone());
+        }
+        Ok(claims)
     }
 }
 

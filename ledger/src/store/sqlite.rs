@@ -102,6 +102,9 @@ impl SqliteStore {
         reader
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
+        reader
+            .execute_batch("PRAGMA cache_size = -65536")
+            .map_err(sql)?;
         let (tx, rx) = mpsc::channel();
         let writer_clock = clock.clone();
         std::thread::Builder::new()
@@ -158,7 +161,8 @@ fn writer(mut conn: Connection, mut accounts: Accounts, rx: Receiver<Cmd>, clock
             let tx = conn.transaction().map_err(sql)?;
             for cmd in batch {
                 done.push(apply(&tx, &mut accounts, cmd, now)?);
-                persist(&tx, accounts.take_changes())?;
+                let changes = accounts.take_changes();
+                persist(&tx, &accounts, changes)?;
             }
             tx.commit().map_err(sql)
         })();
@@ -237,6 +241,9 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
         Cmd::Policies(reply) => respond(reply, accounts.policy_views(now)),
         Cmd::Maintain(reply) => {
             let expired = accounts.expire(now);
+            // Written before eviction, which may forget the very reservations that expired.
+            let changes = accounts.take_changes();
+            persist(tx, accounts, changes)?;
             accounts.evict(now);
             respond(reply, expired)
         }
@@ -267,7 +274,7 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
     })
 }
 
-fn persist(tx: &Transaction<'_>, changes: Vec<Change>) -> StoreResult<()> {
+fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> StoreResult<()> {
     for change in changes {
         match change {
             Change::Token(t) => {
@@ -286,11 +293,13 @@ fn persist(tx: &Transaction<'_>, changes: Vec<Change>) -> StoreResult<()> {
                 .execute(params![t.id, t.policy, t.vendor.name(), t.label, t.iat as i64, t.exp as i64, narrowing, t.issued, t.revoked_at.map(|r| r as i64)])
                 .map_err(sql)?;
             }
-            Change::Reservation(r) => {
+            Change::Reserved(id) => {
+                let Some(r) = accounts.reservation(&id) else {
+                    continue;
+                };
                 tx.prepare_cached(
                     "INSERT INTO reservations (id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                     ON CONFLICT(id) DO UPDATE SET counted = excluded.counted, state = excluded.state, settled_at_ms = excluded.settled_at_ms",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(sql)?
                 .execute(params![
@@ -308,6 +317,15 @@ fn persist(tx: &Transaction<'_>, changes: Vec<Change>) -> StoreResult<()> {
                     r.settled_at_ms.map(|s| s as i64)
                 ])
                 .map_err(sql)?;
+            }
+            Change::Settled(id) => {
+                let Some(r) = accounts.reservation(&id) else {
+                    continue;
+                };
+                tx.prepare_cached("UPDATE reservations SET counted = ?2, state = ?3, settled_at_ms = ?4 WHERE id = ?1")
+                    .map_err(sql)?
+                    .execute(params![r.id, r.counted, r.state.as_str(), r.settled_at_ms.map(|s| s as i64)])
+                    .map_err(sql)?;
             }
             Change::Revocation(e) => {
                 tx.prepare_cached("INSERT INTO revocations (seq, kind, value, at, until) VALUES (?1, ?2, ?3, ?4, ?5)")
