@@ -17,12 +17,12 @@ use std::ptr::{null, null_mut};
 pub struct Status(pub u32);
 
 pub const NOT_FOUND: Status = Status(1);
-pub const EMPTY: Status = Status(7);
 
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
@@ -33,6 +33,13 @@ extern "C" {
     ) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
@@ -71,17 +78,6 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
-    fn proxy_register_shared_queue(
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> u32;
-    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
-    fn proxy_dequeue_shared_queue(
-        queue_id: u32,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
         name_data: *const u8,
@@ -117,6 +113,13 @@ unsafe fn take(data: *mut u8, size: usize) -> Option<Vec<u8>> {
 pub fn log(level: u32, message: &str) -> Result<(), Status> {
     // SAFETY: pointer and length describe `message`, which outlives the call.
     status(unsafe { proxy_log(level, message.as_ptr(), message.len()) })
+}
+
+pub fn log_level() -> Result<u32, Status> {
+    let mut level = 0u32;
+    // SAFETY: `level` is a valid out-pointer for the duration of the call.
+    status(unsafe { proxy_get_log_level(&mut level) })?;
+    Ok(level)
 }
 
 pub fn now_nanos() -> Result<u64, Status> {
@@ -155,6 +158,20 @@ pub fn get_header_map(map_type: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
     match unsafe { take(data, size) } {
         None => Ok(Vec::new()),
         Some(bytes) => crate::header_map::decode(&bytes).ok_or(Status(u32::MAX)),
+    }
+}
+
+/// One header's value; a missing header is `None`.
+pub fn get_header_value(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: pointers describe a live slice and valid out-pointers the host fills from our
+    // allocator.
+    match status(unsafe {
+        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size)
+    }) {
+        Ok(()) => Ok(Some(unsafe { take(data, size) }.unwrap_or_default())),
+        Err(NOT_FOUND) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -231,29 +248,6 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> 
     status(unsafe {
         proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
     })
-}
-
-pub fn register_shared_queue(name: &str) -> Result<u32, Status> {
-    let mut id = 0u32;
-    // SAFETY: pointer and length describe a live slice; `id` is a valid out-pointer.
-    status(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) })?;
-    Ok(id)
-}
-
-pub fn enqueue_shared_queue(queue_id: u32, value: &[u8]) -> Result<(), Status> {
-    // SAFETY: pointer and length describe a live slice.
-    status(unsafe { proxy_enqueue_shared_queue(queue_id, value.as_ptr(), value.len()) })
-}
-
-/// The next item, or `None` when the queue is empty.
-pub fn dequeue_shared_queue(queue_id: u32) -> Result<Option<Vec<u8>>, Status> {
-    let (mut data, mut size) = (null_mut(), 0usize);
-    // SAFETY: out-pointers are valid; the host fills them from our allocator.
-    match status(unsafe { proxy_dequeue_shared_queue(queue_id, &mut data, &mut size) }) {
-        Ok(()) => Ok(Some(unsafe { take(data, size) }.unwrap_or_default())),
-        Err(EMPTY) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, Status> {

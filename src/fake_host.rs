@@ -2,7 +2,7 @@
 //! filter asks for and can be told to fail any kind of hostcall.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use crate::host::{BufferType, Headers, Host, HostError, Level, MapType, CAS_MISMATCH};
 
@@ -41,8 +41,6 @@ pub struct FakeHost {
     pub metric_names: RefCell<Vec<String>>,
     pub metric_values: RefCell<Vec<i64>>,
     pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    pub queue_names: RefCell<Vec<String>>,
-    pub queues: RefCell<HashMap<u32, VecDeque<Vec<u8>>>>,
     pub callouts: RefCell<Vec<Callout>>,
     pub resumed: Cell<u32>,
     pub reset: Cell<bool>,
@@ -95,14 +93,6 @@ impl FakeHost {
         self.sent.borrow().clone()
     }
 
-    pub fn queue_pop_for_test(&self, queue: u32) -> Option<Vec<u8>> {
-        self.queues
-            .borrow_mut()
-            .entry(queue)
-            .or_default()
-            .pop_front()
-    }
-
     pub fn all_logs(&self) -> String {
         self.logs
             .borrow()
@@ -120,6 +110,10 @@ impl Host for FakeHost {
 
     fn log(&self, level: Level, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
+    }
+
+    fn log_level(&self) -> Level {
+        Level::Debug
     }
 
     fn env(&self, name: &str) -> Option<String> {
@@ -140,6 +134,14 @@ impl Host for FakeHost {
 
     fn header_map(&self, map: MapType) -> Result<Headers, HostError> {
         Ok(self.map(map))
+    }
+
+    fn header_value(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(self
+            .map(map)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v))
     }
 
     fn replace_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
@@ -224,33 +226,6 @@ impl Host for FakeHost {
         }
         shared.insert(key.to_string(), (value.to_vec(), current + 1));
         Ok(())
-    }
-
-    fn queue_register(&self, name: &str) -> Result<u32, HostError> {
-        let mut names = self.queue_names.borrow_mut();
-        if let Some(i) = names.iter().position(|n| n == name) {
-            return Ok(i as u32 + 1);
-        }
-        names.push(name.to_string());
-        Ok(names.len() as u32)
-    }
-
-    fn queue_push(&self, queue: u32, value: &[u8]) -> Result<(), HostError> {
-        self.queues
-            .borrow_mut()
-            .entry(queue)
-            .or_default()
-            .push_back(value.to_vec());
-        Ok(())
-    }
-
-    fn queue_pop(&self, queue: u32) -> Result<Option<Vec<u8>>, HostError> {
-        Ok(self
-            .queues
-            .borrow_mut()
-            .entry(queue)
-            .or_default()
-            .pop_front())
     }
 
     fn define_counter(&self, name: &str) -> Result<u32, HostError> {

@@ -38,11 +38,15 @@ pub enum Level {
 pub trait Host {
     fn now_nanos(&self) -> Result<u64, HostError>;
     fn log(&self, level: Level, message: &str);
+    /// The lowest level Envoy currently logs for this plugin.
+    fn log_level(&self) -> Level;
     fn env(&self, name: &str) -> Option<String>;
     fn set_tick_ms(&self, ms: u32) -> Result<(), HostError>;
     fn random(&self, buf: &mut [u8]) -> Result<(), HostError>;
 
     fn header_map(&self, map: MapType) -> Result<Headers, HostError>;
+    /// One header's value (the first, if repeated); `None` when absent.
+    fn header_value(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError>;
     fn replace_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError>;
     fn remove_header(&self, map: MapType, name: &str) -> Result<(), HostError>;
     fn buffer(
@@ -65,9 +69,6 @@ pub trait Host {
     fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError>;
     /// `cas == 0` writes unconditionally; a stale `cas` fails with [`CAS_MISMATCH`].
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError>;
-    fn queue_register(&self, name: &str) -> Result<u32, HostError>;
-    fn queue_push(&self, queue: u32, value: &[u8]) -> Result<(), HostError>;
-    fn queue_pop(&self, queue: u32) -> Result<Option<Vec<u8>>, HostError>;
 
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
     fn define_gauge(&self, name: &str) -> Result<u32, HostError>;
@@ -116,6 +117,16 @@ mod wasm {
             let _ = abi::log(level, message);
         }
 
+        fn log_level(&self) -> Level {
+            match abi::log_level() {
+                Ok(0 | 1) => Level::Debug,
+                Ok(2) => Level::Info,
+                Ok(3) => Level::Warn,
+                Ok(4) => Level::Error,
+                _ => Level::Critical,
+            }
+        }
+
         fn env(&self, name: &str) -> Option<String> {
             std::env::var(name).ok()
         }
@@ -130,6 +141,10 @@ mod wasm {
 
         fn header_map(&self, map: MapType) -> Result<Headers, HostError> {
             abi::get_header_map(map as u32).map_err(e)
+        }
+
+        fn header_value(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+            abi::get_header_value(map as u32, name).map_err(e)
         }
 
         fn replace_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
@@ -172,18 +187,6 @@ mod wasm {
 
         fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
             abi::set_shared_data(key, value, cas).map_err(e)
-        }
-
-        fn queue_register(&self, name: &str) -> Result<u32, HostError> {
-            abi::register_shared_queue(name).map_err(e)
-        }
-
-        fn queue_push(&self, queue: u32, value: &[u8]) -> Result<(), HostError> {
-            abi::enqueue_shared_queue(queue, value).map_err(e)
-        }
-
-        fn queue_pop(&self, queue: u32) -> Result<Option<Vec<u8>>, HostError> {
-            abi::dequeue_shared_queue(queue).map_err(e)
         }
 
         fn define_counter(&self, name: &str) -> Result<u32, HostError> {

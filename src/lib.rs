@@ -16,8 +16,21 @@
 // proxy-wasm glue calls look unused.
 #![cfg_attr(not(any(target_arch = "wasm32", test)), allow(dead_code))]
 
+/// Returns `Continue` from the request path at `step` in an ablation build (see
+/// `ablation`); expands to nothing otherwise. Defined before the modules that use it.
+macro_rules! ablate {
+    ($step:expr) => {
+        #[cfg(feature = "ablation")]
+        if $crate::ablation::stop_at($step) {
+            return proxy_wasm::types::Action::Continue;
+        }
+    };
+}
+
 #[cfg(target_arch = "wasm32")]
 mod abi;
+#[cfg(feature = "ablation")]
+pub mod ablation;
 #[cfg(any(target_arch = "wasm32", test))]
 mod header_map;
 pub mod host;

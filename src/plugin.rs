@@ -3,24 +3,25 @@
 //! `on_configure`; a configuration that is wrong in any way is refused whole, with a log
 //! line that says what and where.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bridle_core::config::{FilterConfig, LedgerLink};
 use bridle_core::decision::Gate;
 use bridle_core::token::Keyring;
 
-use crate::host::Host;
+use crate::host::{Host, Level};
 use crate::ids::Ids;
 use crate::metrics::Metrics;
+use crate::reports::Buffer;
 use crate::revocations::{self, Cache};
 
-/// The filter's side of the ledger: where it is, how to authenticate, the shared queue that
-/// carries settles and audit records, and this plugin's copy of the revocation set.
+/// The filter's side of the ledger: where it is, how to authenticate, the buffer that carries
+/// settles and audit records to it, and this plugin's copy of the revocation set.
 pub struct Ledger {
     pub link: LedgerLink,
     /// The enforcement credential: sent to the ledger, never logged.
     pub enforcer_key: String,
-    pub queue: u32,
+    pub reports: RefCell<Buffer>,
     pub keys: revocations::Keys,
     pub revocations: RefCell<Cache>,
 }
@@ -32,6 +33,9 @@ pub struct Plugin {
     pub metrics: Metrics,
     pub ledger: Option<Ledger>,
     pub ids: Ids,
+    /// Whether Envoy logs this plugin at debug level; read on each tick, so the request path
+    /// formats a debug line only when someone will see it.
+    pub debug: Cell<bool>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -95,21 +99,20 @@ impl Plugin {
                             link.credential_env
                         )
                     })?;
-                let queue = host
-                    .queue_register(&format!("bridle.{}.reports", link.cluster))
-                    .map_err(|e| format!("could not register the report queue (status {})", e.0))?;
                 host.set_tick_ms(TICK_MS)
                     .map_err(|e| format!("could not set the tick period (status {})", e.0))?;
                 Some(Ledger {
                     keys: revocations::Keys::new(&link.cluster),
                     link: link.clone(),
                     enforcer_key,
-                    queue,
+                    reports: RefCell::new(Buffer::default()),
                     revocations: RefCell::new(Cache::default()),
                 })
             }
         };
 
+        #[cfg(feature = "ablation")]
+        crate::ablation::configure(host);
         let mut seed = [0u8; 16];
         host.random(&mut seed)
             .map_err(|_| "no randomness available for request ids".to_string())?;
@@ -126,6 +129,7 @@ impl Plugin {
             metrics,
             ledger,
             ids: Ids::new(seed),
+            debug: Cell::new(host.log_level() <= Level::Debug),
         })
     }
 

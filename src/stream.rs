@@ -30,7 +30,7 @@ use proxy_wasm::types::Action;
 
 use crate::host::{BufferType, Headers, Host, Level, MapType};
 use crate::plugin::{Ledger, Plugin};
-use crate::reports::{self, Item};
+use crate::reports::Item;
 
 /// Largest request body read to price a call; larger costed requests are refused.
 pub const MAX_BODY: usize = 1 << 20;
@@ -138,6 +138,7 @@ impl Stream {
         let Some(plugin) = self.plugin.clone() else {
             return refuse_unconfigured(host);
         };
+        ablate!(0);
         self.started_ms = now_ms(host);
         self.request_id = plugin.ids.next();
         let headers = match host.header_map(MapType::RequestHeaders) {
@@ -154,6 +155,7 @@ impl Stream {
                 )
             }
         };
+        ablate!(1);
         self.method =
             String::from_utf8_lossy(header(&headers, ":method").unwrap_or_default()).into_owned();
         self.path = audit_path(header(&headers, ":path").unwrap_or_default());
@@ -169,6 +171,7 @@ impl Stream {
             Ok(grant) => grant,
             Err(denial) => return self.deny(host, &plugin, denial, None),
         };
+        ablate!(2);
         self.subject = Some(grant.subject.clone());
         self.path = grant.path.clone();
         self.merchant = grant.merchant.clone();
@@ -479,19 +482,22 @@ impl Stream {
     }
 
     pub fn on_response_headers<H: Host>(&mut self, host: &H, end_of_stream: bool) -> Action {
-        let Ok(headers) = host.header_map(MapType::ResponseHeaders) else {
-            return Action::Continue;
-        };
-        self.status =
-            header(&headers, ":status").and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
-        let wants_body = matches!(self.phase, Phase::Forwarded)
+        // Only a settle rule needs the response now; the audit record reads the status at
+        // the end of the stream. Nothing else is asked of the host on this path.
+        let settles_from_body = matches!(self.phase, Phase::Forwarded)
             && self
                 .reservation
                 .as_ref()
-                .is_some_and(|r| r.settle.is_some())
-            && self.status.is_some_and(|s| (200..300).contains(&s));
-        if wants_body && !end_of_stream {
-            self.response_content_type = header(&headers, "content-type").map(<[u8]>::to_vec);
+                .is_some_and(|r| r.settle.is_some());
+        if !settles_from_body || end_of_stream {
+            return Action::Continue;
+        }
+        self.status = response_status(host);
+        if self.status.is_some_and(|s| (200..300).contains(&s)) {
+            self.response_content_type = host
+                .header_value(MapType::ResponseHeaders, "content-type")
+                .ok()
+                .flatten();
             self.phase = Phase::ReadingResponse;
         }
         Action::Continue
@@ -559,14 +565,12 @@ impl Stream {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
+        #[cfg(feature = "ablation")]
+        if crate::ablation::stop_at(3) {
+            return;
+        }
         let Some(ledger) = &plugin.ledger else { return };
-        let status = self.status.or_else(|| {
-            let headers = host.header_map(MapType::ResponseHeaders).ok()?;
-            std::str::from_utf8(header(&headers, ":status")?)
-                .ok()?
-                .parse()
-                .ok()
-        });
+        let status = self.status.or_else(|| response_status(host));
         if matches!(self.phase, Phase::Start) {
             // Envoy answered before the filter ran (a malformed request): audit it anyway.
             if let Ok(headers) = host.header_map(MapType::RequestHeaders) {
@@ -612,9 +616,7 @@ impl Stream {
             _ => None,
         };
         if let Some(s) = settle {
-            if reports::push(host, ledger.queue, Item::Settle(s)).is_err() {
-                host.increment(plugin.metrics.ledger.items_dropped, 1);
-            }
+            report(host, &plugin, ledger, Item::Settle(s));
         }
         let record = AuditRecord {
             id: self.request_id.clone(),
@@ -639,9 +641,7 @@ impl Stream {
             reservation: self.reservation.as_ref().map(|r| r.id.clone()),
             merchant: self.merchant.clone(),
         };
-        if reports::push(host, ledger.queue, Item::Audit(Box::new(record))).is_err() {
-            host.increment(plugin.metrics.ledger.items_dropped, 1);
-        }
+        report(host, &plugin, ledger, Item::Audit(Box::new(record)));
     }
 
     /// Counts the request against the policy's loop breaker; `Some` is the refusal.
@@ -678,11 +678,15 @@ impl Stream {
     /// Rewrites the credentials and lets the request go.
     fn forward<H: Host>(&mut self, host: &H, plugin: &Plugin, grant: &Grant) -> Action {
         let rewrite = || -> Result<(), u32> {
+            let injection = plugin.injection(grant.subject.policy_index);
             for name in &grant.strip_headers {
-                host.remove_header(MapType::RequestHeaders, name)
-                    .map_err(|e| e.0)?;
+                // A header the secret is about to replace needs no separate removal.
+                if !injection.iter().any(|(n, _)| n == name) {
+                    host.remove_header(MapType::RequestHeaders, name)
+                        .map_err(|e| e.0)?;
+                }
             }
-            for (name, value) in plugin.injection(grant.subject.policy_index) {
+            for (name, value) in injection {
                 host.replace_header(MapType::RequestHeaders, name, value.as_bytes())
                     .map_err(|e| e.0)?;
             }
@@ -719,7 +723,7 @@ impl Stream {
         plugin.metrics.count(host, policy, denial.reason);
         if matches!(denial.reason, Reason::Internal | Reason::LedgerUnavailable) {
             host.log(Level::Error, &denial.message);
-        } else {
+        } else if plugin.debug.get() {
             let token = denial.subject.as_ref().map_or("-", |s| s.token_id.as_str());
             host.log(
                 Level::Debug,
@@ -733,6 +737,24 @@ impl Stream {
                 .error_response(denial.reason, &denial.message, retry_after);
         send_or_reset(host, response.status, &response.headers, &response.body);
         Action::Pause
+    }
+}
+
+fn response_status<H: Host>(host: &H) -> Option<u16> {
+    let value = host
+        .header_value(MapType::ResponseHeaders, ":status")
+        .ok()??;
+    std::str::from_utf8(&value).ok()?.parse().ok()
+}
+
+/// Hands an item to the plugin's report buffer, counting what a full buffer had to forget.
+fn report<H: Host>(host: &H, plugin: &Plugin, ledger: &Ledger, item: Item) {
+    let dropped = match ledger.reports.try_borrow_mut() {
+        Ok(mut buffer) => buffer.push(item),
+        Err(_) => 1,
+    };
+    if dropped > 0 {
+        host.increment(plugin.metrics.ledger.items_dropped, dropped as i64);
     }
 }
 

@@ -247,7 +247,7 @@ mod ledger_flow {
     use crate::fake_host::FakeHost;
     use crate::host::{BufferType, MapType};
     use crate::plugin::Plugin;
-    use crate::reports::{Item, Queued};
+    use crate::reports::Item;
     use crate::stream::Stream;
     use crate::ticker::Ticker;
 
@@ -325,11 +325,11 @@ mod ledger_flow {
         bytes.len()
     }
 
-    fn queued(h: &FakeHost, p: &Plugin) -> Vec<Item> {
-        let queue = p.ledger.as_ref().unwrap().queue;
+    fn queued(_h: &FakeHost, p: &Plugin) -> Vec<Item> {
+        let mut buffer = p.ledger.as_ref().unwrap().reports.borrow_mut();
         let mut items = Vec::new();
-        while let Some(bytes) = h.queue_pop_for_test(queue) {
-            items.push(serde_json::from_slice::<Queued>(&bytes).unwrap().item);
+        while !buffer.is_empty() {
+            items.extend(buffer.take());
         }
         items
     }

@@ -1,5 +1,5 @@
 //! What a root context does on its tick: refresh this plugin's copy of the revocation set,
-//! poll the ledger's feed when this worker holds the lease, and flush queued settles and
+//! poll the ledger's feed when this worker holds the lease, and flush buffered settles and
 //! audit records to the ledger. At most one poll and one report are in flight per root.
 
 use std::collections::HashMap;
@@ -9,13 +9,13 @@ use bridle_core::revocation::RevocationFeed;
 
 use crate::host::{Host, Level};
 use crate::plugin::Plugin;
-use crate::reports::{self, Queued};
+use crate::reports::{self, Item};
 use crate::revocations;
 use crate::stream::{call_ledger, read_call_response};
 
 enum Pending {
     Poll,
-    Report(Vec<Queued>),
+    Report(Vec<Item>),
 }
 
 #[derive(Default)]
@@ -29,6 +29,7 @@ fn now_ms<H: Host>(host: &H) -> u64 {
 
 impl Ticker {
     pub fn on_tick<H: Host>(&mut self, host: &H, plugin: &Plugin) {
+        plugin.debug.set(host.log_level() <= Level::Debug);
         let Some(ledger) = &plugin.ledger else { return };
         let now = now_ms(host);
         if let Ok(mut cache) = ledger.revocations.try_borrow_mut() {
@@ -72,7 +73,11 @@ impl Ticker {
             .values()
             .any(|p| matches!(p, Pending::Report(_)));
         if !reporting {
-            let items = reports::take(host, ledger.queue).unwrap_or_default();
+            let items = ledger
+                .reports
+                .try_borrow_mut()
+                .map(|mut b| b.take())
+                .unwrap_or_default();
             if !items.is_empty() {
                 match serde_json::to_vec(&reports::report(&items))
                     .ok()
@@ -83,8 +88,7 @@ impl Ticker {
                     }
                     _ => {
                         host.increment(plugin.metrics.ledger.reports_failed, 1);
-                        let dropped = reports::put_back(host, ledger.queue, items);
-                        host.increment(plugin.metrics.ledger.items_dropped, dropped as i64);
+                        put_back(host, plugin, items);
                     }
                 }
             }
@@ -136,10 +140,21 @@ impl Ticker {
                         Level::Warn,
                         &format!("report to the ledger failed ({why}); will resend"),
                     );
-                    let dropped = reports::put_back(host, ledger.queue, items);
-                    host.increment(plugin.metrics.ledger.items_dropped, dropped as i64);
+                    put_back(host, plugin, items);
                 }
             },
         }
+    }
+}
+
+/// Returns a batch the ledger did not take to the front of the buffer.
+fn put_back<H: Host>(host: &H, plugin: &Plugin, items: Vec<Item>) {
+    let Some(ledger) = &plugin.ledger else { return };
+    let dropped = match ledger.reports.try_borrow_mut() {
+        Ok(mut buffer) => buffer.put_back(items),
+        Err(_) => items.len(),
+    };
+    if dropped > 0 {
+        host.increment(plugin.metrics.ledger.items_dropped, dropped as i64);
     }
 }

@@ -124,7 +124,9 @@ pub struct Grant {
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential").field("presentation", &self.presentation).finish_non_exhaustive()
+        f.debug_struct("Credential")
+            .field("presentation", &self.presentation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -1101,7 +1103,18 @@ mod tests {
     fn debug_output_never_shows_the_credential() {
         let g = gate();
         let t = bearer(&claims());
-        let grant = decide(&g, &req("GET", "/v1/charges/ch_1", &[("authorization", t), ("stripe-account", b"acct_1Merchant".to_vec())])).unwrap();
+        let grant = decide(
+            &g,
+            &req(
+                "GET",
+                "/v1/charges/ch_1",
+                &[
+                    ("authorization", t),
+                    ("stripe-account", b"acct_1Merchant".to_vec()),
+                ],
+            ),
+        )
+        .unwrap();
         assert!(grant.credential.starts_with("bvt_"));
         assert!(!format!("{grant:?}").contains("bvt_"));
     }

@@ -56,7 +56,12 @@ impl Bucket {
         let mut entries = Vec::new();
         for chunk in bytes.chunks_exact(ENTRY_BYTES).take(ENTRIES_PER_BUCKET) {
             let read = || -> Option<Entry> {
-                let mut e = Entry { token: u64_at(chunk, 0)?, window: u64_at(chunk, 8)?, count: u32_at(chunk, 16)?, ..Entry::default() };
+                let mut e = Entry {
+                    token: u64_at(chunk, 0)?,
+                    window: u64_at(chunk, 8)?,
+                    count: u32_at(chunk, 16)?,
+                    ..Entry::default()
+                };
                 for (i, slot) in e.fingerprints.iter_mut().enumerate() {
                     *slot = (u64_at(chunk, 20 + i * 12)?, u32_at(chunk, 28 + i * 12)?);
                 }
@@ -88,21 +93,35 @@ impl Bucket {
 pub enum Verdict {
     Ok,
     /// Over `max_requests_per_minute`.
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     /// Over `max_identical_per_minute` for this fingerprint.
-    RepeatLimited { retry_after_secs: u64 },
+    RepeatLimited {
+        retry_after_secs: u64,
+    },
 }
 
 /// Counts one request of `token` (and its `fingerprint`, when Bridle read the whole request)
 /// and says whether it may go. Every attempt counts, refused ones included, so a loop stays
 /// stopped for the rest of its minute.
-pub fn record(bucket: &mut Bucket, limits: &LoopBreaker, token: u64, fingerprint: Option<u64>, now_secs: u64) -> Verdict {
+pub fn record(
+    bucket: &mut Bucket,
+    limits: &LoopBreaker,
+    token: u64,
+    fingerprint: Option<u64>,
+    now_secs: u64,
+) -> Verdict {
     let window = now_secs / WINDOW_SECS;
     let retry_after_secs = WINDOW_SECS - now_secs % WINDOW_SECS;
     let index = match bucket.entries.iter().position(|e| e.token == token) {
         Some(i) => i,
         None => {
-            let fresh = Entry { token, window, ..Entry::default() };
+            let fresh = Entry {
+                token,
+                window,
+                ..Entry::default()
+            };
             if bucket.entries.len() < ENTRIES_PER_BUCKET {
                 bucket.entries.push(fresh);
                 bucket.entries.len() - 1
@@ -121,9 +140,15 @@ pub fn record(bucket: &mut Bucket, limits: &LoopBreaker, token: u64, fingerprint
             }
         }
     };
-    let Some(entry) = bucket.entries.get_mut(index) else { return Verdict::Ok };
+    let Some(entry) = bucket.entries.get_mut(index) else {
+        return Verdict::Ok;
+    };
     if entry.window != window {
-        *entry = Entry { token, window, ..Entry::default() };
+        *entry = Entry {
+            token,
+            window,
+            ..Entry::default()
+        };
     }
     entry.count = entry.count.saturating_add(1);
     let mut verdict = Verdict::Ok;
@@ -131,10 +156,19 @@ pub fn record(bucket: &mut Bucket, limits: &LoopBreaker, token: u64, fingerprint
         verdict = Verdict::RateLimited { retry_after_secs };
     }
     if let Some(fp) = fingerprint {
-        let slot = match entry.fingerprints.iter().position(|(f, n)| *f == fp && *n > 0) {
+        let slot = match entry
+            .fingerprints
+            .iter()
+            .position(|(f, n)| *f == fp && *n > 0)
+        {
             Some(i) => i,
             None => {
-                let i = entry.fingerprints.iter().enumerate().min_by_key(|(_, (_, n))| *n).map_or(0, |(i, _)| i);
+                let i = entry
+                    .fingerprints
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (_, n))| *n)
+                    .map_or(0, |(i, _)| i);
                 if let Some(s) = entry.fingerprints.get_mut(i) {
                     *s = (fp, 0);
                 }
@@ -155,7 +189,10 @@ pub fn record(bucket: &mut Bucket, limits: &LoopBreaker, token: u64, fingerprint
 mod tests {
     use super::*;
 
-    const LIMITS: LoopBreaker = LoopBreaker { max_requests_per_minute: 5, max_identical_per_minute: 2 };
+    const LIMITS: LoopBreaker = LoopBreaker {
+        max_requests_per_minute: 5,
+        max_identical_per_minute: 2,
+    };
 
     #[test]
     fn rate_is_limited_per_minute() {
@@ -164,13 +201,24 @@ mod tests {
         for i in 0..5 {
             assert_eq!(record(&mut b, &LIMITS, t, None, 120 + i), Verdict::Ok);
         }
-        assert_eq!(record(&mut b, &LIMITS, t, None, 130), Verdict::RateLimited { retry_after_secs: 50 });
+        assert_eq!(
+            record(&mut b, &LIMITS, t, None, 130),
+            Verdict::RateLimited {
+                retry_after_secs: 50
+            }
+        );
         // Refused attempts count too: the loop stays stopped.
-        assert!(matches!(record(&mut b, &LIMITS, t, None, 170), Verdict::RateLimited { .. }));
+        assert!(matches!(
+            record(&mut b, &LIMITS, t, None, 170),
+            Verdict::RateLimited { .. }
+        ));
         // A new minute starts afresh.
         assert_eq!(record(&mut b, &LIMITS, t, None, 180), Verdict::Ok);
         // Another token is counted apart.
-        assert_eq!(record(&mut b, &LIMITS, hash("tok_2"), None, 130), Verdict::Ok);
+        assert_eq!(
+            record(&mut b, &LIMITS, hash("tok_2"), None, 130),
+            Verdict::Ok
+        );
     }
 
     #[test]
@@ -180,8 +228,16 @@ mod tests {
         let same = hash("GET /v1/charges/ch_1");
         assert_eq!(record(&mut b, &LIMITS, t, Some(same), 0), Verdict::Ok);
         assert_eq!(record(&mut b, &LIMITS, t, Some(same), 1), Verdict::Ok);
-        assert_eq!(record(&mut b, &LIMITS, t, Some(same), 2), Verdict::RepeatLimited { retry_after_secs: 58 });
-        assert_eq!(record(&mut b, &LIMITS, t, Some(hash("GET /v1/charges/ch_2")), 3), Verdict::Ok);
+        assert_eq!(
+            record(&mut b, &LIMITS, t, Some(same), 2),
+            Verdict::RepeatLimited {
+                retry_after_secs: 58
+            }
+        );
+        assert_eq!(
+            record(&mut b, &LIMITS, t, Some(hash("GET /v1/charges/ch_2")), 3),
+            Verdict::Ok
+        );
     }
 
     #[test]
@@ -209,6 +265,9 @@ mod tests {
             record(&mut b, &LIMITS, 1000 + i, None, 5);
         }
         assert_eq!(record(&mut b, &LIMITS, busy, None, 6), Verdict::Ok); // 5th
-        assert!(matches!(record(&mut b, &LIMITS, busy, None, 7), Verdict::RateLimited { .. }));
+        assert!(matches!(
+            record(&mut b, &LIMITS, busy, None, 7),
+            Verdict::RateLimited { .. }
+        ));
     }
 }
