@@ -105,6 +105,7 @@ wrk:
 .PHONY: bench
 bench: wasm-target envoy wrk
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter -p bridle-noop-filter
+	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter --features ablation --target-dir target/ablation
 	$(CARGO) build --release -p bridle-ledger -p bridle-bench
 	BRIDLE_PROFILE=release target/release/bridle-bench $(BENCH_ARGS)
 

@@ -64,6 +64,8 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     pub concurrency: u32,
     pub wasm: Option<PathBuf>,
+    /// Names from `env` that the Wasm VM may read besides those the policies need.
+    pub vm_env: Vec<String>,
 }
 
 impl Setup {
@@ -77,6 +79,7 @@ impl Setup {
             env: Vec::new(),
             concurrency: 2,
             wasm: None,
+            vm_env: Vec::new(),
         }
     }
 
@@ -130,8 +133,28 @@ impl Setup {
         for (v, url) in &self.upstreams {
             opts.upstreams.insert(*v, Upstream::parse(url).unwrap());
         }
-        let bootstrap = render::envoy_bootstrap(&self.policies, &opts).unwrap();
+        let mut bootstrap = render::envoy_bootstrap(&self.policies, &opts).unwrap();
+        if !self.vm_env.is_empty() {
+            add_vm_env(&mut bootstrap, &self.vm_env);
+        }
         render::to_yaml(&[bootstrap]).unwrap()
+    }
+}
+
+fn add_vm_env(v: &mut serde_json::Value, names: &[String]) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::Array(keys) if k == "host_env_keys" => {
+                        keys.extend(names.iter().map(|n| serde_json::Value::from(n.as_str())))
+                    }
+                    _ => add_vm_env(child, names),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| add_vm_env(i, names)),
+        _ => {}
     }
 }
 

@@ -41,7 +41,18 @@ impl Ledger {
         keys: &Keys,
         extra_args: &[&str],
     ) -> Ledger {
+        Ledger::start_prefilled(policies, keys, extra_args, |_| {}).await
+    }
+
+    /// Starts a ledger on a database that `fill` writes first (benchmarks grow the store).
+    pub async fn start_prefilled(
+        policies: &[CompiledPolicy],
+        keys: &Keys,
+        extra_args: &[&str],
+        fill: impl FnOnce(&std::path::Path),
+    ) -> Ledger {
         let dir = tempfile::tempdir().unwrap();
+        fill(&dir.path().join("ledger.db"));
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
         for p in policies {
@@ -135,6 +146,10 @@ impl Ledger {
     pub async fn restart(&mut self) {
         self.kill9();
         self.launch().await;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Guarded::pid)
     }
 
     pub fn is_running(&self) -> bool {

@@ -1,0 +1,953 @@
+//! `make bench`: what Bridle costs in the request path, measured side by side in one run.
+//!
+//! Proxy scenarios, each against the same fast local upstream (a minimal hyper server):
+//! 1. baselines: Envoy without a Wasm filter, and with a no-op proxy-wasm filter;
+//! 2. an allowed, uncosted call through Bridle (token, allowlist, secret injection), with and
+//!    without a loop breaker;
+//! 3. a call Bridle denies;
+//! 4. a costed call (body priced, reserve with the ledger, settle in batches).
+//!
+//! Each scenario is measured for throughput at saturation (32 connections) and for latency
+//! without queueing (one connection), so that added latency is the filter's, not a queue's.
+//! Then the ledger alone: durable reserve+settle pairs per second at several client
+//! concurrencies, and as the store grows.
+//!
+//! The machines are shared and noisy, so every Envoy (and every ledger) is started first and
+//! the scenarios are run in interleaved rounds: each ratio is taken within one round, and the
+//! report gives the median over rounds.
+//!
+//! CPU: this process (and so wrk, the upstream and the proxy's ledger) is pinned to core 1,
+//! every Envoy (one worker each) to core 0, so the proxy under test is never contending with
+//! its load. For the ledger alone, the ledger (one HTTP thread plus its writer) gets core 0
+//! and the load client core 1.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod ledger_load;
+mod store_fill;
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use bridle_core::policy::{CompiledPolicy, Policy};
+use bridle_core::token::Claims;
+use bridle_core::vendor::Vendor;
+use bridle_e2e::envoy::{envoy_binary, wasm_path, Envoy, Setup};
+use bridle_e2e::keys::{now, Keys, ENFORCER_KEY};
+use bridle_e2e::ledger::Ledger;
+use bridle_e2e::repo_root;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Serialize)]
+struct Plan {
+    rounds: usize,
+    warmup_s: u64,
+    throughput_s: u64,
+    latency_s: u64,
+    ledger_s: u64,
+}
+
+const FULL: Plan = Plan {
+    rounds: 3,
+    warmup_s: 2,
+    throughput_s: 5,
+    latency_s: 3,
+    ledger_s: 4,
+};
+const QUICK: Plan = Plan {
+    rounds: 1,
+    warmup_s: 1,
+    throughput_s: 2,
+    latency_s: 2,
+    ledger_s: 2,
+};
+
+#[derive(Clone, Debug, Serialize)]
+struct Wrk {
+    rps: f64,
+    requests: u64,
+    non_2xx: u64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+}
+
+/// One fixed request for wrk to repeat.
+struct Load {
+    method: &'static str,
+    path: &'static str,
+    body: String,
+    headers: Vec<String>,
+}
+
+struct Scenario {
+    name: &'static str,
+    description: &'static str,
+    port: u16,
+    load: Load,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct ScenarioResult {
+    scenario: String,
+    description: String,
+    /// Medians over rounds.
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    /// Every round, as measured.
+    throughput_rounds: Vec<Wrk>,
+    latency_rounds: Vec<Wrk>,
+}
+
+/// Online CPUs of the machine, not of this process's affinity mask (which pinning narrows).
+fn cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+fn pin_to(pid: u32, cpu: usize) {
+    if cpus() < 2 {
+        return;
+    }
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .output();
+    if !status.is_ok_and(|s| s.status.success()) {
+        eprintln!("bench: could not pin pid {pid} to cpu {cpu}");
+    }
+}
+
+fn pin_self(cpu: usize) {
+    if cpus() < 2 {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Cumulative CPU time stolen by the hypervisor, and total, in ticks.
+fn steal_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_i(mut v: Vec<i64>) -> i64 {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn wrk(port: u16, connections: u32, seconds: u64, load: &Load) -> Wrk {
+    let script = repo_root().join("bench/wrk/request.lua");
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--timeout",
+            "5s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["--", load.method, load.path, &load.body])
+        .args(&load.headers)
+        .output()
+        .expect("wrk: run `make bench`, which installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "wrk printed no summary:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: Value = serde_json::from_str(line).unwrap();
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    Wrk {
+        rps: n("requests") as f64 / (n("duration_us") as f64 / 1e6),
+        requests: n("requests"),
+        non_2xx: n("non_2xx"),
+        errors: n("connect_errors") + n("read_errors") + n("write_errors") + n("timeouts"),
+        p50_us: n("p50_us"),
+        p99_us: n("p99_us"),
+        p999_us: n("p999_us"),
+    }
+}
+
+/// Envoy without Bridle: a listener, a router and the upstream; optionally a no-op filter.
+fn baseline_config(upstream: u16, noop_wasm: Option<&Path>) -> String {
+    let mut filters: Vec<Value> = Vec::new();
+    if let Some(path) = noop_wasm {
+        filters.push(json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "noop", "root_id": "noop", "failure_policy": "FAIL_CLOSED",
+                    "vm_config": { "vm_id": "noop", "runtime": "envoy.wasm.runtime.v8", "code": { "local": { "filename": path.display().to_string() } } },
+                },
+            },
+        }));
+    }
+    filters.push(json!({ "name": "envoy.filters.http.router", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "suppress_envoy_headers": true } }));
+    // The same connection manager settings Bridle's rendered listeners use.
+    let config = json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "static_resources": {
+            "listeners": [{
+                "name": "baseline",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "baseline",
+                        "normalize_path": true, "merge_slashes": true, "path_with_escaped_slashes_action": "REJECT_REQUEST",
+                        "common_http_protocol_options": { "headers_with_underscores_action": "REJECT_REQUEST" },
+                        "route_config": { "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "upstream", "timeout": "600s" } }] }] },
+                        "http_filters": filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "upstream", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": upstream } } } }] }] },
+            }],
+        },
+    });
+    // Envoy reads JSON as YAML.
+    serde_json::to_string_pretty(&config).unwrap()
+}
+
+fn bench_policies() -> Vec<CompiledPolicy> {
+    let p = |v: Value| -> CompiledPolicy {
+        serde_json::from_value::<Policy>(v)
+            .unwrap()
+            .compile()
+            .unwrap()
+    };
+    let endpoints = json!([
+        { "method": "GET", "path": "/v1/charges/*" },
+        { "method": "POST", "path": "/v1/payment_intents", "cost": { "amount": { "field": "amount", "currency_field": "currency" } } },
+    ]);
+    vec![
+        p(
+            json!({ "name": "bench", "vendor": "stripe", "secret_env": "STRIPE_SECRET_KEY", "max_ttl": "4h",
+                  "merchants": { "allow_unscoped": true }, "endpoints": endpoints }),
+        ),
+        p(
+            json!({ "name": "bench-lb", "vendor": "stripe", "secret_env": "STRIPE_SECRET_KEY", "max_ttl": "4h",
+                  "merchants": { "allow_unscoped": true }, "endpoints": endpoints,
+                  "loop_breaker": { "max_requests_per_minute": 100_000_000u64, "max_identical_per_minute": 100_000_000u64 } }),
+        ),
+    ]
+}
+
+fn token(keys: &Keys, policy: &str, id: String) -> String {
+    let t = now();
+    keys.mint(&Claims {
+        v: 1,
+        id,
+        policy: policy.into(),
+        vendor: Vendor::Stripe,
+        iat: t - 60,
+        exp: t + 3 * 3600,
+        label: format!("bench/{policy}"),
+        endpoints: None,
+        merchants: None,
+        caps: Default::default(),
+    })
+}
+
+struct AblationStep {
+    step: u8,
+    name: &'static str,
+    description: &'static str,
+}
+
+/// The uncosted allowed call again, through filter builds that stop early (see
+/// `src/ablation.rs`); the full filter is `bridle_allowed`.
+const ABLATION_STEPS: [AblationStep; 4] = [
+    AblationStep {
+        step: 0,
+        name: "ablate_0_enter",
+        description: "Bridle stopped at once: the filter's module and SDK dispatch",
+    },
+    AblationStep {
+        step: 1,
+        name: "ablate_1_headers",
+        description: "Bridle stopped after reading the clock and the request headers",
+    },
+    AblationStep {
+        step: 2,
+        name: "ablate_2_decide",
+        description: "Bridle stopped after the decision (token, policy, path, merchant)",
+    },
+    AblationStep {
+        step: 3,
+        name: "ablate_3_rewrite",
+        description: "Bridle without the audit record (credentials rewritten, counted)",
+    },
+];
+
+/// Every process a proxy scenario needs, started before any is measured.
+struct ProxyStack {
+    _baselines: Vec<Envoy>,
+    _ledger: Ledger,
+    _bridle: Envoy,
+    _ablations: Vec<Envoy>,
+    scenarios: Vec<Scenario>,
+}
+
+async fn proxy_stack(keys: &Keys) -> ProxyStack {
+    let upstream = upstream::spawn().port();
+    let noop = repo_root().join("target/wasm32-wasip1/release/bridle_noop_filter.wasm");
+    assert!(
+        noop.exists(),
+        "{} is missing: run `make bench`",
+        noop.display()
+    );
+    let env = vec![(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_default(),
+    )];
+    let mut baselines = Vec::new();
+    let mut scenarios = Vec::new();
+    let plain = || Load {
+        method: "GET",
+        path: "/v1/charges/ch_1",
+        body: String::new(),
+        headers: vec![],
+    };
+    for (name, description, wasm) in [
+        ("no_filter", "Envoy, no Wasm filter", None),
+        (
+            "noop_wasm",
+            "Envoy, a no-op proxy-wasm filter (the V8 floor)",
+            Some(noop.as_path()),
+        ),
+    ] {
+        let envoy = Envoy::start_config(&baseline_config(upstream, wasm), &env, 1)
+            .await
+            .unwrap();
+        pin_to(envoy.pid(), 0);
+        scenarios.push(Scenario {
+            name,
+            description,
+            port: envoy.listener_port("baseline"),
+            load: plain(),
+        });
+        baselines.push(envoy);
+    }
+
+    let policies = bench_policies();
+    let ledger = Ledger::start(&policies, keys).await;
+    pin_to(ledger.pid().unwrap(), 1);
+    let mut setup =
+        Setup::new(policies, keys).upstream_all(&format!("http://127.0.0.1:{upstream}"));
+    setup.ledger = Some(ledger.url());
+    setup.concurrency = 1;
+    let bridle = Envoy::start(&setup).await.unwrap();
+    pin_to(bridle.pid(), 0);
+    let port = bridle.port(Vendor::Stripe);
+    // The same filter, built to stop its request path after a given step: where the time goes.
+    let ablation_wasm =
+        repo_root().join("target/ablation/wasm32-wasip1/release/bridle_filter.wasm");
+    assert!(
+        ablation_wasm.exists(),
+        "{} is missing: run `make bench`",
+        ablation_wasm.display()
+    );
+    let mut ablations = Vec::new();
+    for step in ABLATION_STEPS {
+        let mut s = setup.clone();
+        s.wasm = Some(ablation_wasm.clone());
+        s.env.push(("BRIDLE_ABLATE".into(), step.step.to_string()));
+        s.vm_env.push("BRIDLE_ABLATE".into());
+        let envoy = Envoy::start(&s).await.unwrap();
+        pin_to(envoy.pid(), 0);
+        ablations.push(envoy);
+    }
+    let auth = |policy: &str| {
+        format!(
+            "Authorization: Bearer {}",
+            token(
+                keys,
+                policy,
+                format!("tok_bench_{}", policy.replace('-', "_"))
+            )
+        )
+    };
+    let form = "Content-Type: application/x-www-form-urlencoded".to_string();
+    scenarios.push(Scenario {
+        name: "bridle_allowed",
+        description: "Bridle: allowed, uncosted (token, allowlist, secret injection, audit)",
+        port,
+        load: Load {
+            method: "GET",
+            path: "/v1/charges/ch_1",
+            body: String::new(),
+            headers: vec![auth("bench")],
+        },
+    });
+    scenarios.push(Scenario {
+        name: "bridle_allowed_loop_breaker",
+        description: "Bridle: the same with a loop breaker (shared-data compare-and-swap per call)",
+        port,
+        load: Load {
+            method: "GET",
+            path: "/v1/charges/ch_1",
+            body: String::new(),
+            headers: vec![auth("bench-lb")],
+        },
+    });
+    scenarios.push(Scenario {
+        name: "bridle_denied",
+        description: "Bridle: denied in the filter (endpoint outside the policy)",
+        port,
+        load: Load {
+            method: "POST",
+            path: "/v1/refunds",
+            body: "charge=ch_1".into(),
+            headers: vec![auth("bench"), form.clone()],
+        },
+    });
+    scenarios.push(Scenario {
+        name: "bridle_costed",
+        description: "Bridle: costed (body priced, reserve with the ledger, batched settle)",
+        port,
+        load: Load {
+            method: "POST",
+            path: "/v1/payment_intents",
+            body: "amount=100&currency=usd".into(),
+            headers: vec![auth("bench"), form],
+        },
+    });
+    for (step, envoy) in ABLATION_STEPS.iter().zip(&ablations) {
+        scenarios.push(Scenario {
+            name: step.name,
+            description: step.description,
+            port: envoy.port(Vendor::Stripe),
+            load: Load {
+                method: "GET",
+                path: "/v1/charges/ch_1",
+                body: String::new(),
+                headers: vec![auth("bench")],
+            },
+        });
+    }
+    ProxyStack {
+        _baselines: baselines,
+        _ledger: ledger,
+        _bridle: bridle,
+        _ablations: ablations,
+        scenarios,
+    }
+}
+
+async fn proxy_benchmarks(plan: Plan, keys: &Keys) -> Vec<ScenarioResult> {
+    let stack = proxy_stack(keys).await;
+    for s in &stack.scenarios {
+        eprintln!("bench: warm up {}", s.name);
+        wrk(s.port, 32, plan.warmup_s, &s.load);
+    }
+    let mut throughput: BTreeMap<&str, Vec<Wrk>> = BTreeMap::new();
+    let mut latency: BTreeMap<&str, Vec<Wrk>> = BTreeMap::new();
+    for round in 1..=plan.rounds {
+        for s in &stack.scenarios {
+            let w = wrk(s.port, 32, plan.throughput_s, &s.load);
+            eprintln!(
+                "bench: round {round} {:<28} {:>8.0} req/s ({} non-2xx, {} errors)",
+                s.name, w.rps, w.non_2xx, w.errors
+            );
+            throughput.entry(s.name).or_default().push(w);
+        }
+        for s in &stack.scenarios {
+            let w = wrk(s.port, 1, plan.latency_s, &s.load);
+            eprintln!(
+                "bench: round {round} {:<28} p50 {:>5} µs p99 {:>6} µs (1 connection)",
+                s.name, w.p50_us, w.p99_us
+            );
+            latency.entry(s.name).or_default().push(w);
+        }
+    }
+    let mut results = Vec::new();
+    for s in &stack.scenarios {
+        let t = throughput.remove(s.name).unwrap_or_default();
+        let l = latency.remove(s.name).unwrap_or_default();
+        if s.name == "bridle_denied" {
+            assert!(
+                t.iter().all(|w| w.non_2xx == w.requests),
+                "the denied scenario was not denied: {t:?}"
+            );
+        } else {
+            assert!(
+                t.iter().chain(&l).all(|w| w.non_2xx + w.errors == 0),
+                "{} had failures: {t:?} {l:?}",
+                s.name
+            );
+        }
+        results.push(ScenarioResult {
+            scenario: s.name.into(),
+            description: s.description.into(),
+            rps: median_f(t.iter().map(|w| w.rps).collect()),
+            p50_us: median_i(l.iter().map(|w| w.p50_us as i64).collect()) as u64,
+            p99_us: median_i(l.iter().map(|w| w.p99_us as i64).collect()) as u64,
+            p999_us: median_i(l.iter().map(|w| w.p999_us as i64).collect()) as u64,
+            throughput_rounds: t,
+            latency_rounds: l,
+        });
+    }
+    results
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct LedgerResult {
+    recorded_calls: usize,
+    live_tokens: usize,
+    clients: usize,
+    /// Medians over rounds.
+    pairs_per_sec: f64,
+    reserve_p50_us: u64,
+    reserve_p99_us: u64,
+    reserve_p999_us: u64,
+    rounds: Vec<ledger_load::LoadResult>,
+}
+
+async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
+    let policies = vec![bench_policies().remove(0)];
+    // A concurrency sweep on a small store, then store growth at a fixed concurrency.
+    let stores: [(usize, usize, &[usize]); 5] = [
+        (1, 10, &[1, 16, 64]),
+        (10_000, 10, &[64]),
+        (1_000_000, 10, &[64]),
+        (10_000, 10_000, &[64]),
+        (10_000, 100_000, &[64]),
+    ];
+    let mut ledgers = Vec::new();
+    for (calls, tokens, clients) in stores {
+        let t = Instant::now();
+        let now_ms = now() * 1000;
+        // One HTTP thread: the ledger has one core here, and its writer thread besides.
+        let ledger = Ledger::start_prefilled(&policies, keys, &["--threads", "1"], |db| {
+            store_fill::fill(db, "bench", tokens, calls, now_ms).unwrap()
+        })
+        .await;
+        pin_to(ledger.pid().unwrap(), 0);
+        eprintln!(
+            "bench: ledger with {calls} recorded calls and {tokens} live tokens ready in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        // The load spreads over up to 64 of the live tokens.
+        let minted: Vec<String> = (0..tokens.min(64))
+            .map(|i| token(keys, "bench", store_fill::token_id(i)))
+            .collect();
+        ledgers.push((calls, tokens, clients, ledger, minted));
+    }
+    let mut runs: BTreeMap<(usize, usize, usize), Vec<ledger_load::LoadResult>> = BTreeMap::new();
+    for round in 1..=plan.rounds {
+        for (calls, tokens, clients, ledger, minted) in &ledgers {
+            for &c in clients.iter() {
+                let r = ledger_load::run(
+                    ledger.port,
+                    ENFORCER_KEY,
+                    minted,
+                    c,
+                    Duration::from_secs(plan.ledger_s),
+                )
+                .await;
+                eprintln!("bench: round {round} ledger {calls} calls {tokens} tokens {c} clients: {:.0} pairs/s", r.pairs_per_sec);
+                assert_eq!(r.errors + r.denied, 0, "ledger load had failures: {r:?}");
+                runs.entry((*calls, *tokens, c)).or_default().push(r);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (calls, tokens, clients, _, _) in &ledgers {
+        for &c in clients.iter() {
+            let rounds = runs.remove(&(*calls, *tokens, c)).unwrap_or_default();
+            out.push(LedgerResult {
+                recorded_calls: *calls,
+                live_tokens: *tokens,
+                clients: c,
+                pairs_per_sec: median_f(rounds.iter().map(|r| r.pairs_per_sec).collect()),
+                reserve_p50_us: median_i(rounds.iter().map(|r| r.reserve_p50_us as i64).collect())
+                    as u64,
+                reserve_p99_us: median_i(rounds.iter().map(|r| r.reserve_p99_us as i64).collect())
+                    as u64,
+                reserve_p999_us: median_i(rounds.iter().map(|r| r.reserve_p999_us as i64).collect())
+                    as u64,
+                rounds,
+            });
+        }
+    }
+    out
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let root = repo_root().display().to_string();
+    json!({
+        "cpus": cpus(),
+        "cpu_model": model,
+        "memory_gib": mem_kb / (1024 * 1024),
+        "kernel": command_output("uname", &["-r"]),
+        "envoy": command_output(&envoy_binary().display().to_string(), &["--version"]).split("version: ").nth(1).and_then(|v| v.split('/').nth(1)).unwrap_or("?"),
+        "wrk": command_output("wrk", &["--version"]).split_whitespace().nth(1).unwrap_or("?"),
+        "commit": command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]),
+        "dirty": !command_output("git", &["-C", &root, "status", "--porcelain", "--untracked-files=no"]).is_empty(),
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Ratios within each round, then the median over rounds.
+fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
+    let get = |s: &str| proxy.iter().find(|r| r.scenario == s);
+    let (none, noop) = (get("no_filter"), get("noop_wasm"));
+    let ratio_to = |r: &ScenarioResult, base: Option<&ScenarioResult>| -> f64 {
+        let Some(b) = base else { return 0.0 };
+        round3(median_f(
+            r.throughput_rounds
+                .iter()
+                .zip(&b.throughput_rounds)
+                .map(|(x, y)| x.rps / y.rps)
+                .collect(),
+        ))
+    };
+    let added = |r: &ScenarioResult, f: fn(&Wrk) -> u64| -> i64 {
+        let Some(b) = none else { return 0 };
+        median_i(
+            r.latency_rounds
+                .iter()
+                .zip(&b.latency_rounds)
+                .map(|(x, y)| f(x) as i64 - f(y) as i64)
+                .collect(),
+        )
+    };
+    let mut rows = BTreeMap::new();
+    for r in proxy {
+        rows.insert(
+            r.scenario.clone(),
+            json!({
+                "throughput_vs_no_filter": ratio_to(r, none),
+                "throughput_vs_noop_wasm": ratio_to(r, noop),
+                "p50_added_us_vs_no_filter": added(r, |w| w.p50_us),
+                "p99_added_us_vs_no_filter": added(r, |w| w.p99_us),
+            }),
+        );
+    }
+    let best = ledger.iter().map(|r| r.pairs_per_sec).fold(0.0, f64::max);
+    let by_tokens: Vec<f64> = ledger
+        .iter()
+        .filter(|r| r.recorded_calls == 10_000 && r.clients == 64)
+        .map(|r| r.pairs_per_sec)
+        .collect();
+    let flat = match (
+        by_tokens.iter().cloned().reduce(f64::min),
+        by_tokens.iter().cloned().reduce(f64::max),
+    ) {
+        (Some(lo), Some(hi)) if hi > 0.0 => round3(lo / hi),
+        _ => 0.0,
+    };
+    let a = rows.get("bridle_allowed").cloned().unwrap_or_default();
+    let c = rows.get("bridle_costed").cloned().unwrap_or_default();
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    json!({
+        "ratios": rows,
+        "targets": {
+            "uncosted throughput / no-op Wasm": { "target": ">= 0.90", "measured": a["throughput_vs_noop_wasm"], "met": f(&a["throughput_vs_noop_wasm"]) >= 0.90 },
+            "uncosted p99 added over no filter (µs)": { "target": "<= 300", "measured": a["p99_added_us_vs_no_filter"], "met": a["p99_added_us_vs_no_filter"].as_i64().unwrap_or(i64::MAX) <= 300 },
+            "costed throughput / no-op Wasm": { "target": ">= 0.50", "measured": c["throughput_vs_noop_wasm"], "met": f(&c["throughput_vs_noop_wasm"]) >= 0.50 },
+            "ledger durable pairs/s": { "target": ">= 20000", "measured": best.round(), "met": best >= 20_000.0 },
+            "ledger 10 to 100k live tokens (min/max)": { "target": ">= 0.80", "measured": flat, "met": flat >= 0.80 },
+        },
+    })
+}
+
+fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> String {
+    let m = &doc["machine"];
+    let summary = &doc["summary"];
+    let mut s = format!(
+        "Machine: {} CPUs ({}), {} GiB, kernel {}; Envoy {}; wrk {}; commit {}{}. {} round(s); CPU stolen by the hypervisor during the run: {:.1}%.\n\n",
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["envoy"].as_str().unwrap_or("?"),
+        m["wrk"].as_str().unwrap_or("?"),
+        m["commit"].as_str().unwrap_or("?"),
+        if m["dirty"].as_bool().unwrap_or(false) { " with uncommitted changes" } else { "" },
+        doc["plan"]["rounds"],
+        doc["steal_percent"].as_f64().unwrap_or(0.0),
+    );
+    s.push_str("| scenario | req/s (32 conn) | vs no filter | vs no-op Wasm | p50 µs | p99 µs | p99.9 µs | p50 added µs | p99 added µs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in proxy {
+        let q = &summary["ratios"][&r.scenario];
+        s.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.rps,
+            q["throughput_vs_no_filter"],
+            q["throughput_vs_noop_wasm"],
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            q["p50_added_us_vs_no_filter"],
+            q["p99_added_us_vs_no_filter"]
+        ));
+    }
+    s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n\n");
+    s.push_str("| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in ledger {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} |\n",
+            r.recorded_calls,
+            r.live_tokens,
+            r.clients,
+            r.pairs_per_sec,
+            r.reserve_p50_us,
+            r.reserve_p99_us,
+            r.reserve_p999_us
+        ));
+    }
+    s.push_str("\n| target | goal | measured | met |\n|---|---|---:|:---:|\n");
+    if let Some(targets) = summary["targets"].as_object() {
+        for (name, t) in targets {
+            s.push_str(&format!(
+                "| {name} | {} | {} | {} |\n",
+                t["target"].as_str().unwrap_or(""),
+                t["measured"],
+                if t["met"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ));
+        }
+    }
+    s
+}
+
+/// `bridle-bench profile <allowed|costed|standalone> [seconds]`: drives one Bridle scenario
+/// with wrk while `perf` samples Envoy.
+async fn profile(scenario: &str, seconds: u64) {
+    let keys = Keys::generate();
+    let upstream = upstream::spawn().port();
+    let policies = bench_policies();
+    let ledger = Ledger::start(&policies, &keys).await;
+    pin_to(ledger.pid().unwrap(), 1);
+    let mut setup =
+        Setup::new(policies, &keys).upstream_all(&format!("http://127.0.0.1:{upstream}"));
+    setup.ledger = Some(ledger.url());
+    setup.concurrency = 1;
+    if scenario == "standalone" {
+        setup.ledger = None;
+        setup
+            .policies
+            .iter_mut()
+            .for_each(|p| p.policy.endpoints.retain(|e| e.cost.is_none()));
+    }
+    let envoy = Envoy::start(&setup).await.unwrap();
+    pin_to(envoy.pid(), 0);
+    let auth = format!(
+        "Authorization: Bearer {}",
+        token(&keys, "bench", "tok_bench_profile".into())
+    );
+    let load = match scenario {
+        "costed" => Load {
+            method: "POST",
+            path: "/v1/payment_intents",
+            body: "amount=100&currency=usd".into(),
+            headers: vec![
+                auth,
+                "Content-Type: application/x-www-form-urlencoded".into(),
+            ],
+        },
+        _ => Load {
+            method: "GET",
+            path: "/v1/charges/ch_1",
+            body: String::new(),
+            headers: vec![auth],
+        },
+    };
+    let data = repo_root().join("target/bench/perf.data");
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    let mut perf = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "2000", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &envoy.pid().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("perf (Debian's linux-perf)");
+    let w = wrk(envoy.port(Vendor::Stripe), 32, seconds, &load);
+    // SAFETY: sending SIGINT to our own child.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    let _ = perf.wait();
+    eprintln!(
+        "profile: {scenario}: {:.0} req/s; perf report -i {} --no-children --sort dso,sym",
+        w.rps,
+        data.display()
+    );
+}
+
+/// `bridle-bench profile-ledger <calls> <tokens> [seconds]`: the ledger alone under load
+/// while `perf` samples it.
+async fn profile_ledger(calls: usize, tokens: usize, seconds: u64) {
+    let keys = Keys::generate();
+    let policies = vec![bench_policies().remove(0)];
+    let now_ms = now() * 1000;
+    let ledger = Ledger::start_prefilled(&policies, &keys, &["--threads", "1"], |db| {
+        store_fill::fill(db, "bench", tokens, calls, now_ms).unwrap()
+    })
+    .await;
+    pin_to(ledger.pid().unwrap(), 0);
+    let minted: Vec<String> = (0..tokens.min(64))
+        .map(|i| token(&keys, "bench", store_fill::token_id(i)))
+        .collect();
+    let data = repo_root().join("target/bench/perf-ledger.data");
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    let mut perf = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "2000", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &ledger.pid().unwrap().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("perf (Debian's linux-perf)");
+    let r = ledger_load::run(
+        ledger.port,
+        ENFORCER_KEY,
+        &minted,
+        64,
+        Duration::from_secs(seconds),
+    )
+    .await;
+    // SAFETY: sending SIGINT to our own child.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    let _ = perf.wait();
+    eprintln!(
+        "profile-ledger: {calls} calls, {tokens} tokens: {:.0} pairs/s; perf report -i {}",
+        r.pairs_per_sec,
+        data.display()
+    );
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let n = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    // wrk, the upstream and the ledger inherit core 1; every Envoy is moved to core 0.
+    pin_self(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.get(1).map(String::as_str) {
+        Some("profile") => {
+            rt.block_on(profile(
+                args.get(2).map_or("allowed", String::as_str),
+                n(3, 8),
+            ));
+            return ExitCode::SUCCESS;
+        }
+        Some("profile-ledger") => {
+            rt.block_on(profile_ledger(
+                n(2, 10_000) as usize,
+                n(3, 10) as usize,
+                n(4, 8),
+            ));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let plan = if args.iter().any(|a| a == "--quick") {
+        QUICK
+    } else {
+        FULL
+    };
+    rt.block_on(async move {
+        let _ = wasm_path();
+        let started = Instant::now();
+        let keys = Keys::generate();
+        let machine = machine();
+        let steal_before = steal_ticks();
+        let proxy = proxy_benchmarks(plan, &keys).await;
+        let ledger = ledger_benchmarks(plan, &keys).await;
+        let steal_after = steal_ticks();
+        let steal_percent = 100.0 * (steal_after.0 - steal_before.0) as f64 / (steal_after.1 - steal_before.1).max(1) as f64;
+        let summary = summarize(&proxy, &ledger);
+        let out: PathBuf = repo_root().join("target/bench");
+        std::fs::create_dir_all(&out).unwrap();
+        let doc = json!({
+            "machine": machine,
+            "plan": plan,
+            "method": "wrk -t1: 32 connections for throughput, 1 for latency; interleaved rounds, medians; every Envoy --concurrency 1 pinned to core 0; wrk, upstream and the proxy's ledger on core 1; ledger alone on core 0 with one HTTP thread, its load client on core 1",
+            "steal_percent": round3(steal_percent),
+            "proxy": proxy,
+            "ledger": ledger,
+            "summary": summary,
+            "seconds": started.elapsed().as_secs(),
+        });
+        let md = markdown(&doc, &proxy, &ledger);
+        std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        std::fs::write(out.join("results.md"), &md).unwrap();
+        println!("{md}");
+        eprintln!("bench: done in {}s; target/bench/summary.json and target/bench/results.md", started.elapsed().as_secs());
+    });
+    ExitCode::SUCCESS
+}
