@@ -54,6 +54,7 @@ $(SDKS): tests/sdk/requirements.txt $(ENVOY)
 .PHONY: wasm
 wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter
+	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter --features test-trap --target-dir target/test-trap
 
 .PHONY: build
 build:
@@ -87,9 +88,14 @@ validate: wasm envoy build
 envoy/bridle.yaml: build $(wildcard policies/*.yaml)
 	$(BRIDLE) render envoy -o $@
 
+# What the suite leaves behind for the secret-hygiene and differential-path checks.
+E2E_ARTIFACTS := $(CURDIR)/target/e2e-artifacts
+
 .PHONY: e2e
 e2e: wasm envoy build $(SDKS)
-	$(CARGO) test -p bridle-e2e -- --test-threads 2
+	rm -rf $(E2E_ARTIFACTS)
+	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e -- --test-threads 2
+	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e --test hygiene -- --ignored --nocapture
 
 .PHONY: test
 test: lint unit validate e2e

@@ -139,6 +139,13 @@ impl Stream {
             return refuse_unconfigured(host);
         };
         ablate!(0);
+        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+        if matches!(
+            host.header_value(MapType::RequestHeaders, "x-test-trap"),
+            Ok(Some(_))
+        ) {
+            core::arch::wasm32::unreachable();
+        }
         self.started_ms = now_ms(host);
         self.request_id = plugin.ids.next();
         let headers = match host.header_map(MapType::RequestHeaders) {
@@ -787,12 +794,14 @@ pub fn call_ledger<H: Host>(
     body: &[u8],
 ) -> Result<u32, u32> {
     let authorization = format!("Bearer {}", ledger.enforcer_key);
+    let deadline = (now_ms(host) + ledger.link.timeout_ms).to_string();
     let headers = [
         (":method", method),
         (":path", path),
         (":authority", ledger.link.authority.as_str()),
         ("content-type", "application/json"),
         ("authorization", authorization.as_str()),
+        (bridle_core::ledger_api::DEADLINE_HEADER, deadline.as_str()),
     ];
     host.dispatch(&ledger.link.cluster, &headers, body, ledger.link.timeout_ms)
         .map_err(|e| e.0)

@@ -18,6 +18,11 @@ pub const RESERVE_PATH: &str = "/v1/enforce/reserve";
 pub const REPORT_PATH: &str = "/v1/enforce/report";
 pub const REVOCATIONS_PATH: &str = "/v1/enforce/revocations";
 
+/// Sent with every callout: the moment (milliseconds since the epoch, the proxy's clock)
+/// after which the proxy has stopped waiting. A reservation read later than that was already
+/// refused to the agent, and granting it would hold spend for a call that never happened.
+pub const DEADLINE_HEADER: &str = "x-bridle-deadline-ms";
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveRequest {

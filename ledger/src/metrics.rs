@@ -42,6 +42,7 @@ pub struct Metrics {
     pub reserved_usd: Family<PolicyLabel, Counter<f64, AtomicU64>>,
     pub settles: Family<OutcomeLabel, Counter>,
     pub audit_records: Counter,
+    pub late_reserves: Counter,
     pub alerts: Family<AlertLabels, Counter>,
     pub window_spend_usd: Family<PolicyLabel, Gauge<f64, AtomicU64>>,
     pub utilization: Family<PolicyLabel, Gauge<f64, AtomicU64>>,
@@ -55,11 +56,17 @@ impl Default for Metrics {
             reserved_usd: Family::default(),
             settles: Family::default(),
             audit_records: Counter::default(),
+            late_reserves: Counter::default(),
             alerts: Family::default(),
             window_spend_usd: Family::default(),
             utilization: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "late_reserves",
+            "Reservations refused because they were read after the proxy's deadline",
+            m.late_reserves.clone(),
+        );
         registry.register(
             "reservations",
             "Reserve decisions, by policy, decision and reason",

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bridle_core::ledger_api::{
     check_request_id, Report, ReportResponse, ReserveRequest, ReserveResponse, Settle,
+    DEADLINE_HEADER,
 };
 use bridle_core::Reason;
 use serde::Deserialize;
@@ -16,6 +18,10 @@ use super::{ApiError, App};
 use crate::metrics::{OutcomeLabel, PolicyLabel, ReserveLabels};
 use crate::store::Store;
 
+/// How far the proxy's clock may trail the ledger's before a reservation is refused as read
+/// too late. Generous for NTP-synchronized hosts, far below any stall worth refusing.
+const DEADLINE_GRACE_MS: u64 = 1_000;
+
 /// Largest batch a report may carry.
 const MAX_REPORT_ITEMS: usize = 20_000;
 
@@ -23,6 +29,7 @@ const MAX_REPORT_ITEMS: usize = 20_000;
 /// caller's reading of it, then checks every cap and reserves in one step.
 pub async fn reserve<S: Store>(
     State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ReserveRequest>,
 ) -> Result<Response, ApiError> {
     if !check_request_id(&req.request_id) {
@@ -30,49 +37,64 @@ pub async fn reserve<S: Store>(
             "request_id must be 16-64 lowercase hex digits",
         ));
     }
-    let response = match app.verify(&req.token) {
-        Err(e) => ReserveResponse::Denied {
-            reason: e.reason(),
-            message: format!("{e}."),
-        },
-        Ok(claims) => {
-            let policy_vendor = app.policies.get(&claims.policy).map(|p| p.policy.vendor);
-            if policy_vendor.is_some_and(|v| v != claims.vendor) {
-                ReserveResponse::Denied {
-                    reason: Reason::TokenWrongVendor,
-                    message: "The token's vendor does not match its policy.".into(),
-                }
-            } else {
-                let policy = claims.policy.clone();
-                let amount = req.amount;
-                let r = app
-                    .store
-                    .reserve(claims, req)
-                    .await
-                    .map_err(ApiError::store)?;
-                let (decision, reason) = match &r {
-                    ReserveResponse::Granted { replay: false, .. } => {
-                        let usd = amount.micros() as f64 / 1e6;
-                        app.metrics
-                            .reserved_usd
-                            .get_or_create(&PolicyLabel {
-                                policy: policy.clone(),
-                            })
-                            .inc_by(usd);
-                        ("granted", Reason::Allowed)
+    let deadline = headers
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let response = if deadline.is_some_and(|d| app.now_ms() > d.saturating_add(DEADLINE_GRACE_MS)) {
+        // The ledger was stalled (paused, swapping, overloaded) and the proxy has already
+        // refused this call; reserving now would hold spend for nothing.
+        app.metrics.late_reserves.inc();
+        ReserveResponse::Denied {
+            reason: Reason::LedgerUnavailable,
+            message: "The ledger read this reservation after the proxy stopped waiting.".into(),
+        }
+    } else {
+        match app.verify(&req.token) {
+            Err(e) => ReserveResponse::Denied {
+                reason: e.reason(),
+                message: format!("{e}."),
+            },
+            Ok(claims) => {
+                let policy_vendor = app.policies.get(&claims.policy).map(|p| p.policy.vendor);
+                if policy_vendor.is_some_and(|v| v != claims.vendor) {
+                    ReserveResponse::Denied {
+                        reason: Reason::TokenWrongVendor,
+                        message: "The token's vendor does not match its policy.".into(),
                     }
-                    ReserveResponse::Granted { replay: true, .. } => ("replay", Reason::Allowed),
-                    ReserveResponse::Denied { reason, .. } => ("denied", *reason),
-                };
-                app.metrics
-                    .reservations
-                    .get_or_create(&ReserveLabels {
-                        policy,
-                        decision: decision.into(),
-                        reason: reason.code().into(),
-                    })
-                    .inc();
-                r
+                } else {
+                    let policy = claims.policy.clone();
+                    let amount = req.amount;
+                    let r = app
+                        .store
+                        .reserve(claims, req)
+                        .await
+                        .map_err(ApiError::store)?;
+                    let (decision, reason) = match &r {
+                        ReserveResponse::Granted { replay: false, .. } => {
+                            let usd = amount.micros() as f64 / 1e6;
+                            app.metrics
+                                .reserved_usd
+                                .get_or_create(&PolicyLabel {
+                                    policy: policy.clone(),
+                                })
+                                .inc_by(usd);
+                            ("granted", Reason::Allowed)
+                        }
+                        ReserveResponse::Granted { replay: true, .. } => {
+                            ("replay", Reason::Allowed)
+                        }
+                        ReserveResponse::Denied { reason, .. } => ("denied", *reason),
+                    };
+                    app.metrics
+                        .reservations
+                        .get_or_create(&ReserveLabels {
+                            policy,
+                            decision: decision.into(),
+                            reason: reason.code().into(),
+                        })
+                        .inc();
+                    r
+                }
             }
         }
     };
