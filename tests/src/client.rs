@@ -96,7 +96,26 @@ impl Request {
     }
 
     async fn exchange(&self, port: u16) -> Result<Response, String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        let id = crate::artifacts::next_id();
+        let response = self.exchange_as(port, &id).await;
+        if let Ok(r) = &response {
+            crate::artifacts::append(
+                "responses",
+                &serde_json::json!({
+                    "id": id,
+                    "method": self.method,
+                    "path": crate::artifacts::text(&self.path),
+                    "status": r.status,
+                    "headers": r.headers,
+                    "body": crate::artifacts::text(&r.body),
+                }),
+            );
+        }
+        response
+    }
+
+    async fn exchange_as(&self, port: u16, id: &str) -> Result<Response, String> {
+        let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(512 + self.body.len());
@@ -104,6 +123,9 @@ impl Request {
         out.push(b' ');
         out.extend_from_slice(&self.path);
         out.extend_from_slice(b" HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+        out.extend_from_slice(
+            format!("{}: {id}\r\n", crate::artifacts::CORRELATION_HEADER).as_bytes(),
+        );
         for (n, v) in &self.headers {
             out.extend_from_slice(n.as_bytes());
             out.extend_from_slice(b": ");
@@ -115,22 +137,38 @@ impl Request {
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
-        // Read until the response is complete rather than until EOF: Envoy may hold the
-        // connection open after a response (delayed close).
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            if complete(&raw, self.method == "HEAD") {
-                break;
+        // Write and read at once: a proxy may answer (413, 431) and close before it has read
+        // the whole request, and that answer is the one to report, not the failed write.
+        let (mut rd, mut wr) = stream.into_split();
+        let head_only = self.method == "HEAD";
+        // The write half is kept to the end: dropping it would half-close the connection,
+        // which Envoy takes as the client going away.
+        let write = async move {
+            let r = wr.write_all(&out).await;
+            (r, wr)
+        };
+        let read = async move {
+            // Until the response is complete rather than until EOF: Envoy may hold the
+            // connection open after a response (delayed close).
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            while !complete(&raw, head_only) {
+                match rd.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                    Err(e) if raw.is_empty() => return Err(e.to_string()),
+                    Err(_) => break,
+                }
             }
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&buf[..n]);
+            Ok(raw)
+        };
+        let ((written, _wr), raw) = tokio::join!(write, read);
+        match (raw, written) {
+            (Ok(raw), _) if !raw.is_empty() => parse(&raw),
+            (_, Err(e)) => Err(e.to_string()),
+            (Err(e), _) => Err(e),
+            (Ok(raw), Ok(())) => parse(&raw),
         }
-        parse(&raw)
     }
 }
 

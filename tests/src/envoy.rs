@@ -165,6 +165,17 @@ pub struct Envoy {
     pub dir: tempfile::TempDir,
 }
 
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if crate::artifacts::dir().is_some() {
+            if let Some(stats) = crate::artifacts::blocking_get(self.admin, "/stats", None) {
+                crate::artifacts::save("metrics", "envoy-stats.txt", &stats);
+            }
+            crate::artifacts::save_file("logs", "envoy.log", &self.dir.path().join("envoy.log"));
+        }
+    }
+}
+
 impl Envoy {
     /// Starts Envoy and waits until its admin endpoint says it is live and every listener is
     /// bound. An Envoy that exits first (a refused configuration) is an `Err` with its log.

@@ -226,3 +226,28 @@ impl Ledger {
         Request::new("GET", "/metrics").send(self.port).await.text()
     }
 }
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if crate::artifacts::dir().is_none() {
+            return;
+        }
+        if self.process.is_some() {
+            if let Some(m) = crate::artifacts::blocking_get(self.port, "/metrics", None) {
+                crate::artifacts::save("metrics", "ledger-metrics.txt", &m);
+            }
+            let audit = "/v1/audit?limit=1000";
+            if let Some(a) = crate::artifacts::blocking_get(self.port, audit, Some(ADMIN_KEY)) {
+                crate::artifacts::save("audit", "ledger-audit.json", &a);
+            }
+        }
+        for i in 0..self.starts {
+            let log = self.dir.path().join(format!("ledger.{i}.log"));
+            crate::artifacts::save_file("logs", "ledger.log", &log);
+        }
+        for suffix in ["", "-wal"] {
+            let db = self.dir.path().join(format!("ledger.db{suffix}"));
+            crate::artifacts::save_file("audit", &format!("ledger.db{suffix}"), &db);
+        }
+    }
+}

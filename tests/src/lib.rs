@@ -16,6 +16,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod artifacts;
 pub mod client;
 pub mod envoy;
 pub mod keys;

@@ -148,6 +148,15 @@ async fn handle(State(state): State<Arc<Mutex<MockState>>>, req: Request) -> Res
             .collect(),
         body: body.to_vec(),
     };
+    crate::artifacts::append(
+        "upstream",
+        &json!({
+            "method": recorded.method,
+            "path": recorded.path,
+            "headers": recorded.headers.iter().map(|(n, v)| (n.clone(), crate::artifacts::text(v))).collect::<Vec<_>>(),
+            "body": crate::artifacts::text(&recorded.body),
+        }),
+    );
     let (reply, verbose) = {
         let mut s = state.lock().unwrap();
         s.requests.push(recorded);
