@@ -381,7 +381,15 @@ impl Accounts {
     /// Restores a reservation at startup. Call in time order, after the tokens.
     pub fn load_reservation(&mut self, r: Reservation, now_ms: u64) {
         let window = self.window_ms(&r.policy);
-        if r.at_ms > now_ms.saturating_sub(window) {
+        let floor = now_ms.saturating_sub(window);
+        // What is not loaded into a window has left it: a settle of it must not adjust it.
+        if let Some(t) = self.tokens.get_mut(&r.token_id) {
+            t.window.floor_ms = t.window.floor_ms.max(floor);
+        }
+        if let Some(p) = self.policies.get_mut(&r.policy) {
+            p.window.floor_ms = p.window.floor_ms.max(floor);
+        }
+        if r.at_ms > floor {
             let shared_id: Arc<str> = Arc::from(r.id.as_str());
             if let Some(t) = self.tokens.get_mut(&r.token_id) {
                 t.window.push(r.at_ms, &shared_id, r.counted);
@@ -391,8 +399,11 @@ impl Accounts {
             }
         }
         if let Some(key) = &r.idempotency_key {
-            self.idempotency
-                .insert((r.token_id.clone(), key.clone()), r.id.clone());
+            // A released reservation never holds a key another reservation has taken over.
+            let k = (r.token_id.clone(), key.clone());
+            if r.state != ReservationState::Released || !self.idempotency.contains_key(&k) {
+                self.idempotency.insert(k, r.id.clone());
+            }
         }
         if r.state == ReservationState::Reserved {
             self.open_by_age
@@ -499,10 +510,19 @@ impl Accounts {
 
         if let Some(key) = &req.idempotency_key {
             if let Some(existing) = self.idempotency.get(&(claims.id.clone(), key.clone())) {
-                return ReserveResponse::Granted {
-                    reservation: existing.clone(),
-                    replay: true,
-                };
+                // A released reservation is not replayed: nothing was spent under it and a
+                // commit can no longer land on it, so the retry (which the vendor may well
+                // execute) is reserved afresh, under every cap, and takes the key over.
+                let released = self
+                    .reservations
+                    .get(existing)
+                    .is_some_and(|r| r.state == ReservationState::Released);
+                if !released {
+                    return ReserveResponse::Granted {
+                        reservation: existing.clone(),
+                        replay: true,
+                    };
+                }
             }
         }
         if let Some(existing) = self.reservations.get(&req.request_id) {
