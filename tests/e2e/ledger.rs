@@ -864,37 +864,61 @@ async fn every_request_is_audited_once() {
 async fn the_ledger_refuses_missing_and_wrong_credentials_and_is_unreachable_through_the_proxy() {
     let s = stack().await;
     let port = s.ledger.port;
-    let admin = [
-        "/v1/tokens",
-        "/v1/tokens/tok_1",
-        "/v1/audit",
-        "/v1/policies",
+    let (vault_token, _) = s.issue("pay", "acme/keys").await;
+    // Every route the ledger serves behind a key (ledger/src/api/mod.rs), with its surface.
+    let routes = [
+        ("POST", "/v1/tokens", ADMIN_KEY),
+        ("GET", "/v1/tokens", ADMIN_KEY),
+        ("GET", "/v1/tokens/tok_1", ADMIN_KEY),
+        ("POST", "/v1/revocations", ADMIN_KEY),
+        ("GET", "/v1/audit", ADMIN_KEY),
+        ("GET", "/v1/policies", ADMIN_KEY),
+        ("POST", "/v1/enforce/reserve", ENFORCER_KEY),
+        ("POST", "/v1/enforce/settle", ENFORCER_KEY),
+        ("POST", "/v1/enforce/report", ENFORCER_KEY),
+        ("GET", "/v1/enforce/revocations", ENFORCER_KEY),
     ];
-    let enforce = ["/v1/enforce/revocations"];
-    for path in admin.iter().chain(&enforce) {
-        for auth in [
+    for (method, path, key) in routes {
+        let other = if key == ADMIN_KEY {
+            ENFORCER_KEY
+        } else {
+            ADMIN_KEY
+        };
+        let wrong = [
             None,
-            Some("Bearer wrong-key-wrong-key"),
-            Some("Basic YWRtaW46YWRtaW4="),
-        ] {
-            let mut r = Request::new("GET", *path);
+            Some("Bearer wrong-key-wrong-key".to_string()),
+            Some("Basic YWRtaW46YWRtaW4=".to_string()),
+            Some(format!("Bearer {other}")),
+            Some(format!("Bearer {vault_token}")),
+            Some(format!("Bearer {key}x")),
+            Some(format!("Bearer {}", &key[..key.len() - 1])),
+            Some(format!("Basic {key}")),
+            Some(key.to_string()),
+        ];
+        for auth in &wrong {
+            let mut r = Request::new(method, path);
             if let Some(a) = auth {
                 r = r.header("authorization", a);
             }
+            if method == "POST" {
+                r = r.json(&json!({}));
+            }
             let resp = r.send(port).await;
-            assert_eq!(resp.status, 401, "{path} {auth:?}: {}", resp.text());
-            assert_eq!(resp.json()["error"]["code"], "unauthenticated");
+            assert_eq!(
+                (resp.status, resp.json()["error"]["code"].as_str()),
+                (401, Some("unauthenticated")),
+                "{method} {path} with {auth:?}: {}",
+                resp.text()
+            );
         }
-    }
-    for path in [
-        "/v1/tokens",
-        "/v1/revocations",
-        "/v1/enforce/reserve",
-        "/v1/enforce/settle",
-        "/v1/enforce/report",
-    ] {
-        let resp = Request::new("POST", path).json(&json!({})).send(port).await;
-        assert_eq!(resp.status, 401, "{path}");
+        // Two credentials, one of them right, is still no credential.
+        let resp = Request::new(method, path)
+            .bearer(key)
+            .bearer("wrong-key-wrong-key")
+            .json(&json!({}))
+            .send(port)
+            .await;
+        assert_eq!(resp.status, 401, "{method} {path} with two credentials");
     }
     // Neither key opens the other surface.
     assert_eq!(
