@@ -98,7 +98,60 @@ e2e: wasm envoy build $(SDKS)
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e --test hygiene -- --ignored --nocapture
 
 .PHONY: test
-test: lint unit validate e2e
+test: lint unit validate e2e fuzz-smoke
+
+# --- fuzzing --------------------------------------------------------------------------
+# libFuzzer, through cargo-fuzz, over the core's parsers (see fuzz/README.md). `make fuzz`
+# runs each target for FUZZ_SECONDS; `make fuzz-smoke` runs each briefly and fails on any
+# crash. cargo-fuzz is installed into .tools/ on first use. Its builds need nightly compiler
+# flags: a nightly toolchain is used when rustup has one, else the default toolchain with
+# RUSTC_BOOTSTRAP=1 (force that with FUZZ_NIGHTLY=). Runs read the committed seeds in
+# fuzz/seeds/<target>, grow fuzz/corpus/<target> (not committed), and write crashes to
+# fuzz/artifacts/<target>.
+
+FUZZ_TARGETS ?= token policy path cost
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_MAX_LEN_token := 8192
+FUZZ_MAX_LEN_policy := 16384
+FUZZ_MAX_LEN_path := 4096
+FUZZ_MAX_LEN_cost := 65536
+FUZZ_SANITIZER ?= address
+FUZZ_NIGHTLY ?= $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_STAMP := .tools/cargo-fuzz-$(CARGO_FUZZ_VERSION).stamp
+FUZZ_CARGO = PATH="$(CURDIR)/.tools/bin:$$PATH" $(if $(FUZZ_NIGHTLY),$(CARGO) $(FUZZ_NIGHTLY),RUSTC_BOOTSTRAP=1 $(CARGO)) fuzz
+# Debug assertions: an integer overflow is a crash too.
+FUZZ_BUILD_FLAGS = --debug-assertions --sanitizer $(FUZZ_SANITIZER)
+# $(call fuzz_run,TARGET,SECONDS): the seeds, then mutations, for SECONDS. -len_control=0
+# mutates up to max_len from the start, instead of growing the limit over many minutes.
+fuzz_run = mkdir -p fuzz/corpus/$(1) && $(FUZZ_CARGO) run $(FUZZ_BUILD_FLAGS) $(1) fuzz/corpus/$(1) fuzz/seeds/$(1) -- -max_len=$(FUZZ_MAX_LEN_$(1)) -len_control=0 -max_total_time=$(2) -timeout=10 -print_final_stats=1
+
+define FUZZ_NEWLINE
+
+
+endef
+
+$(CARGO_FUZZ_STAMP):
+	$(CARGO) install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root .tools
+	@touch $@
+
+.PHONY: fuzz-build
+fuzz-build: $(CARGO_FUZZ_STAMP)
+	$(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+
+.PHONY: fuzz
+fuzz: fuzz-build
+	$(foreach t,$(FUZZ_TARGETS),$(call fuzz_run,$(t),$(FUZZ_SECONDS))$(FUZZ_NEWLINE))
+
+.PHONY: fuzz-smoke
+fuzz-smoke: fuzz-build
+	$(foreach t,$(FUZZ_TARGETS),$(call fuzz_run,$(t),$(FUZZ_SMOKE_SECONDS))$(FUZZ_NEWLINE))
+
+# Rewrites fuzz/seeds from fuzz/src/lib.rs and policies/; commit the result.
+.PHONY: fuzz-seeds
+fuzz-seeds:
+	BRIDLE_WRITE_SEEDS=1 $(CARGO) test --manifest-path fuzz/Cargo.toml --lib
 
 .PHONY: wrk
 wrk:

@@ -93,8 +93,16 @@ impl FilterConfig {
     pub fn from_plugin_bytes(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_none() || first == Some(&b'{') {
-            return FilterConfig::from_json(bytes);
+            // JSON text, unless the bytes are a Struct that only looks like it: a Struct
+            // starts with its first entry's tag, 0x0a (a newline), then that entry's length,
+            // which can be 123 (a `{`). A JSON error is the one worth showing.
+            return FilterConfig::from_json(bytes)
+                .or_else(|json_error| FilterConfig::from_struct(bytes).map_err(|_| json_error));
         }
+        FilterConfig::from_struct(bytes)
+    }
+
+    fn from_struct(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
         let value = crate::struct_pb::struct_to_json(bytes)
             .map_err(|e| ConfigError::new("", format!("invalid configuration: {e}")))?;
         serde_json::from_value(value)
@@ -259,5 +267,63 @@ pub(crate) mod tests {
                 .contains("unknown field `debug`")
         );
         assert!(FilterConfig::from_json(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_struct_that_looks_like_json_text_is_read_as_a_struct() {
+        // Caught by fuzz/fuzz_targets/policy.rs: a binary Struct whose first entry is 123
+        // bytes long starts with "\n{", and was taken for JSON text and refused.
+        fn varint(mut v: usize, out: &mut Vec<u8>) {
+            while v >= 0x80 {
+                out.push((v & 0x7f) as u8 | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        fn field(n: u8, payload: &[u8], out: &mut Vec<u8>) {
+            out.push(n << 3 | 2);
+            varint(payload.len(), out);
+            out.extend_from_slice(payload);
+        }
+        fn entry(key: &str, v: &serde_json::Value, out: &mut Vec<u8>) {
+            let mut e = Vec::new();
+            field(1, key.as_bytes(), &mut e);
+            field(2, &value(v), &mut e);
+            field(1, &e, out);
+        }
+        fn value(v: &serde_json::Value) -> Vec<u8> {
+            let mut out = Vec::new();
+            match v {
+                serde_json::Value::String(s) => field(3, s.as_bytes(), &mut out),
+                serde_json::Value::Object(m) => {
+                    let mut s = Vec::new();
+                    for (k, v) in m {
+                        entry(k, v, &mut s);
+                    }
+                    field(5, &s, &mut out);
+                }
+                serde_json::Value::Array(items) => {
+                    let mut list = Vec::new();
+                    for i in items {
+                        field(1, &value(i), &mut list);
+                    }
+                    field(6, &list, &mut out);
+                }
+                other => panic!("not needed here: {other}"),
+            }
+            out
+        }
+        let mut cfg = stripe_config();
+        cfg.keyring_env = "K".repeat(106);
+        let json = serde_json::to_value(&cfg).unwrap();
+        let mut bytes = Vec::new();
+        for key in ["keyring_env", "vendor", "policies"] {
+            entry(key, &json[key], &mut bytes);
+        }
+        assert_eq!(bytes[..2], *b"\n{");
+        assert_eq!(FilterConfig::from_plugin_bytes(&bytes), Ok(cfg));
+        // JSON text that does not parse still gets the JSON error.
+        let e = FilterConfig::from_plugin_bytes(b"{\"vendor\": \"stripe\", oops}").unwrap_err();
+        assert!(e.to_string().contains("line 1 column"), "{e}");
     }
 }

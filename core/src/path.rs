@@ -5,8 +5,8 @@
 //! matrix parameters, backslashes) is refused, never normalized and then allowed: the
 //! vendor might normalize differently, and the decision would be about another path.
 //!
-//! Accepted paths are exactly the fixed points of [`canonicalize`]: an accepted path is
-//! already canonical.
+//! Accepted paths are fixed points of [`canonicalize`]: an accepted path is already
+//! canonical.
 
 use std::fmt;
 
@@ -170,7 +170,8 @@ fn check_query_encoding(query: &[u8]) -> Result<(), PathError> {
 }
 
 /// The canonical spelling of a path (query excluded): unreserved characters decoded, other
-/// percent-encodings in uppercase hex, dot segments resolved, empty segments dropped.
+/// percent-encodings in uppercase hex, a `%` that starts no encoding written `%25`, dot
+/// segments resolved, empty segments dropped. Idempotent on any text.
 /// Used by tests and tooling to explain refusals; the request path never uses it to rewrite.
 pub fn canonicalize(path: &str) -> String {
     let mut segments: Vec<String> = Vec::new();
@@ -189,7 +190,8 @@ pub fn canonicalize(path: &str) -> String {
 
 fn canonical_segment(segment: &str) -> String {
     let bytes = segment.as_bytes();
-    let mut out = String::with_capacity(segment.len());
+    // Bytes, not chars: non-ASCII text is copied as it is, whole UTF-8 sequences.
+    let mut out: Vec<u8> = Vec::with_capacity(segment.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         let decoded = if b == b'%' {
@@ -205,20 +207,27 @@ fn canonical_segment(segment: &str) -> String {
         };
         match decoded {
             Some(v) if is_unreserved(v) => {
-                out.push(char::from(v));
+                out.push(v);
                 i += 3;
             }
             Some(v) => {
-                out.push_str(&format!("%{v:02X}"));
+                out.extend_from_slice(format!("%{v:02X}").as_bytes());
                 i += 3;
             }
+            // A stray '%' is spelled as an encoding, or it could join the bytes after it
+            // into one on a second pass ("%%32e" would become "%2e", then ".").
+            None if b == b'%' => {
+                out.extend_from_slice(b"%25");
+                i += 1;
+            }
             None => {
-                out.push(char::from(b));
+                out.push(b);
                 i += 1;
             }
         }
     }
-    out
+    // Only whole UTF-8 sequences and ASCII were copied, so this is the input's own text.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -321,5 +330,25 @@ mod tests {
         assert_eq!(canonicalize("/v1/ch%61rges"), "/v1/charges");
         assert_eq!(canonicalize("/v1/%2b1"), "/v1/%2B1");
         assert_eq!(canonicalize("/v1/%2e%2e/admin"), "/admin");
+    }
+
+    #[test]
+    fn canonicalize_is_idempotent() {
+        // Found by fuzz/fuzz_targets/path.rs: a stray '%' joined the decoded bytes after it
+        // into a new encoding ("%6%61" became "%6a"), and non-ASCII text was re-encoded as
+        // Latin-1 on every pass.
+        for (p, want) in [
+            ("/v/ch%6%61r", "/v/ch%256ar"),
+            ("/a/%%32e", "/a/%252e"),
+            ("/a/%", "/a/%25"),
+            ("/a/%2", "/a/%252"),
+            ("/a/%zz", "/a/%25zz"),
+            ("/v1/ch\u{e9}rges", "/v1/ch\u{e9}rges"),
+            ("/\u{1F600}/%F0%9F%98%80", "/\u{1F600}/%F0%9F%98%80"),
+        ] {
+            let once = canonicalize(p);
+            assert_eq!(once, want, "{p:?}");
+            assert_eq!(canonicalize(&once), once, "{p:?}");
+        }
     }
 }

@@ -1,0 +1,24 @@
+
+{
+keyring_envljKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKK
+Æ
+policies¹2¶
+³*°
+J
+	endpoints=2;
+9*7
+
+methodPOST
+#
+path/v1/messages/count_tokens
+
+max_ttl15m
+
+namecount-tokens
+!
+
+secret_envANTHROPIC_API_KEY
+
+vendor	anthropic
+
+vendor	anthropic
