@@ -756,9 +756,9 @@ fn response_status<H: Host>(host: &H) -> Option<u16> {
 
 /// Hands an item to the plugin's report buffer, counting what a full buffer had to forget.
 fn report<H: Host>(host: &H, plugin: &Plugin, ledger: &Ledger, item: Item) {
-    let dropped = match ledger.reports.try_borrow_mut() {
-        Ok(mut buffer) => buffer.push(item),
-        Err(_) => 1,
+    let dropped = match (item.encode(), ledger.reports.try_borrow_mut()) {
+        (Some(encoded), Ok(mut buffer)) => buffer.push(encoded),
+        _ => 1,
     };
     if dropped > 0 {
         host.increment(plugin.metrics.ledger.items_dropped, dropped as i64);

@@ -329,7 +329,7 @@ mod ledger_flow {
         let mut buffer = p.ledger.as_ref().unwrap().reports.borrow_mut();
         let mut items = Vec::new();
         while !buffer.is_empty() {
-            items.extend(buffer.take());
+            items.extend(buffer.take().iter().map(|e| e.decode().unwrap()));
         }
         items
     }

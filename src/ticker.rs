@@ -9,13 +9,13 @@ use bridle_core::revocation::RevocationFeed;
 
 use crate::host::{Host, Level};
 use crate::plugin::Plugin;
-use crate::reports::{self, Item};
+use crate::reports::{self, Encoded};
 use crate::revocations;
 use crate::stream::{call_ledger, read_call_response};
 
 enum Pending {
     Poll,
-    Report(Vec<Item>),
+    Report(Vec<Encoded>),
 }
 
 #[derive(Default)]
@@ -79,11 +79,14 @@ impl Ticker {
                 .map(|mut b| b.take())
                 .unwrap_or_default();
             if !items.is_empty() {
-                match serde_json::to_vec(&reports::report(&items))
-                    .ok()
-                    .map(|body| call_ledger(host, ledger, "POST", REPORT_PATH, &body))
-                {
-                    Some(Ok(call)) => {
+                match call_ledger(
+                    host,
+                    ledger,
+                    "POST",
+                    REPORT_PATH,
+                    &reports::report_body(&items),
+                ) {
+                    Ok(call) => {
                         self.pending.insert(call, Pending::Report(items));
                     }
                     _ => {
@@ -148,7 +151,7 @@ impl Ticker {
 }
 
 /// Returns a batch the ledger did not take to the front of the buffer.
-fn put_back<H: Host>(host: &H, plugin: &Plugin, items: Vec<Item>) {
+fn put_back<H: Host>(host: &H, plugin: &Plugin, items: Vec<Encoded>) {
     let Some(ledger) = &plugin.ledger else { return };
     let dropped = match ledger.reports.try_borrow_mut() {
         Ok(mut buffer) => buffer.put_back(items),
