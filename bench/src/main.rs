@@ -93,6 +93,8 @@ struct Scenario {
     name: &'static str,
     description: &'static str,
     port: u16,
+    /// The Envoy serving it, whose CPU time is read around each run.
+    envoy_pid: u32,
     load: Load,
 }
 
@@ -105,8 +107,12 @@ struct ScenarioResult {
     p50_us: u64,
     p99_us: u64,
     p999_us: u64,
+    /// Envoy's CPU time per request during the throughput runs (median over rounds): the
+    /// proxy's own cost, whatever else the shared machine is doing.
+    envoy_cpu_us_per_request: f64,
     /// Every round, as measured.
     throughput_rounds: Vec<Wrk>,
+    envoy_cpu_rounds: Vec<f64>,
     latency_rounds: Vec<Wrk>,
 }
 
@@ -139,6 +145,21 @@ fn pin_self(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// CPU time a process has used, user and system, in microseconds.
+fn process_cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
 }
 
 /// Cumulative CPU time stolen by the hypervisor, and total, in ticks.
@@ -367,6 +388,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
             name,
             description,
             port: envoy.listener_port("baseline"),
+            envoy_pid: envoy.pid(),
             load: plain(),
         });
         baselines.push(envoy);
@@ -415,6 +437,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
         name: "bridle_allowed",
         description: "Bridle: allowed, uncosted (token, allowlist, secret injection, audit)",
         port,
+        envoy_pid: bridle.pid(),
         load: Load {
             method: "GET",
             path: "/v1/charges/ch_1",
@@ -426,6 +449,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
         name: "bridle_allowed_loop_breaker",
         description: "Bridle: the same with a loop breaker (shared-data compare-and-swap per call)",
         port,
+        envoy_pid: bridle.pid(),
         load: Load {
             method: "GET",
             path: "/v1/charges/ch_1",
@@ -437,6 +461,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
         name: "bridle_denied",
         description: "Bridle: denied in the filter (endpoint outside the policy)",
         port,
+        envoy_pid: bridle.pid(),
         load: Load {
             method: "POST",
             path: "/v1/refunds",
@@ -448,6 +473,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
         name: "bridle_costed",
         description: "Bridle: costed (body priced, reserve with the ledger, batched settle)",
         port,
+        envoy_pid: bridle.pid(),
         load: Load {
             method: "POST",
             path: "/v1/payment_intents",
@@ -460,6 +486,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
             name: step.name,
             description: step.description,
             port: envoy.port(Vendor::Stripe),
+            envoy_pid: envoy.pid(),
             load: Load {
                 method: "GET",
                 path: "/v1/charges/ch_1",
@@ -484,10 +511,14 @@ async fn proxy_benchmarks(plan: Plan, keys: &Keys) -> Vec<ScenarioResult> {
         wrk(s.port, 32, plan.warmup_s, &s.load);
     }
     let mut throughput: BTreeMap<&str, Vec<Wrk>> = BTreeMap::new();
+    let mut envoy_cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut latency: BTreeMap<&str, Vec<Wrk>> = BTreeMap::new();
     for round in 1..=plan.rounds {
         for s in &stack.scenarios {
+            let cpu_before = process_cpu_us(s.envoy_pid);
             let w = wrk(s.port, 32, plan.throughput_s, &s.load);
+            let cpu = (process_cpu_us(s.envoy_pid) - cpu_before) as f64 / w.requests.max(1) as f64;
+            envoy_cpu.entry(s.name).or_default().push(cpu);
             eprintln!(
                 "bench: round {round} {:<28} {:>8.0} req/s ({} non-2xx, {} errors)",
                 s.name, w.rps, w.non_2xx, w.errors
@@ -526,6 +557,8 @@ async fn proxy_benchmarks(plan: Plan, keys: &Keys) -> Vec<ScenarioResult> {
             p50_us: median_i(l.iter().map(|w| w.p50_us as i64).collect()) as u64,
             p99_us: median_i(l.iter().map(|w| w.p99_us as i64).collect()) as u64,
             p999_us: median_i(l.iter().map(|w| w.p999_us as i64).collect()) as u64,
+            envoy_cpu_us_per_request: median_f(envoy_cpu.get(s.name).cloned().unwrap_or_default()),
+            envoy_cpu_rounds: envoy_cpu.remove(s.name).unwrap_or_default(),
             throughput_rounds: t,
             latency_rounds: l,
         });
@@ -670,6 +703,19 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
                 .collect(),
         ))
     };
+    // Requests per Envoy CPU-second relative to the baseline, within each round: what the
+    // throughput ratio would be with Envoy's core saturated and nothing else on the machine.
+    let capacity_to = |r: &ScenarioResult, base: Option<&ScenarioResult>| -> f64 {
+        let Some(b) = base else { return 0.0 };
+        round3(median_f(
+            r.envoy_cpu_rounds
+                .iter()
+                .zip(&b.envoy_cpu_rounds)
+                .filter(|(x, _)| **x > 0.0)
+                .map(|(x, y)| y / x)
+                .collect(),
+        ))
+    };
     let added = |r: &ScenarioResult, f: fn(&Wrk) -> u64| -> i64 {
         let Some(b) = none else { return 0 };
         median_i(
@@ -687,6 +733,7 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
             json!({
                 "throughput_vs_no_filter": ratio_to(r, none),
                 "throughput_vs_noop_wasm": ratio_to(r, noop),
+                "envoy_cpu_capacity_vs_noop_wasm": capacity_to(r, noop),
                 "p50_added_us_vs_no_filter": added(r, |w| w.p50_us),
                 "p99_added_us_vs_no_filter": added(r, |w| w.p99_us),
             }),
@@ -712,6 +759,8 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
         "ratios": rows,
         "targets": {
             "uncosted throughput / no-op Wasm": { "target": ">= 0.90", "measured": a["throughput_vs_noop_wasm"], "met": f(&a["throughput_vs_noop_wasm"]) >= 0.90 },
+            "uncosted Envoy CPU capacity / no-op Wasm (not a target: a second view)": { "target": ">= 0.90", "measured": a["envoy_cpu_capacity_vs_noop_wasm"], "met": f(&a["envoy_cpu_capacity_vs_noop_wasm"]) >= 0.90 },
+            "costed Envoy CPU capacity / no-op Wasm (not a target: a second view)": { "target": ">= 0.50", "measured": c["envoy_cpu_capacity_vs_noop_wasm"], "met": f(&c["envoy_cpu_capacity_vs_noop_wasm"]) >= 0.50 },
             "uncosted p99 added over no filter (µs)": { "target": "<= 300", "measured": a["p99_added_us_vs_no_filter"], "met": a["p99_added_us_vs_no_filter"].as_i64().unwrap_or(i64::MAX) <= 300 },
             "costed throughput / no-op Wasm": { "target": ">= 0.50", "measured": c["throughput_vs_noop_wasm"], "met": f(&c["throughput_vs_noop_wasm"]) >= 0.50 },
             "ledger durable pairs/s": { "target": ">= 20000", "measured": best.round(), "met": best >= 20_000.0 },
@@ -736,15 +785,17 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
         doc["plan"]["rounds"],
         doc["steal_percent"].as_f64().unwrap_or(0.0),
     );
-    s.push_str("| scenario | req/s (32 conn) | vs no filter | vs no-op Wasm | p50 µs | p99 µs | p99.9 µs | p50 added µs | p99 added µs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| scenario | req/s (32 conn) | vs no filter | vs no-op Wasm | Envoy CPU µs/req | CPU capacity vs no-op | p50 µs | p99 µs | p99.9 µs | p50 added µs | p99 added µs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in proxy {
         let q = &summary["ratios"][&r.scenario];
         s.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.rps,
             q["throughput_vs_no_filter"],
             q["throughput_vs_noop_wasm"],
+            r.envoy_cpu_us_per_request,
+            q["envoy_cpu_capacity_vs_noop_wasm"],
             r.p50_us,
             r.p99_us,
             r.p999_us,
