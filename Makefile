@@ -26,8 +26,11 @@ DEV_SECRETS := STRIPE_SECRET_KEY=$${STRIPE_SECRET_KEY:-sk_test_bridle_dev_placeh
 .PHONY: help
 help:
 	@echo "make run     start the ledger, a mock vendor and Envoy with policies/ (see README)"
-	@echo "make test    every test: unit, wasm build, Envoy config validation, end-to-end"
+	@echo "make test    every test: unit and property, wasm build, Envoy config validation,"
+	@echo "             end-to-end, secret hygiene, and a short fuzz smoke"
 	@echo "make lint    rustfmt and clippy (native and wasm)"
+	@echo "make bench   Bridle's cost in the request path, side by side (BENCHMARKS.md)"
+	@echo "make fuzz    each fuzz target for FUZZ_SECONDS (SECURITY.md)"
 
 # --- toolchain and Envoy -------------------------------------------------------------
 
@@ -70,8 +73,8 @@ lint: wasm-target
 
 .PHONY: unit
 unit:
-	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p bridle-core --all-features --lib
+	$(CARGO) test --workspace --exclude bridle-e2e --exclude bridle-bench --exclude bridle-noop-filter
+	$(CARGO) test -p bridle-core --all-features
 
 # Every Envoy config the repository ships must pass `envoy --mode validate`, which also
 # loads the filter and runs its on_configure against the policies inside.
