@@ -40,61 +40,59 @@ pub async fn reserve<S: Store>(
     let deadline = headers
         .get(DEADLINE_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let response = if deadline.is_some_and(|d| app.now_ms() > d.saturating_add(DEADLINE_GRACE_MS)) {
+    if deadline.is_some_and(|d| app.now_ms() > d.saturating_add(DEADLINE_GRACE_MS)) {
         // The ledger was stalled (paused, swapping, overloaded) and the proxy has already
         // refused this call; reserving now would hold spend for nothing.
         app.metrics.late_reserves.inc();
-        ReserveResponse::Denied {
+        return Ok(Json(ReserveResponse::Denied {
             reason: Reason::LedgerUnavailable,
             message: "The ledger read this reservation after the proxy stopped waiting.".into(),
-        }
-    } else {
-        match app.verify(&req.token) {
-            Err(e) => ReserveResponse::Denied {
-                reason: e.reason(),
-                message: format!("{e}."),
-            },
-            Ok(claims) => {
-                let policy_vendor = app.policies.get(&claims.policy).map(|p| p.policy.vendor);
-                if policy_vendor.is_some_and(|v| v != claims.vendor) {
-                    ReserveResponse::Denied {
-                        reason: Reason::TokenWrongVendor,
-                        message: "The token's vendor does not match its policy.".into(),
-                    }
-                } else {
-                    let policy = claims.policy.clone();
-                    let amount = req.amount;
-                    let r = app
-                        .store
-                        .reserve(claims, req)
-                        .await
-                        .map_err(ApiError::store)?;
-                    let (decision, reason) = match &r {
-                        ReserveResponse::Granted { replay: false, .. } => {
-                            let usd = amount.micros() as f64 / 1e6;
-                            app.metrics
-                                .reserved_usd
-                                .get_or_create(&PolicyLabel {
-                                    policy: policy.clone(),
-                                })
-                                .inc_by(usd);
-                            ("granted", Reason::Allowed)
-                        }
-                        ReserveResponse::Granted { replay: true, .. } => {
-                            ("replay", Reason::Allowed)
-                        }
-                        ReserveResponse::Denied { reason, .. } => ("denied", *reason),
-                    };
-                    app.metrics
-                        .reservations
-                        .get_or_create(&ReserveLabels {
-                            policy,
-                            decision: decision.into(),
-                            reason: reason.code().into(),
-                        })
-                        .inc();
-                    r
+        })
+        .into_response());
+    }
+    let response = match app.verify(&req.token) {
+        Err(e) => ReserveResponse::Denied {
+            reason: e.reason(),
+            message: format!("{e}."),
+        },
+        Ok(claims) => {
+            let policy_vendor = app.policies.get(&claims.policy).map(|p| p.policy.vendor);
+            if policy_vendor.is_some_and(|v| v != claims.vendor) {
+                ReserveResponse::Denied {
+                    reason: Reason::TokenWrongVendor,
+                    message: "The token's vendor does not match its policy.".into(),
                 }
+            } else {
+                let policy = claims.policy.clone();
+                let amount = req.amount;
+                let r = app
+                    .store
+                    .reserve(claims, req)
+                    .await
+                    .map_err(ApiError::store)?;
+                let (decision, reason) = match &r {
+                    ReserveResponse::Granted { replay: false, .. } => {
+                        let usd = amount.micros() as f64 / 1e6;
+                        app.metrics
+                            .reserved_usd
+                            .get_or_create(&PolicyLabel {
+                                policy: policy.clone(),
+                            })
+                            .inc_by(usd);
+                        ("granted", Reason::Allowed)
+                    }
+                    ReserveResponse::Granted { replay: true, .. } => ("replay", Reason::Allowed),
+                    ReserveResponse::Denied { reason, .. } => ("denied", *reason),
+                };
+                app.metrics
+                    .reservations
+                    .get_or_create(&ReserveLabels {
+                        policy,
+                        decision: decision.into(),
+                        reason: reason.code().into(),
+                    })
+                    .inc();
+                r
             }
         }
     };
