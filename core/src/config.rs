@@ -273,53 +273,16 @@ pub(crate) mod tests {
     fn a_struct_that_looks_like_json_text_is_read_as_a_struct() {
         // Caught by fuzz/fuzz_targets/policy.rs: a binary Struct whose first entry is 123
         // bytes long starts with "\n{", and was taken for JSON text and refused.
-        fn varint(mut v: usize, out: &mut Vec<u8>) {
-            while v >= 0x80 {
-                out.push((v & 0x7f) as u8 | 0x80);
-                v >>= 7;
-            }
-            out.push(v as u8);
-        }
-        fn field(n: u8, payload: &[u8], out: &mut Vec<u8>) {
-            out.push(n << 3 | 2);
-            varint(payload.len(), out);
-            out.extend_from_slice(payload);
-        }
-        fn entry(key: &str, v: &serde_json::Value, out: &mut Vec<u8>) {
-            let mut e = Vec::new();
-            field(1, key.as_bytes(), &mut e);
-            field(2, &value(v), &mut e);
-            field(1, &e, out);
-        }
-        fn value(v: &serde_json::Value) -> Vec<u8> {
-            let mut out = Vec::new();
-            match v {
-                serde_json::Value::String(s) => field(3, s.as_bytes(), &mut out),
-                serde_json::Value::Object(m) => {
-                    let mut s = Vec::new();
-                    for (k, v) in m {
-                        entry(k, v, &mut s);
-                    }
-                    field(5, &s, &mut out);
-                }
-                serde_json::Value::Array(items) => {
-                    let mut list = Vec::new();
-                    for i in items {
-                        field(1, &value(i), &mut list);
-                    }
-                    field(6, &list, &mut out);
-                }
-                other => panic!("not needed here: {other}"),
-            }
-            out
-        }
         let mut cfg = stripe_config();
         cfg.keyring_env = "K".repeat(106);
         let json = serde_json::to_value(&cfg).unwrap();
-        let mut bytes = Vec::new();
-        for key in ["keyring_env", "vendor", "policies"] {
-            entry(key, &json[key], &mut bytes);
-        }
+        // keyring_env sorts first, so its entry leads the Struct.
+        let fields: serde_json::Map<String, serde_json::Value> =
+            ["keyring_env", "vendor", "policies"]
+                .iter()
+                .map(|k| (k.to_string(), json[*k].clone()))
+                .collect();
+        let bytes = crate::struct_pb::tests::encode_struct(&serde_json::Value::Object(fields));
         assert_eq!(bytes[..2], *b"\n{");
         assert_eq!(FilterConfig::from_plugin_bytes(&bytes), Ok(cfg));
         // JSON text that does not parse still gets the JSON error.

@@ -162,7 +162,7 @@ fn number(f: f64) -> Result<Value, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     // A tiny encoder, the mirror image of the decoder, to build test inputs.
@@ -202,7 +202,8 @@ mod tests {
         }
         out
     }
-    fn encode_struct(v: &Value) -> Vec<u8> {
+    /// A JSON object as a binary `Struct`, entries in key order.
+    pub(crate) fn encode_struct(v: &Value) -> Vec<u8> {
         let mut out = Vec::new();
         for (k, v) in v.as_object().unwrap() {
             let mut entry = Vec::new();
