@@ -32,6 +32,7 @@ pub mod revocation;
 pub mod sms;
 pub mod struct_pb;
 pub mod token;
+pub mod token_cache;
 pub mod vendor;
 
 pub use reason::Reason;

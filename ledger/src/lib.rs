@@ -99,7 +99,7 @@ async fn serve<S: Store>(config: Config, store: S, clock: SharedClock) -> Result
     let app = Arc::new(App {
         store: store.clone(),
         keyring: config.keyring,
-        verified: Default::default(),
+        verified: bridle_core::token_cache::TokenCache::new(api::TOKEN_CACHE_CAPACITY),
         policies: config
             .policies
             .iter()

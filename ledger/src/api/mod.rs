@@ -7,7 +7,7 @@
 //! `/healthz` and `/metrics` need no credential and reveal no secret.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::token::{Claims, Keyring, TokenError};
+use bridle_core::token_cache::TokenCache;
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -34,7 +35,7 @@ pub struct App<S> {
     pub store: Arc<S>,
     pub keyring: Keyring,
     /// Tokens already verified, so a busy token costs one signature check, not one per call.
-    pub verified: TokenCache,
+    pub verified: TokenCache<Claims>,
     pub policies: HashMap<String, CompiledPolicy>,
     pub admin_key: String,
     pub enforcer_key: String,
@@ -49,31 +50,14 @@ impl<S> App<S> {
 
     /// Verifies a token's structure and signature, once per distinct token.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verified.verify(&self.keyring, token)
+        self.verified
+            .get_or_verify(token, |t| self.keyring.verify(t))
+            .map(|claims| Claims::clone(&claims))
     }
 }
 
-/// A bounded cache of verified claims, keyed by the whole token; emptied when full.
-#[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<String, Claims>>);
-
-const TOKEN_CACHE_CAPACITY: usize = 4096;
-
-impl TokenCache {
-    fn verify(&self, keyring: &Keyring, token: &str) -> Result<Claims, TokenError> {
-        if let Some(c) = self.0.lock().ok().and_then(|m| m.get(token).cloned()) {
-            return Ok(c);
-        }
-        let claims = keyring.verify(token)?;
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= TOKEN_CACHE_CAPACITY {
-                m.clear();
-            }
-            m.insert(token.to_string(), claims.clone());
-        }
-        Ok(claims)
-    }
-}
+/// How many verified tokens the ledger remembers.
+pub const TOKEN_CACHE_CAPACITY: usize = 4096;
 
 /// Large enough for a filter's batched report; everything else is far smaller.
 const BODY_LIMIT: usize = 16 << 20;
