@@ -37,6 +37,11 @@ pub enum Level {
 
 pub trait Host {
     fn now_nanos(&self) -> Result<u64, HostError>;
+    /// Milliseconds since the epoch; 0 if the host cannot tell (which makes every deadline
+    /// and freshness check fail closed).
+    fn now_ms(&self) -> u64 {
+        self.now_nanos().map_or(0, |n| n / 1_000_000)
+    }
     fn log(&self, level: Level, message: &str);
     /// The lowest level Envoy currently logs for this plugin.
     fn log_level(&self) -> Level;

@@ -1,8 +1,11 @@
 //! Bridle's Envoy filter: a thin proxy-wasm adapter over `bridle-core`.
 //!
-//! The SDK provides the exports and the context dispatcher; everything the filter asks of
-//! Envoy goes through [`host::Host`], whose real implementation cannot trap. The logic in
-//! `plugin` and `stream` is generic over the host, so it runs natively against a fake.
+//! The request path itself is `bridle_core::exchange`; this crate only does its I/O. The SDK
+//! provides the exports and the context dispatcher; everything the filter asks of Envoy goes
+//! through [`host::Host`], whose real implementation cannot trap. `stream` feeds a request's
+//! headers, bodies and the ledger's answers to the exchange; `ticker` keeps the revocation
+//! set fresh and flushes reports; both reach the ledger through `ledger_link`. All of it is
+//! generic over the host, so it runs natively against a fake.
 #![cfg_attr(
     test,
     allow(
@@ -35,6 +38,7 @@ pub mod ablation;
 mod header_map;
 pub mod host;
 mod ids;
+mod ledger_link;
 mod loop_guard;
 pub mod metrics;
 pub mod plugin;
@@ -105,7 +109,7 @@ mod glue {
                 Ok(plugin) => {
                     host.log(
                         Level::Info,
-                        &format!("configured for {}", plugin.gate.vendor()),
+                        &format!("configured for {}", plugin.blueprint.vendor()),
                     );
                     self.plugin = Some(Rc::new(plugin));
                     true

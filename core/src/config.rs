@@ -3,6 +3,7 @@
 //! WasmPlugin `pluginConfig`), rendered from the YAML policies by `bridle render`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,19 +72,105 @@ fn default_staleness_ms() -> u64 {
 #[derive(Clone, Debug)]
 pub struct CompiledConfig {
     pub vendor: Vendor,
-    pub policies: Vec<CompiledPolicy>,
-    by_name: HashMap<String, usize>,
+    pub policies: Vec<Arc<ServedPolicy>>,
+    by_name: HashMap<String, Arc<ServedPolicy>>,
     pub ledger: Option<LedgerLink>,
     pub keyring_env: String,
 }
 
+/// A policy as one listener serves it: compiled, with where its stats are and the request
+/// headers that carry its vendor secret.
+#[derive(Debug)]
+pub struct ServedPolicy {
+    pub compiled: CompiledPolicy,
+    /// Its position in the configuration, which is where its stats counters are.
+    pub slot: usize,
+    injection: Injection,
+}
+
+impl std::ops::Deref for ServedPolicy {
+    type Target = CompiledPolicy;
+
+    fn deref(&self) -> &CompiledPolicy {
+        &self.compiled
+    }
+}
+
+impl ServedPolicy {
+    /// The headers that carry the vendor secret (empty until [`CompiledConfig::with_secrets`]).
+    pub fn injection(&self) -> &[(&'static str, String)] {
+        &self.injection.0
+    }
+}
+
+/// Header values holding a secret: never shown by `Debug`.
+#[derive(Default)]
+struct Injection(Vec<(&'static str, String)>);
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 impl CompiledConfig {
-    pub fn policy_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+    pub fn policy(&self, name: &str) -> Option<&Arc<ServedPolicy>> {
+        self.by_name.get(name)
     }
 
-    pub fn policy(&self, index: usize) -> Option<&CompiledPolicy> {
-        self.policies.get(index)
+    /// The same configuration with each policy's vendor secret read through `env` (the
+    /// filter's environment). A missing or malformed secret refuses the whole configuration;
+    /// the error names the variable, never its value.
+    pub fn with_secrets(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<CompiledConfig, String> {
+        let mut policies = Vec::with_capacity(self.policies.len());
+        for served in &self.policies {
+            let policy = &served.compiled.policy;
+            let secret = env(&policy.secret_env).ok_or_else(|| {
+                format!(
+                    "policy {:?}: environment variable {} (the vendor secret) is not set",
+                    policy.name, policy.secret_env
+                )
+            })?;
+            let headers = policy
+                .vendor
+                .injection(&secret)
+                .map_err(|e| format!("policy {:?}: {}: {e}", policy.name, policy.secret_env))?;
+            policies.push(Arc::new(ServedPolicy {
+                compiled: served.compiled.clone(),
+                slot: served.slot,
+                injection: Injection(headers),
+            }));
+        }
+        Ok(CompiledConfig::from_parts(
+            self.vendor,
+            policies,
+            self.ledger,
+            self.keyring_env,
+        ))
+    }
+
+    fn from_parts(
+        vendor: Vendor,
+        policies: Vec<Arc<ServedPolicy>>,
+        ledger: Option<LedgerLink>,
+        keyring_env: String,
+    ) -> CompiledConfig {
+        let by_name = policies
+            .iter()
+            .map(|p| (p.compiled.policy.name.clone(), p.clone()))
+            .collect();
+        CompiledConfig {
+            vendor,
+            policies,
+            by_name,
+            ledger,
+            keyring_env,
+        }
     }
 }
 
@@ -148,7 +235,11 @@ impl FilterConfig {
                 ));
             }
             match p.compile() {
-                Ok(c) => policies.push(c),
+                Ok(compiled) => policies.push(Arc::new(ServedPolicy {
+                    compiled,
+                    slot: i,
+                    injection: Injection::default(),
+                })),
                 Err(es) => errors.extend(es.into_iter().map(|e| e.within(&field))),
             }
         }
@@ -191,13 +282,12 @@ impl FilterConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(CompiledConfig {
-            vendor: self.vendor,
+        Ok(CompiledConfig::from_parts(
+            self.vendor,
             policies,
-            by_name,
-            ledger: self.ledger.clone(),
-            keyring_env: self.keyring_env.clone(),
-        })
+            self.ledger.clone(),
+            self.keyring_env.clone(),
+        ))
     }
 }
 
@@ -219,8 +309,8 @@ pub(crate) mod tests {
     fn parses_and_compiles() {
         let json = serde_json::to_vec(&stripe_config()).unwrap();
         let c = FilterConfig::from_json(&json).unwrap().compile().unwrap();
-        assert_eq!(c.policy_index("stripe-payments"), Some(0));
-        assert_eq!(c.policy_index("nope"), None);
+        assert_eq!(c.policy("stripe-payments").map(|p| p.slot), Some(0));
+        assert!(c.policy("nope").is_none());
     }
 
     #[test]

@@ -8,8 +8,23 @@
 use serde::{Deserialize, Serialize};
 
 use crate::body::{json_get, shown, Body, Item, Lookup};
-use crate::money::{minor_unit_exponent, FxTable, MoneyError, Usd};
+use crate::money::{FxTable, MoneyError, Usd};
 use crate::policy::ConfigError;
+use crate::vendor::Vendor;
+
+/// What pricing needs besides the request: the vendor, whose API says how many decimals an
+/// amount's minor unit has, and the policy's exchange rates.
+#[derive(Clone, Copy, Debug)]
+pub struct Pricing<'a> {
+    pub vendor: Vendor,
+    pub fx: &'a FxTable,
+}
+
+impl<'a> Pricing<'a> {
+    pub fn new(vendor: Vendor, fx: &'a FxTable) -> Pricing<'a> {
+        Pricing { vendor, fx }
+    }
+}
 
 /// Where an amount lives in a body: `field` holds integer minor units of the currency named
 /// by `currency_field` (or the fixed `currency`). Fields use Stripe's bracket notation for
@@ -256,25 +271,29 @@ fn within_limit(usd: Usd) -> Option<Usd> {
 }
 
 /// Converts with the policy's rates, naming the problem in the policy's terms.
-fn convert(fx: &FxTable, minor: u64, currency: &str) -> Result<Usd, CostError> {
+fn convert(pricing: Pricing<'_>, minor: u64, currency: &str) -> Result<Usd, CostError> {
     let too_large = || {
         CostError::undetermined(format!(
             "{minor} {currency} (in minor units) is more than the $1,000,000,000 Bridle can price"
         ))
     };
-    let usd = fx.to_usd(minor, currency).map_err(|e| match e {
-        MoneyError::UnknownCurrency(c) => CostError {
-            reason: crate::Reason::CurrencyUnknown,
-            message: format!("currency {c:?} has no exchange rate in policy"),
-        },
-        _ => too_large(),
-    })?;
+    let exponent = pricing.vendor.minor_unit_exponent(currency);
+    let usd = pricing
+        .fx
+        .to_usd(minor, currency, exponent)
+        .map_err(|e| match e {
+            MoneyError::UnknownCurrency(c) => CostError {
+                reason: crate::Reason::CurrencyUnknown,
+                message: format!("currency {c:?} has no exchange rate in policy"),
+            },
+            _ => too_large(),
+        })?;
     within_limit(usd).ok_or_else(too_large)
 }
 
 /// `1999` minor units of usd as `19.99`, of jpy as `1999`, of kwd as `1.999`.
-fn in_major_units(minor: u64, currency: &str) -> String {
-    let exponent = minor_unit_exponent(currency) as usize;
+fn in_major_units(vendor: Vendor, minor: u64, currency: &str) -> String {
+    let exponent = vendor.minor_unit_exponent(currency) as usize;
     let digits = format!("{minor:0>width$}", width = exponent.saturating_add(1));
     let split = digits.len().saturating_sub(exponent);
     match digits.split_at_checked(split) {
@@ -409,13 +428,13 @@ impl AmountField {
     /// converts it to dollars with `fx`.
     pub fn read_usd(
         &self,
-        fx: &FxTable,
+        pricing: Pricing<'_>,
         content_type: Option<&[u8]>,
         body: &[u8],
     ) -> Result<Usd, CostError> {
         let parsed = read_body(content_type, body)?;
         match self.read(&parsed, "the body")? {
-            Some((minor, currency)) => convert(fx, minor, &currency),
+            Some((minor, currency)) => convert(pricing, minor, &currency),
             None => Err(CostError::undetermined(format!(
                 "the body has no {}",
                 self.field
@@ -461,7 +480,7 @@ impl CostRule {
     /// (`max` alone) is charged whatever the body holds.
     pub fn estimate(
         &self,
-        fx: &FxTable,
+        pricing: Pricing<'_>,
         content_type: Option<&[u8]>,
         body: &[u8],
     ) -> Result<Estimate, CostError> {
@@ -469,12 +488,12 @@ impl CostRule {
             let parsed = read_body(content_type, body)?;
             return match amount.read(&parsed, "the request body")? {
                 Some((minor, currency)) => {
-                    let reserve = convert(fx, minor, &currency)?;
+                    let reserve = convert(pricing, minor, &currency)?;
                     Ok(Estimate {
                         reserve,
                         detail: format!(
                             "{} {currency} = ${reserve}",
-                            in_major_units(minor, &currency)
+                            in_major_units(pricing.vendor, minor, &currency)
                         ),
                     })
                 }
@@ -702,7 +721,7 @@ mod estimate_tests {
     }
 
     fn est(r: &CostRule, ct: Option<&[u8]>, body: &str) -> Result<Estimate, CostError> {
-        r.estimate(&fx(), ct, body.as_bytes())
+        r.estimate(Pricing::new(Vendor::Stripe, &fx()), ct, body.as_bytes())
     }
 
     fn reserve(r: &CostRule, ct: Option<&[u8]>, body: &str) -> Usd {
@@ -1183,7 +1202,9 @@ mod estimate_tests {
         let estimate = rule(
             serde_json::json!({"max": "500", "settle": {"field": "amount_paid", "currency_field": "currency"}}),
         );
-        let e = estimate.estimate(&fx(), None, &[0xff; 64]).unwrap();
+        let e = estimate
+            .estimate(Pricing::new(Vendor::Stripe, &fx()), None, &[0xff; 64])
+            .unwrap();
         assert_eq!(
             e,
             Estimate {
@@ -1193,7 +1214,7 @@ mod estimate_tests {
         );
         assert_eq!(
             CostRule::default()
-                .estimate(&fx(), None, b"")
+                .estimate(Pricing::new(Vendor::Stripe, &fx()), None, b"")
                 .unwrap_err()
                 .reason,
             Reason::CostUndetermined
@@ -1207,12 +1228,22 @@ mod estimate_tests {
         )
         .unwrap();
         let body = br#"{"id":"in_1","object":"invoice","amount_paid":1999,"currency":"usd","lines":{"data":[{"amount":1999}]}}"#;
-        assert_eq!(field.read_usd(&fx(), JSON, body).unwrap(), usd("19.99"));
-        assert_eq!(field.read_usd(&fx(), None, body).unwrap(), usd("19.99"));
+        assert_eq!(
+            field
+                .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, body)
+                .unwrap(),
+            usd("19.99")
+        );
+        assert_eq!(
+            field
+                .read_usd(Pricing::new(Vendor::Stripe, &fx()), None, body)
+                .unwrap(),
+            usd("19.99")
+        );
         assert_eq!(
             field
                 .read_usd(
-                    &fx(),
+                    Pricing::new(Vendor::Stripe, &fx()),
                     Some(b"application/json"),
                     br#"{"amount_paid":500,"currency":"jpy"}"#
                 )
@@ -1223,36 +1254,61 @@ mod estimate_tests {
             serde_json::json!({"field": "lines[data][0][amount]", "currency": "eur"}),
         )
         .unwrap();
-        assert_eq!(fixed.read_usd(&fx(), JSON, body).unwrap(), usd("21.5892"));
+        assert_eq!(
+            fixed
+                .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, body)
+                .unwrap(),
+            usd("21.5892")
+        );
         let e = field
-            .read_usd(&fx(), JSON, br#"{"id":"in_1"}"#)
+            .read_usd(
+                Pricing::new(Vendor::Stripe, &fx()),
+                JSON,
+                br#"{"id":"in_1"}"#,
+            )
             .unwrap_err();
         assert_eq!(e.reason, Reason::CostUndetermined);
         assert_eq!(e.message, "the body has no amount_paid");
         assert_eq!(
             field
-                .read_usd(&fx(), JSON, br#"{"amount_paid":19.99,"currency":"usd"}"#)
+                .read_usd(
+                    Pricing::new(Vendor::Stripe, &fx()),
+                    JSON,
+                    br#"{"amount_paid":19.99,"currency":"usd"}"#
+                )
                 .unwrap_err()
                 .reason,
             Reason::CostUndetermined
         );
         assert_eq!(
             field
-                .read_usd(&fx(), JSON, br#"{"amount_paid":1,"currency":"xyz"}"#)
+                .read_usd(
+                    Pricing::new(Vendor::Stripe, &fx()),
+                    JSON,
+                    br#"{"amount_paid":1,"currency":"xyz"}"#
+                )
                 .unwrap_err()
                 .reason,
             Reason::CurrencyUnknown
         );
         assert_eq!(
             field
-                .read_usd(&fx(), Some(b"text/html"), b"<html>")
+                .read_usd(
+                    Pricing::new(Vendor::Stripe, &fx()),
+                    Some(b"text/html"),
+                    b"<html>"
+                )
                 .unwrap_err()
                 .reason,
             Reason::BodyUnreadable
         );
         assert_eq!(
             field
-                .read_usd(&fx(), FORM, b"amount_paid=1999&currency=usd")
+                .read_usd(
+                    Pricing::new(Vendor::Stripe, &fx()),
+                    FORM,
+                    b"amount_paid=1999&currency=usd"
+                )
                 .unwrap(),
             usd("19.99")
         );
@@ -1284,7 +1340,11 @@ mod estimate_tests {
         ] {
             for r in [stripe_max(), sms(), email()] {
                 let e = r
-                    .estimate(&fx(), Some(ct), b"amount=5&currency=usd")
+                    .estimate(
+                        Pricing::new(Vendor::Stripe, &fx()),
+                        Some(ct),
+                        b"amount=5&currency=usd",
+                    )
                     .unwrap_err();
                 assert_eq!(e.reason, Reason::BodyUnreadable, "{ct:?}");
             }
@@ -1292,7 +1352,11 @@ mod estimate_tests {
         for r in [stripe_max(), sms(), email()] {
             for ct in [FORM, JSON, None] {
                 let e = r
-                    .estimate(&fx(), ct, b"amount=5\xff&currency=usd&to=\xc3")
+                    .estimate(
+                        Pricing::new(Vendor::Stripe, &fx()),
+                        ct,
+                        b"amount=5\xff&currency=usd&to=\xc3",
+                    )
                     .unwrap_err();
                 assert_eq!(e.reason, Reason::BodyUnreadable);
             }
@@ -1328,9 +1392,9 @@ mod estimate_tests {
                 .collect();
             for ct in [FORM, JSON, None] {
                 for r in &rules {
-                    let _ = r.estimate(&fx(), ct, &bytes);
+                    let _ = r.estimate(Pricing::new(Vendor::Stripe, &fx()), ct, &bytes);
                 }
-                let _ = settle.read_usd(&fx(), ct, &bytes);
+                let _ = settle.read_usd(Pricing::new(Vendor::Stripe, &fx()), ct, &bytes);
             }
         }
     }

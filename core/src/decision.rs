@@ -4,20 +4,19 @@
 //! unauthenticated caller learns nothing about the policy; the path is made strict before
 //! it is matched; the tenant is checked last, against a path already known to be allowed.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::config::CompiledConfig;
+use crate::config::{CompiledConfig, ServedPolicy};
 use crate::glob::EndpointPattern;
 use crate::path::{self, RequestPath};
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledEndpoint, CompiledPolicy};
 use crate::revocation::RevocationSet;
 use crate::token::{self, Claims, Keyring};
-use crate::vendor::{Presentation, TenantSource, Vendor};
+use crate::token_cache::TokenCache;
+use crate::vendor::{Presentation, Tenant, Vendor};
 use crate::Reason;
 
 /// Headers that carry a credential. Exactly one may be present.
@@ -37,8 +36,7 @@ const STRIPPED_HEADERS: [&str; 8] = [
 ];
 /// Bridle's own namespace: never accepted from a client.
 const BRIDLE_HEADER_PREFIX: &str = "x-bridle-";
-/// Tokens verified once stay cached (signature and decoding are the costly part); a full
-/// cache is simply emptied, which bounds memory without bookkeeping.
+/// Tokens verified once stay cached: signature and decoding are the costly part.
 const TOKEN_CACHE_CAPACITY: usize = 1024;
 /// Clock skew tolerated on `iat` between the issuer and this proxy.
 const IAT_SKEW_SECS: u64 = 60;
@@ -51,14 +49,16 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    fn header(&self, name: &str) -> Option<&'a [u8]> {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
 
-    fn all(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    /// Every value of a header, in order.
+    pub fn all(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
@@ -72,7 +72,8 @@ pub struct Subject {
     pub token_id: String,
     pub label: String,
     pub policy: String,
-    pub policy_index: usize,
+    /// The policy's stats slot ([`ServedPolicy::slot`]).
+    pub slot: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +93,7 @@ impl Denial {
         }
     }
 
-    fn about(mut self, s: &Subject) -> Denial {
+    pub fn about(mut self, s: &Subject) -> Denial {
         self.subject = Some(s.clone());
         self
     }
@@ -112,8 +113,10 @@ pub struct Grant {
     /// costed calls; never forwarded to the vendor, never logged.
     pub credential: String,
     pub token: Arc<VerifiedToken>,
-    /// Index of the policy endpoint that matched (its cost rule applies).
-    pub endpoint_index: usize,
+    /// The policy that allowed the request.
+    pub policy: Arc<ServedPolicy>,
+    /// The policy's endpoint that matched: its cost rule applies.
+    pub endpoint: Arc<CompiledEndpoint>,
     /// The tenant the request acts for, if the vendor has one and the request names it.
     pub merchant: Option<String>,
     /// Client headers to remove before the secret is injected.
@@ -135,7 +138,7 @@ impl std::fmt::Debug for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grant")
             .field("subject", &self.subject)
-            .field("endpoint_index", &self.endpoint_index)
+            .field("endpoint", &self.endpoint.pattern)
             .field("merchant", &self.merchant)
             .field("method", &self.method)
             .field("path", &self.path)
@@ -227,7 +230,7 @@ pub fn find_credential(req: &Request<'_>, vendor: Vendor) -> Result<Credential, 
 pub struct Gate {
     config: CompiledConfig,
     keyring: Keyring,
-    cache: RefCell<HashMap<String, Arc<VerifiedToken>>>,
+    cache: TokenCache<VerifiedToken>,
 }
 
 impl Gate {
@@ -235,7 +238,7 @@ impl Gate {
         Gate {
             config,
             keyring,
-            cache: RefCell::new(HashMap::new()),
+            cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
         }
     }
 
@@ -248,41 +251,28 @@ impl Gate {
     }
 
     fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, Denial> {
-        if let Some(v) = self
-            .cache
-            .try_borrow()
-            .ok()
-            .and_then(|c| c.get(token).cloned())
-        {
-            return Ok(v);
-        }
-        let claims = self
-            .keyring
-            .verify(token)
-            .map_err(|e| Denial::new(e.reason(), format!("{e}.")))?;
-        let endpoints = match &claims.endpoints {
-            None => None,
-            Some(specs) => Some(
-                specs
-                    .iter()
-                    .map(|s| EndpointPattern::parse(s))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        Denial::new(
-                            Reason::TokenMalformed,
-                            "The vault token's endpoint narrowing is invalid.",
-                        )
-                    })?,
-            ),
-        };
-        let verified = Arc::new(VerifiedToken { claims, endpoints });
-        if let Ok(mut cache) = self.cache.try_borrow_mut() {
-            if cache.len() >= TOKEN_CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(token.to_string(), verified.clone());
-        }
-        Ok(verified)
+        self.cache.get_or_verify(token, |token| {
+            let claims = self
+                .keyring
+                .verify(token)
+                .map_err(|e| Denial::new(e.reason(), format!("{e}.")))?;
+            let endpoints = match &claims.endpoints {
+                None => None,
+                Some(specs) => Some(
+                    specs
+                        .iter()
+                        .map(|s| EndpointPattern::parse(s))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| {
+                            Denial::new(
+                                Reason::TokenMalformed,
+                                "The vault token's endpoint narrowing is invalid.",
+                            )
+                        })?,
+                ),
+            };
+            Ok(VerifiedToken { claims, endpoints })
+        })
     }
 
     /// Decides on a request's headers. `now` is unix seconds.
@@ -306,7 +296,7 @@ impl Gate {
                 ),
             ));
         }
-        let Some(policy_index) = self.config.policy_index(&claims.policy) else {
+        let Some(served) = self.config.policy(&claims.policy) else {
             return Err(Denial::new(
                 Reason::TokenPolicyUnknown,
                 format!(
@@ -315,15 +305,12 @@ impl Gate {
                 ),
             ));
         };
-        let policy = self
-            .config
-            .policy(policy_index)
-            .ok_or_else(|| Denial::new(Reason::Internal, "policy index"))?;
+        let policy = &served.compiled;
         let subject = Subject {
             token_id: claims.id.clone(),
             label: claims.label.clone(),
             policy: claims.policy.clone(),
-            policy_index,
+            slot: served.slot,
         };
 
         check_time(claims, policy, now).map_err(|d| d.about(&subject))?;
@@ -361,10 +348,10 @@ impl Gate {
             .about(&subject)
         })?;
 
-        let endpoint_index = policy
+        let endpoint = policy
             .endpoints
             .iter()
-            .position(|e| e.matches(method, &path))
+            .find(|e| e.matches(method, &path))
             .ok_or_else(|| {
                 Denial::new(
                     Reason::EndpointNotAllowed,
@@ -404,7 +391,8 @@ impl Gate {
             path: path.path.to_string(),
             subject,
             token,
-            endpoint_index,
+            policy: served.clone(),
+            endpoint: endpoint.clone(),
             merchant,
         })
     }
@@ -444,51 +432,14 @@ fn check_merchant(
     claims: &Claims,
 ) -> Result<Option<String>, Denial> {
     let rules = &policy.policy.merchants;
-    let tenant: Option<String> = match policy.policy.vendor.tenant_source() {
-        TenantSource::None => return Ok(None),
-        TenantSource::StripeAccountHeader => {
-            let accounts: Vec<&[u8]> = req.all("stripe-account").collect();
-            let contexts: Vec<&[u8]> = req.all("stripe-context").collect();
-            // A comma is Envoy's join of repeated headers: more than one merchant.
-            let joined = accounts.iter().chain(&contexts).any(|v| v.contains(&b','));
-            if !contexts.is_empty() && !rules.allow_stripe_context {
-                return Err(Denial::new(
-                    Reason::HeaderNotAllowed,
-                    format!(
-                        "Stripe-Context is not allowed by policy {:?}.",
-                        policy.policy.name
-                    ),
-                ));
-            }
-            if accounts.len() + contexts.len() > 1 || joined {
-                return Err(Denial::new(
-                    Reason::MerchantAmbiguous,
-                    "Name at most one merchant: one Stripe-Account or Stripe-Context header.",
-                ));
-            }
-            match accounts.first().or(contexts.first()) {
-                None => None,
-                Some(v) => Some(
-                    std::str::from_utf8(v)
-                        .map_err(|_| {
-                            Denial::new(
-                                Reason::MerchantNotAllowed,
-                                "The merchant header is not valid text.",
-                            )
-                        })?
-                        .to_string(),
-                ),
-            }
-        }
-        TenantSource::TwilioPathAccount => {
-            let mut segs = path.segments();
-            match (segs.next(), segs.next(), segs.next()) {
-                (Some("2010-04-01"), Some("Accounts"), Some(sid)) => {
-                    Some(sid.strip_suffix(".json").unwrap_or(sid).to_string())
-                }
-                _ => None,
-            }
-        }
+    let tenant = match policy
+        .policy
+        .vendor
+        .tenant(req, path, rules, &policy.policy.name)?
+    {
+        None => return Ok(None),
+        Some(Tenant::Named(t)) => Some(t),
+        Some(Tenant::Unnamed) => None,
     };
     let token_allows = |t: &str| {
         claims
@@ -625,7 +576,11 @@ mod tests {
         let grant = decide(&g, &h).unwrap();
         assert_eq!(grant.subject.token_id, "tok_123");
         assert_eq!(grant.merchant.as_deref(), Some("acct_1Merchant"));
-        assert_eq!(grant.endpoint_index, 0);
+        // The policy's first endpoint matched.
+        assert!(Arc::ptr_eq(
+            &grant.endpoint,
+            &g.config().policies[0].endpoints[0]
+        ));
         assert_eq!(
             grant.strip_headers,
             [

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::glob::EndpointPattern;
 use crate::policy::{CapsNarrowing, CompiledPolicy, ConfigError};
 use crate::token::{self, Claims, CLAIMS_VERSION};
-use crate::vendor::TenantSource;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,16 +76,23 @@ pub fn claims_for(
         for (i, spec) in endpoints.iter().enumerate() {
             match EndpointPattern::parse(spec) {
                 Err(e) => fail(&format!("endpoints[{i}]"), e.0),
-                Ok(e) if !policy.endpoints.iter().any(|outer| e.is_within(outer)) => fail(
-                    &format!("endpoints[{i}]"),
-                    format!("{e} is not within any endpoint of policy {:?}", p.name),
-                ),
+                Ok(e)
+                    if !policy
+                        .endpoints
+                        .iter()
+                        .any(|outer| e.is_within(&outer.pattern)) =>
+                {
+                    fail(
+                        &format!("endpoints[{i}]"),
+                        format!("{e} is not within any endpoint of policy {:?}", p.name),
+                    )
+                }
                 Ok(_) => {}
             }
         }
     }
     if let Some(merchants) = &req.merchants {
-        if p.vendor.tenant_source() == TenantSource::None {
+        if !p.vendor.has_tenants() {
             fail(
                 "merchants",
                 format!("{} has no merchants or accounts to scope", p.vendor),

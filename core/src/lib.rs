@@ -3,6 +3,10 @@
 //! Nothing here talks to a host: no proxy-wasm, no sockets, no clocks. Every function takes
 //! the time and the request as arguments, so the whole decision path is unit-tested natively
 //! and the filter stays a thin adapter over hostcalls.
+//!
+//! Start reading at [`exchange`]: the request path from headers to settle, top to bottom.
+//! It asks [`decision`] about the headers, [`cost`] for a price, and the [`vendor`] modules
+//! for everything particular to one vendor's API.
 #![cfg_attr(
     test,
     allow(
@@ -18,6 +22,7 @@ pub mod config;
 pub mod cost;
 pub mod decision;
 pub mod duration;
+pub mod exchange;
 pub mod glob;
 pub mod issue;
 pub mod ledger_api;

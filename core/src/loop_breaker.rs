@@ -7,6 +7,8 @@
 //! more live tokens in a bucket than it holds, the least active is forgotten, which can only
 //! under-count, never block a well-behaved agent.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::policy::LoopBreaker;
@@ -183,6 +185,45 @@ pub fn record(
         }
     }
     verdict
+}
+
+/// Where the counts live. The filter keeps them in Envoy's shared data, updated with
+/// compare-and-swap so that two workers never lose an increment; [`MemoryCounter`] keeps them
+/// in memory, for tests of everything that counts.
+pub trait Counter {
+    /// Records one request of `token_id` (see [`record`]). `Err` says why it could not be
+    /// counted, in words fit for a log line.
+    fn count(
+        &self,
+        limits: &LoopBreaker,
+        token_id: &str,
+        fingerprint: Option<u64>,
+        now_secs: u64,
+    ) -> Result<Verdict, String>;
+}
+
+/// The counts in a map of buckets, as shared data would hold them.
+#[derive(Debug, Default)]
+pub struct MemoryCounter {
+    buckets: RefCell<HashMap<u64, Bucket>>,
+}
+
+impl Counter for MemoryCounter {
+    fn count(
+        &self,
+        limits: &LoopBreaker,
+        token_id: &str,
+        fingerprint: Option<u64>,
+        now_secs: u64,
+    ) -> Result<Verdict, String> {
+        let token = hash(token_id);
+        let mut buckets = self
+            .buckets
+            .try_borrow_mut()
+            .map_err(|_| "the counts are in use".to_string())?;
+        let bucket = buckets.entry(token % BUCKETS).or_default();
+        Ok(record(bucket, limits, token, fingerprint, now_secs))
+    }
 }
 
 #[cfg(test)]

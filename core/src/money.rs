@@ -1,8 +1,8 @@
 //! Exact money. Caps, costs and spend are integer micro-dollars (1 USD = 1,000,000 µUSD):
 //! exact for cents and fine enough for sub-cent per-call prices such as an SMS segment at
-//! $0.0079. Vendor amounts arrive in the minor unit of their own currency and are converted
-//! with an explicit FX table, rounding up, so that Bridle may overestimate spend but never
-//! underestimates it.
+//! $0.0079. Vendor amounts arrive in the minor unit of their own currency (how many decimals
+//! that is, is the vendor module's knowledge) and are converted with an explicit FX table,
+//! rounding up, so that Bridle may overestimate spend but never underestimates it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -156,23 +156,6 @@ impl<'de> Deserialize<'de> for Usd {
     }
 }
 
-/// How many decimals a currency's minor unit has, as vendors' APIs count it. Stripe's
-/// zero-decimal and three-decimal lists; everything else has two.
-pub fn minor_unit_exponent(currency: &str) -> u32 {
-    const ZERO_DECIMAL: [&str; 16] = [
-        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
-        "xaf", "xof", "xpf",
-    ];
-    const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
-    if ZERO_DECIMAL.contains(&currency) {
-        0
-    } else if THREE_DECIMAL.contains(&currency) {
-        3
-    } else {
-        2
-    }
-}
-
 /// A positive exchange rate: how many US dollars one whole unit of a currency buys, as an
 /// exact decimal (`mantissa / 10^scale`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,13 +235,18 @@ impl FxTable {
     }
 
     /// Converts `amount_minor` units of `currency` (e.g. 1999 for 19.99 EUR, 500 for ¥500) to
-    /// dollars, rounding up to the next micro-dollar.
-    pub fn to_usd(&self, amount_minor: u64, currency: &str) -> Result<Usd, MoneyError> {
+    /// dollars, rounding up to the next micro-dollar. `exponent` is how many decimals the
+    /// minor unit has, as the vendor's API counts them (`Vendor::minor_unit_exponent`).
+    pub fn to_usd(
+        &self,
+        amount_minor: u64,
+        currency: &str,
+        exponent: u32,
+    ) -> Result<Usd, MoneyError> {
         let currency = currency.to_ascii_lowercase();
         let rate = self
             .rate(&currency)
             .ok_or_else(|| MoneyError::UnknownCurrency(currency.clone()))?;
-        let exponent = minor_unit_exponent(&currency);
         // micros = ceil(amount_minor * mantissa * 10^6 / (10^exponent * 10^scale))
         let numerator = u128::from(amount_minor)
             .checked_mul(u128::from(rate.mantissa))
@@ -328,36 +316,28 @@ mod tests {
 
     #[test]
     fn converts_zero_two_and_three_decimal_currencies() {
-        let fx: FxTable =
+        let table: FxTable =
             serde_json::from_str(r#"{"jpy":"0.0067","eur":"1.08","kwd":"3.25"}"#).unwrap();
+        let fx = |n: u64, c: &str| {
+            let exponent = crate::vendor::Vendor::Stripe.minor_unit_exponent(&c.to_lowercase());
+            table.to_usd(n, c, exponent)
+        };
         // $19.99 is 19.99 dollars.
-        assert_eq!(
-            fx.to_usd(1999, "usd").unwrap(),
-            Usd::parse("19.99").unwrap()
-        );
+        assert_eq!(fx(1999, "usd").unwrap(), Usd::parse("19.99").unwrap());
         // ¥500 is a zero-decimal amount: 500 * 0.0067 = $3.35.
-        assert_eq!(fx.to_usd(500, "JPY").unwrap(), Usd::parse("3.35").unwrap());
+        assert_eq!(fx(500, "JPY").unwrap(), Usd::parse("3.35").unwrap());
         // €10.00 = 1000 minor units.
-        assert_eq!(
-            fx.to_usd(1000, "eur").unwrap(),
-            Usd::parse("10.80").unwrap()
-        );
+        assert_eq!(fx(1000, "eur").unwrap(), Usd::parse("10.80").unwrap());
         // 1.500 KWD = 1500 minor units (three decimals).
-        assert_eq!(
-            fx.to_usd(1500, "kwd").unwrap(),
-            Usd::parse("4.875").unwrap()
-        );
-        assert_eq!(
-            fx.to_usd(1, "xyz"),
-            Err(MoneyError::UnknownCurrency("xyz".into()))
-        );
+        assert_eq!(fx(1500, "kwd").unwrap(), Usd::parse("4.875").unwrap());
+        assert_eq!(fx(1, "xyz"), Err(MoneyError::UnknownCurrency("xyz".into())));
     }
 
     #[test]
     fn conversion_rounds_up_never_down() {
         let fx: FxTable = serde_json::from_str(r#"{"jpy":"0.0066667"}"#).unwrap();
         // ¥1 = $0.0066667 = 6666.7 micros -> 6667.
-        assert_eq!(fx.to_usd(1, "jpy").unwrap().micros(), 6667);
+        assert_eq!(fx.to_usd(1, "jpy", 0).unwrap().micros(), 6667);
     }
 
     #[test]

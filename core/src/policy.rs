@@ -5,6 +5,7 @@
 //! everything serde cannot, reporting the field path of each problem.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::cost::CostRule;
 use crate::glob::EndpointPattern;
 use crate::money::{FxTable, Usd};
-use crate::vendor::{TenantSource, Vendor};
+use crate::vendor::Vendor;
 
 /// The longest TTL any policy may allow. Vault tokens are for runs, not for years.
 pub const MAX_POLICY_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -228,7 +229,22 @@ impl std::error::Error for ConfigError {}
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     pub policy: Policy,
-    pub endpoints: Vec<EndpointPattern>,
+    /// In the policy's order: the first that matches a request is the one that applies.
+    pub endpoints: Vec<Arc<CompiledEndpoint>>,
+}
+
+/// One endpoint of a policy, ready to match: its pattern, and what a call to it costs.
+#[derive(Clone, Debug)]
+pub struct CompiledEndpoint {
+    pub pattern: EndpointPattern,
+    /// `None`: free, and needs no ledger round trip.
+    pub cost: Option<CostRule>,
+}
+
+impl CompiledEndpoint {
+    pub fn matches(&self, method: &str, path: &crate::path::RequestPath<'_>) -> bool {
+        self.pattern.matches(method, path)
+    }
 }
 
 pub fn check_policy_name(name: &str) -> Result<(), String> {
@@ -288,35 +304,32 @@ impl Policy {
         }
 
         let m = &self.merchants;
-        match self.vendor.tenant_source() {
-            TenantSource::None => {
-                if !m.allow.is_empty() || m.allow_unscoped {
-                    fail(
-                        "merchants",
-                        format!(
-                            "{} has no merchants or accounts to scope; remove this section",
-                            self.vendor
-                        ),
-                    );
-                }
+        if !self.vendor.has_tenants() {
+            if !m.allow.is_empty() || m.allow_unscoped {
+                fail(
+                    "merchants",
+                    format!(
+                        "{} has no merchants or accounts to scope; remove this section",
+                        self.vendor
+                    ),
+                );
             }
-            TenantSource::StripeAccountHeader | TenantSource::TwilioPathAccount => {
-                if m.allow.is_empty() && !m.allow_unscoped {
-                    fail(
-                        "merchants",
-                        "allows no merchant: list accounts in merchants.allow, or set merchants.allow_unscoped: true".into(),
-                    );
+        } else {
+            if m.allow.is_empty() && !m.allow_unscoped {
+                fail(
+                    "merchants",
+                    "allows no merchant: list accounts in merchants.allow, or set merchants.allow_unscoped: true".into(),
+                );
+            }
+            for (i, id) in m.allow.iter().enumerate() {
+                if let Err(e) = self.vendor.check_tenant_id(id) {
+                    fail(&format!("merchants.allow[{i}]"), e);
                 }
-                for (i, id) in m.allow.iter().enumerate() {
-                    if let Err(e) = self.vendor.check_tenant_id(id) {
-                        fail(&format!("merchants.allow[{i}]"), e);
-                    }
-                    if m.allow.iter().take(i).any(|other| other == id) {
-                        fail(
-                            &format!("merchants.allow[{i}]"),
-                            format!("{id:?} is listed twice"),
-                        );
-                    }
+                if m.allow.iter().take(i).any(|other| other == id) {
+                    fail(
+                        &format!("merchants.allow[{i}]"),
+                        format!("{id:?} is listed twice"),
+                    );
                 }
             }
         }
@@ -339,11 +352,14 @@ impl Policy {
                 Ok(p) => {
                     if endpoints
                         .iter()
-                        .any(|q: &EndpointPattern| q.to_string() == p.to_string())
+                        .any(|q: &Arc<CompiledEndpoint>| q.pattern.to_string() == p.to_string())
                     {
                         fail(&format!("endpoints[{i}]"), format!("{p} is listed twice"));
                     }
-                    endpoints.push(p);
+                    endpoints.push(Arc::new(CompiledEndpoint {
+                        pattern: p,
+                        cost: e.cost.clone(),
+                    }));
                 }
                 Err(err) => fail(&format!("endpoints[{i}]"), err.0),
             }

@@ -10,8 +10,8 @@
 #![no_main]
 
 use bridle_core::body::{self, Body, BodyKind, Lookup};
-use bridle_core::cost::{CostRule, Per};
-use bridle_core::money::{FxTable, Usd};
+use bridle_core::cost::{CostRule, Per, Pricing};
+use bridle_core::money::Usd;
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::{sms, Reason};
 use bridle_fuzz::{example_policies, extra_cost_policies, CONTENT_TYPES};
@@ -60,8 +60,8 @@ fn check_error(what: &str, e: &bridle_core::cost::CostError) {
     );
 }
 
-fn check_rule(name: &str, rule: &CostRule, fx: &FxTable, ct: Option<&[u8]>, body: &[u8]) {
-    let estimate = rule.estimate(fx, ct, body);
+fn check_rule(name: &str, rule: &CostRule, pricing: Pricing<'_>, ct: Option<&[u8]>, body: &[u8]) {
+    let estimate = rule.estimate(pricing, ct, body);
     match &estimate {
         Ok(e) => {
             check_amount(name, e.reserve);
@@ -94,7 +94,7 @@ fn check_rule(name: &str, rule: &CostRule, fx: &FxTable, ct: Option<&[u8]>, body
     if ct.is_none() && body::kind(None, body) == Some(BodyKind::Json) {
         if let Ok(e) = &estimate {
             assert_eq!(
-                rule.estimate(fx, JSON, body).as_ref(),
+                rule.estimate(pricing, JSON, body).as_ref(),
                 Ok(e),
                 "{name}: sniffed JSON"
             );
@@ -102,7 +102,7 @@ fn check_rule(name: &str, rule: &CostRule, fx: &FxTable, ct: Option<&[u8]>, body
     }
     for (what, field) in [("amount", &rule.amount), ("settle", &rule.settle)] {
         if let Some(field) = field {
-            match field.read_usd(fx, ct, body) {
+            match field.read_usd(pricing, ct, body) {
                 Ok(usd) => check_amount(&format!("{name} {what}"), usd),
                 Err(e) => check_error(&format!("{name} {what}"), &e),
             }
@@ -114,7 +114,13 @@ fn check_policy(p: &CompiledPolicy, ct: Option<&[u8]>, body: &[u8]) {
     for (i, endpoint) in p.policy.endpoints.iter().enumerate() {
         if let Some(rule) = &endpoint.cost {
             let name = format!("{} endpoints[{i}]", p.policy.name);
-            check_rule(&name, rule, &p.policy.fx, ct, body);
+            check_rule(
+                &name,
+                rule,
+                Pricing::new(p.policy.vendor, &p.policy.fx),
+                ct,
+                body,
+            );
         }
     }
 }

@@ -21,8 +21,8 @@ fn compiled(cfg: &FilterConfig) -> Result<Vec<String>, Vec<ConfigError>> {
     cfg.compile().map(|c| {
         let names: Vec<String> = c.policies.iter().map(|p| p.policy.name.clone()).collect();
         for (i, name) in names.iter().enumerate() {
-            assert_eq!(c.policy_index(name), Some(i));
-            assert_eq!(c.policy(i).map(|p| &p.policy), cfg.policies.get(i));
+            assert_eq!(c.policy(name).map(|p| p.slot), Some(i));
+            assert_eq!(c.policy(name).map(|p| &p.policy), cfg.policies.get(i));
         }
         names
     })

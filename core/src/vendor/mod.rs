@@ -1,14 +1,25 @@
-//! Vendor profiles: where an agent presents its vault token, where the tenant (merchant,
-//! account) is named, how the real secret is injected, and what an error looks like, in
-//! each vendor's own terms, so that the vendor's official SDK raises a clear exception.
+//! Vendors: what Bridle knows about each vendor's API, one module per vendor.
+//!
+//! A vendor module says where an agent presents its vault token, where the tenant (merchant,
+//! account) is named, how the real secret is injected, what an error looks like so that the
+//! vendor's official SDK raises a clear exception, and any rule of its own for reading
+//! request bodies. Everything else in Bridle is generic over [`Vendor`]; adding a vendor
+//! means adding a module that implements [`Profile`] and one line in [`Vendor::profile`].
 
 use std::fmt;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::{Denial, Request};
+use crate::path::RequestPath;
+use crate::policy::Merchants;
 use crate::Reason;
+
+mod anthropic;
+mod openai;
+mod resend;
+mod stripe;
+mod twilio;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,15 +55,61 @@ impl fmt::Display for Presentation {
     }
 }
 
-/// Where a request names the tenant it acts for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TenantSource {
-    /// Stripe Connect: the `Stripe-Account` header; absent means the platform account.
-    StripeAccountHeader,
-    /// Twilio: `/2010-04-01/Accounts/{AccountSid}/...`.
-    TwilioPathAccount,
-    /// The vendor has no tenant concept Bridle scopes on.
-    None,
+/// The tenant a request names, as the vendor's API reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tenant {
+    /// The request acts for this merchant or account.
+    Named(String),
+    /// The request names none (Stripe: the platform account itself).
+    Unnamed,
+}
+
+/// One vendor's API, as Bridle needs to know it.
+pub(crate) trait Profile: Sync {
+    /// The live API, used when no other upstream is configured.
+    fn default_upstream(&self) -> &'static str;
+    /// The ways this vendor's SDKs send their key.
+    fn presentations(&self) -> &'static [Presentation];
+    /// How to send the vault token, for error messages.
+    fn expected_presentation(&self) -> &'static str;
+    /// Whether the vendor has tenants (merchants, accounts) that a policy scopes.
+    fn has_tenants(&self) -> bool {
+        false
+    }
+    /// Checks that a tenant id has the vendor's shape, to catch typos in policies.
+    fn check_tenant_id(&self, id: &str) -> Result<(), String> {
+        Err(format!(
+            "{id:?}: this vendor has no merchants or accounts to scope"
+        ))
+    }
+    /// The tenant a request acts for; only called when [`Profile::has_tenants`].
+    fn tenant(
+        &self,
+        _req: &Request<'_>,
+        _path: &RequestPath<'_>,
+        _rules: &Merchants,
+        _policy: &str,
+    ) -> Result<Tenant, Denial> {
+        Ok(Tenant::Unnamed)
+    }
+    /// The request headers that carry `secret`, already checked to be printable ASCII.
+    fn injection(&self, secret: &str) -> Result<Vec<(&'static str, String)>, String>;
+    /// The body of an error in the vendor's own format.
+    fn error_body(&self, status: u16, code: &'static str, message: &str) -> serde_json::Value;
+    /// Headers of the vendor's own that tell its SDK not to retry.
+    fn no_retry_headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+    /// The header carrying a retry's idempotency key, if the vendor's API honours one.
+    fn idempotency_header(&self) -> Option<&'static str> {
+        Some("idempotency-key")
+    }
+    /// How many decimals an amount's minor unit has in this vendor's API. Vendors without a
+    /// convention of their own are read the way Stripe documents it (ISO 4217 for the
+    /// currencies that differ from two decimals).
+    fn minor_unit_exponent(&self, currency: &str) -> u32 {
+        stripe::minor_unit_exponent(currency)
+    }
 }
 
 impl Vendor {
@@ -63,6 +120,17 @@ impl Vendor {
         Vendor::Openai,
         Vendor::Anthropic,
     ];
+
+    /// The module that knows this vendor's API.
+    pub(crate) fn profile(self) -> &'static dyn Profile {
+        match self {
+            Vendor::Stripe => &stripe::Stripe,
+            Vendor::Twilio => &twilio::Twilio,
+            Vendor::Resend => &resend::Resend,
+            Vendor::Openai => &openai::Openai,
+            Vendor::Anthropic => &anthropic::Anthropic,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -80,72 +148,56 @@ impl Vendor {
 
     /// The live API, used when no other upstream is configured.
     pub fn default_upstream(self) -> &'static str {
-        match self {
-            Vendor::Stripe => "https://api.stripe.com",
-            Vendor::Twilio => "https://api.twilio.com",
-            Vendor::Resend => "https://api.resend.com",
-            Vendor::Openai => "https://api.openai.com",
-            Vendor::Anthropic => "https://api.anthropic.com",
-        }
+        self.profile().default_upstream()
     }
 
     pub fn accepts(self, p: Presentation) -> bool {
-        matches!(
-            (self, p),
-            (
-                Vendor::Stripe,
-                Presentation::Bearer | Presentation::BasicUser
-            ) | (Vendor::Twilio, Presentation::BasicPassword)
-                | (Vendor::Resend | Vendor::Openai, Presentation::Bearer)
-                | (
-                    Vendor::Anthropic,
-                    Presentation::ApiKeyHeader | Presentation::Bearer
-                )
-        )
+        self.profile().presentations().contains(&p)
     }
 
     pub fn expected_presentation(self) -> &'static str {
-        match self {
-            Vendor::Stripe => {
-                "Authorization: Bearer <vault token> (or Basic with the token as user name)"
-            }
-            Vendor::Twilio => "Authorization: Basic <AccountSid>:<vault token>",
-            Vendor::Resend | Vendor::Openai => "Authorization: Bearer <vault token>",
-            Vendor::Anthropic => "x-api-key: <vault token> (or Authorization: Bearer)",
-        }
+        self.profile().expected_presentation()
     }
 
-    pub fn tenant_source(self) -> TenantSource {
-        match self {
-            Vendor::Stripe => TenantSource::StripeAccountHeader,
-            Vendor::Twilio => TenantSource::TwilioPathAccount,
-            _ => TenantSource::None,
-        }
+    /// Whether the vendor has tenants (merchants, accounts) that a policy scopes.
+    pub fn has_tenants(self) -> bool {
+        self.profile().has_tenants()
     }
 
     /// Checks that a tenant id has the vendor's shape, to catch typos in policies.
     pub fn check_tenant_id(self, id: &str) -> Result<(), String> {
-        let ok = match self {
-            Vendor::Stripe => id
-                .strip_prefix("acct_")
-                .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric())),
-            Vendor::Twilio => {
-                id.len() == 34
-                    && id.starts_with("AC")
-                    && id.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
-            }
-            _ => false,
-        };
-        if ok {
-            return Ok(());
+        if self.has_tenants() {
+            self.profile().check_tenant_id(id)
+        } else {
+            Err(format!(
+                "{} has no merchants or accounts to scope",
+                self.name()
+            ))
         }
-        Err(match self {
-            Vendor::Stripe => format!("{id:?} is not a Stripe account id (acct_...)"),
-            Vendor::Twilio => {
-                format!("{id:?} is not a Twilio account SID (AC followed by 32 hex digits)")
-            }
-            _ => format!("{} has no merchants or accounts to scope", self.name()),
-        })
+    }
+
+    /// The tenant a request acts for (`None` for vendors without tenants).
+    pub fn tenant(
+        self,
+        req: &Request<'_>,
+        path: &RequestPath<'_>,
+        rules: &Merchants,
+        policy: &str,
+    ) -> Result<Option<Tenant>, Denial> {
+        if !self.has_tenants() {
+            return Ok(None);
+        }
+        self.profile().tenant(req, path, rules, policy).map(Some)
+    }
+
+    /// The header carrying a retry's idempotency key, if the vendor's API honours one.
+    pub fn idempotency_header(self) -> Option<&'static str> {
+        self.profile().idempotency_header()
+    }
+
+    /// How many decimals an amount's minor unit has in this vendor's API.
+    pub fn minor_unit_exponent(self, currency: &str) -> u32 {
+        self.profile().minor_unit_exponent(currency)
     }
 
     /// The request headers that carry the real secret, computed once at configuration time.
@@ -159,24 +211,7 @@ impl Vendor {
                 "the secret must be 1-4096 printable ASCII characters with no spaces".into(),
             );
         }
-        Ok(match self {
-            Vendor::Stripe | Vendor::Resend | Vendor::Openai => {
-                vec![("authorization", format!("Bearer {secret}"))]
-            }
-            Vendor::Twilio => {
-                if !secret.contains(':') {
-                    return Err(
-                        "the Twilio secret must be \"<API key SID or Account SID>:<secret>\""
-                            .into(),
-                    );
-                }
-                vec![(
-                    "authorization",
-                    format!("Basic {}", STANDARD.encode(secret)),
-                )]
-            }
-            Vendor::Anthropic => vec![("x-api-key", secret.to_string())],
-        })
+        self.profile().injection(secret)
     }
 
     /// A denial in the vendor's own error format, plus Bridle's reason header. The reason code
@@ -190,52 +225,15 @@ impl Vendor {
         let status = reason.status();
         let code = reason.code();
         let message = format!("Bridle: {message} [{code}]");
-        let body = match self {
-            Vendor::Stripe => serde_json::json!({
-                "error": {
-                    "type": stripe_error_type(status),
-                    "code": code,
-                    "message": message,
-                }
-            }),
-            Vendor::Openai => serde_json::json!({
-                "error": {
-                    "message": message,
-                    "type": openai_error_type(status),
-                    "param": null,
-                    "code": code,
-                }
-            }),
-            Vendor::Anthropic => serde_json::json!({
-                "type": "error",
-                "error": {
-                    "type": anthropic_error_type(status),
-                    "message": message,
-                    "details": { "error_code": code },
-                },
-            }),
-            Vendor::Twilio => serde_json::json!({
-                "code": twilio_error_code(status),
-                "message": message,
-                "more_info": format!("bridle:{code}"),
-                "status": status,
-                "bridle_reason": code,
-            }),
-            Vendor::Resend => serde_json::json!({
-                "statusCode": status,
-                "name": resend_error_name(status, code),
-                "message": message,
-                "bridle_reason": code,
-            }),
-        };
+        let body = self.profile().error_body(status, code, &message);
         let mut headers = vec![
             ("content-type", "application/json".to_string()),
             (REASON_HEADER, code.to_string()),
             // Denials are decisions, not outages: official SDKs must not retry them.
             ("x-should-retry", "false".to_string()),
         ];
-        if self == Vendor::Stripe {
-            headers.push(("stripe-should-retry", "false".to_string()));
+        for (name, value) in self.profile().no_retry_headers() {
+            headers.push((name, value.to_string()));
         }
         if let Some(secs) = retry_after_secs {
             headers.push(("retry-after", secs.to_string()));
@@ -263,65 +261,11 @@ pub struct ErrorResponse {
     pub body: String,
 }
 
-// The SDKs pick their exception class from the HTTP status; the type only refines it.
-fn stripe_error_type(status: u16) -> &'static str {
-    match status {
-        402 => "card_error",
-        429 => "rate_limit_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    }
-}
-
-fn openai_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        429 => "rate_limit_error",
-        500..=599 => "server_error",
-        _ => "invalid_request_error",
-    }
-}
-
-fn anthropic_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 => "overloaded_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    }
-}
-
-fn twilio_error_code(status: u16) -> u32 {
-    match status {
-        401 => 20003,
-        403 => 20403,
-        404 => 20404,
-        429 => 20429,
-        500..=599 => 20500,
-        _ => 21000,
-    }
-}
-
-/// Resend's SDK maps some names to classes that replace the message (401 `missing_api_key`),
-/// so only names that keep it are used; otherwise the name is Bridle's reason code.
-fn resend_error_name(status: u16, code: &'static str) -> &'static str {
-    match status {
-        400 => "validation_error",
-        429 => "rate_limit_exceeded",
-        500 => "application_error",
-        _ => code,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
     #[test]
     fn presentations_per_vendor() {

@@ -1,0 +1,878 @@
+//! The request path, top to bottom: one [`Exchange`] carries a request from its headers to
+//! its settle and audit record, as data.
+//!
+//! ```text
+//! begin (headers) ── deny ───────────────────────────────────────────────────► Refuse
+//!    │  allow, free ──────────────────────────────────────────────────────────► Forward
+//!    │  allow, free, loop breaker ─► ReadBody ─► on_body: count ──────────────► Forward
+//!    └─ allow, costed ─► ReadBody ─► on_body: count, price ─► Reserve ─► on_reservation
+//!                                                        granted ─► Forward ┘  └─ refused ─► Refuse
+//! on_response_head ─► (settle rule: on_response_body reads the amount) ─► finish: settle, audit
+//! ```
+//!
+//! The filter's adapter (`src/stream.rs`) does what each [`Step`] asks — buffer the body, call
+//! the ledger, rewrite the headers, send a reply — and feeds what it read back in. Nothing here
+//! touches a host: the clock, the request and the ledger's answers arrive as arguments, the
+//! loop breaker's counts behind the [`Counter`] trait. Each phase holds only its own data, so
+//! an exchange cannot be, say, forwarded without a decision or settled without a reservation.
+//!
+//! The rules that hold throughout: nothing is forwarded by default (every path ends in
+//! [`Step::Forward`] only after a grant); a costed call is forwarded only once the ledger has
+//! reserved it; anything that cannot be read or decided refuses, in the vendor's own format.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::config::{CompiledConfig, FilterConfig, LedgerLink};
+use crate::cost::{AmountField, CostRule, Pricing};
+use crate::decision::{Denial, Gate, Grant, Request, Subject};
+use crate::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle, SettleOutcome};
+use crate::loop_breaker::{Counter, Verdict};
+use crate::money::Usd;
+use crate::policy::FailureMode;
+use crate::revocation::RevocationSet;
+use crate::token::Keyring;
+use crate::vendor::{ErrorResponse, Vendor};
+use crate::Reason;
+
+/// Largest request body read to price a call; larger costed requests are refused.
+pub const MAX_BODY: usize = 1 << 20;
+/// Largest response body read to settle a call; a larger one settles at the reservation.
+pub const MAX_RESPONSE_BODY: usize = 1 << 20;
+/// Longest idempotency key passed to the ledger (Stripe's own limit).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Longest path kept in the audit log.
+const MAX_AUDIT_PATH: usize = 512;
+
+/// Everything fixed for one listener: the checked policies with their secrets, the keyring,
+/// and the ledger link. Built once per configuration; every exchange reads it.
+pub struct Blueprint {
+    gate: Gate,
+}
+
+impl Blueprint {
+    /// Builds the blueprint from the plugin configuration and the filter's environment (the
+    /// keyring and each policy's vendor secret). Any problem refuses the whole configuration,
+    /// with a message that names the field or variable at fault and never a secret.
+    pub fn configure(
+        bytes: Option<&[u8]>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Blueprint, String> {
+        let bytes = bytes.ok_or("no plugin configuration: render one with `bridle render`")?;
+        let config = FilterConfig::from_plugin_bytes(bytes).map_err(|e| e.to_string())?;
+        let compiled = config.compile().map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let keyring_spec = env(&compiled.keyring_env).ok_or_else(|| {
+            format!(
+                "environment variable {} (the signing keyring) is not set",
+                compiled.keyring_env
+            )
+        })?;
+        let keyring =
+            Keyring::parse(&keyring_spec).map_err(|e| format!("{}: {e}", compiled.keyring_env))?;
+        let compiled = compiled.with_secrets(env)?;
+        Ok(Blueprint {
+            gate: Gate::new(compiled, keyring),
+        })
+    }
+
+    pub fn vendor(&self) -> Vendor {
+        self.gate.vendor()
+    }
+
+    pub fn config(&self) -> &CompiledConfig {
+        self.gate.config()
+    }
+
+    pub fn ledger(&self) -> Option<&LedgerLink> {
+        self.config().ledger.as_ref()
+    }
+
+    /// A reply in the vendor's format; `slot` is the policy's, when a genuine token named one.
+    fn reply(&self, denial: Denial, retry_after: Option<u64>) -> Reply {
+        Reply {
+            response: self
+                .vendor()
+                .error_response(denial.reason, &denial.message, retry_after),
+            reason: denial.reason,
+            slot: denial.subject.as_ref().map(|s| s.slot),
+            token_id: denial.subject.map(|s| s.token_id),
+            message: denial.message,
+            ledger_failed: false,
+        }
+    }
+}
+
+/// A request's head as it arrived, and what the adapter knows of the world at that moment.
+pub struct Arrival<'a> {
+    /// All headers, pseudo-headers included, names lowercase.
+    pub headers: &'a [(String, Vec<u8>)],
+    /// The headers are the whole request: there is no body.
+    pub end_of_stream: bool,
+    pub now_ms: u64,
+    /// Unique per request: the audit record's id, and a fresh reservation's.
+    pub id: String,
+    pub revocations: &'a RevocationSet,
+    /// When some worker last heard from the ledger (ms), for the staleness rule.
+    pub revocations_fresh_at_ms: u64,
+}
+
+/// What the adapter must do next.
+#[derive(Debug)]
+#[must_use]
+pub enum Step {
+    /// Apply [`Exchange::rewrite`] to the request headers and let the request go (resume it,
+    /// if it was held). Count it as allowed under the policy's `slot`.
+    Forward { slot: usize },
+    /// Answer with this reply; the request goes no further.
+    Refuse(Reply),
+    /// Hold the headers and buffer the body, up to [`MAX_BODY`], then call
+    /// [`Exchange::on_body`].
+    ReadBody,
+    /// Send this reservation (JSON) to the ledger, then call [`Exchange::on_reservation`] with
+    /// its answer, or [`Exchange::on_reservation_unsent`] if it could not be sent.
+    Reserve(Vec<u8>),
+}
+
+/// A refusal, ready to send.
+#[derive(Debug)]
+pub struct Reply {
+    pub response: ErrorResponse,
+    pub reason: Reason,
+    /// The policy's stats slot, when a genuine token named a policy.
+    pub slot: Option<usize>,
+    /// For a debug log line; never the token itself.
+    pub token_id: Option<String>,
+    /// What went wrong, in words fit for a log line (and already in the response).
+    pub message: String,
+    /// The ledger failed to answer a reservation (as opposed to refusing it).
+    pub ledger_failed: bool,
+}
+
+impl Reply {
+    /// Whether the refusal is Bridle's own failure, worth an error log line, rather than a
+    /// decision about the request.
+    pub fn is_failure(&self) -> bool {
+        matches!(self.reason, Reason::Internal | Reason::LedgerUnavailable)
+    }
+}
+
+/// What the adapter could read of a body.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    Complete(&'a [u8]),
+    /// Over the size the exchange asked for.
+    TooLarge,
+}
+
+/// The headers to rewrite before the request goes to the vendor.
+pub struct Rewrite<'a> {
+    grant: &'a Grant,
+}
+
+impl<'a> Rewrite<'a> {
+    /// Client headers to remove: its credentials and anything else Bridle strips. A header
+    /// the secret is about to replace needs no separate removal.
+    pub fn removals(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let injection = self.grant.policy.injection();
+        self.grant
+            .strip_headers
+            .iter()
+            .filter(move |name| !injection.iter().any(|(n, _)| n == name))
+            .map(String::as_str)
+    }
+
+    /// Headers to set, carrying the vendor secret.
+    pub fn secret_headers(&self) -> &'a [(&'static str, String)] {
+        self.grant.policy.injection()
+    }
+}
+
+/// The stream is over: what to tell the ledger.
+#[derive(Debug)]
+pub struct Finished {
+    pub settle: Option<Settle>,
+    pub audit: AuditRecord,
+}
+
+/// One request through the proxy.
+pub struct Exchange {
+    id: String,
+    started_ms: u64,
+    /// As the request named them, for the audit log; the path becomes the matched path once
+    /// the request is allowed.
+    method: String,
+    path: String,
+    /// The tenant the request acts for, once a grant names it.
+    merchant: Option<String>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Allowed on its headers, waiting for the body before the last word.
+    ReadingBody(Box<Held>),
+    /// Priced and sent to the ledger, waiting for its answer.
+    Reserving(Box<Held>, Usd),
+    /// Allowed, and on its way to the vendor or back.
+    Forwarded(Box<Passage>),
+    /// Refused: the reply is sent, and whatever the ledger may hold for it is released.
+    Refused(Box<Refusal>),
+}
+
+impl Default for Refusal {
+    /// A placeholder while a transition takes the phase apart; every transition replaces it.
+    fn default() -> Refusal {
+        Refusal {
+            reason: Reason::Internal,
+            subject: None,
+            release: None,
+        }
+    }
+}
+
+/// A request allowed on its headers whose body Bridle reads before deciding.
+struct Held {
+    grant: Grant,
+    raw_path: Vec<u8>,
+    content_type: Option<Vec<u8>>,
+    idempotency_key: Option<String>,
+}
+
+struct Passage {
+    grant: Grant,
+    reservation: Option<Reservation>,
+    status: Option<u16>,
+    response: ResponseRead,
+}
+
+/// The money the ledger holds for a forwarded call.
+struct Reservation {
+    id: String,
+    replay: bool,
+    reserved: Usd,
+    /// What the response said the call cost, when the rule reads it from there.
+    settled: Option<Usd>,
+}
+
+#[derive(PartialEq, Eq)]
+enum ResponseRead {
+    /// Nothing to read: the status settles it.
+    Status,
+    /// A 2xx whose body says what the call cost; its content type.
+    SettleBody(Option<Vec<u8>>),
+}
+
+struct Refusal {
+    reason: Reason,
+    subject: Option<Subject>,
+    /// A reservation the ledger may hold although the request never left: released.
+    release: Option<(String, bool)>,
+}
+
+impl Exchange {
+    /// A request's headers arrive: decide, or say what more is needed.
+    pub fn begin(bp: &Blueprint, arrival: Arrival<'_>, counter: &dyn Counter) -> (Exchange, Step) {
+        let raw_path = header(arrival.headers, ":path").unwrap_or_default();
+        let mut exchange = Exchange {
+            id: arrival.id,
+            started_ms: arrival.now_ms,
+            method: String::from_utf8_lossy(header(arrival.headers, ":method").unwrap_or_default())
+                .into_owned(),
+            path: audit_path(raw_path),
+            merchant: None,
+            // Replaced below by every outcome.
+            phase: Phase::Refused(Box::default()),
+        };
+        let decision = bp.gate.decide(
+            &Request {
+                headers: arrival.headers,
+            },
+            arrival.now_ms / 1000,
+            arrival.revocations,
+        );
+        let grant = match decision {
+            Ok(grant) => grant,
+            Err(denial) => {
+                let step = exchange.refuse(bp, denial, None);
+                return (exchange, step);
+            }
+        };
+        exchange.path.clone_from(&grant.path);
+        exchange.merchant.clone_from(&grant.merchant);
+        let policy = &grant.policy.policy;
+        let costed = grant.endpoint.cost.is_some();
+
+        // Costed calls ask the ledger, which checks revocation itself; free calls rely on the
+        // revocation set, and a set nobody could refresh follows the policy.
+        if let Some(link) = bp.ledger() {
+            let stale = arrival
+                .now_ms
+                .saturating_sub(arrival.revocations_fresh_at_ms)
+                > link.max_staleness_ms;
+            if !costed && stale && policy.on_ledger_unavailable == FailureMode::Deny {
+                let denial = Denial::new(
+                    Reason::RevocationStale,
+                    "Bridle cannot confirm this token is not revoked: the ledger has not answered recently.",
+                );
+                let step = exchange.refuse(bp, denial.about(&grant.subject), None);
+                return (exchange, step);
+            }
+        }
+        let watch_repeats = policy.loop_breaker.is_some();
+        if !costed && (arrival.end_of_stream || !watch_repeats) {
+            // The whole request is known now, or its body would not change the decision.
+            let fp = arrival
+                .end_of_stream
+                .then(|| fingerprint(&grant.method, raw_path, &[]));
+            if let Some(step) = exchange.count(bp, counter, &grant, fp) {
+                return (exchange, step);
+            }
+            let step = exchange.forward(grant, None);
+            return (exchange, step);
+        }
+        let held = Box::new(Held {
+            content_type: header(arrival.headers, "content-type").map(<[u8]>::to_vec),
+            idempotency_key: idempotency_key(bp.vendor(), arrival.headers),
+            raw_path: raw_path.to_vec(),
+            grant,
+        });
+        if arrival.end_of_stream {
+            let step = exchange.with_body(bp, counter, held, Body::Complete(&[]));
+            return (exchange, step);
+        }
+        exchange.phase = Phase::ReadingBody(held);
+        (exchange, Step::ReadBody)
+    }
+
+    /// The request's headers could not even be read (`message` says why): refuse it.
+    pub fn unreadable(
+        bp: &Blueprint,
+        id: String,
+        now_ms: u64,
+        message: String,
+    ) -> (Exchange, Step) {
+        let mut exchange = Exchange {
+            id,
+            started_ms: now_ms,
+            method: String::new(),
+            path: audit_path(b""),
+            merchant: None,
+            phase: Phase::Refused(Box::default()),
+        };
+        let step = exchange.refuse(bp, Denial::new(Reason::Internal, message), None);
+        (exchange, step)
+    }
+
+    /// Whether the exchange waits for the body asked for by [`Step::ReadBody`].
+    pub fn awaits_body(&self) -> bool {
+        matches!(self.phase, Phase::ReadingBody(_))
+    }
+
+    /// Whether the request must stay where it is: refused, or waiting for the ledger.
+    pub fn holds_request(&self) -> bool {
+        matches!(self.phase, Phase::Refused(_) | Phase::Reserving(..))
+    }
+
+    /// The body asked for by [`Step::ReadBody`] is read.
+    pub fn on_body(&mut self, bp: &Blueprint, counter: &dyn Counter, body: Body<'_>) -> Step {
+        match self.take_phase() {
+            Phase::ReadingBody(held) => self.with_body(bp, counter, held, body),
+            other => self.unexpected(bp, other, "a request body"),
+        }
+    }
+
+    /// Decides once the body is read: price and reserve a costed call, or fingerprint a free
+    /// one for the loop breaker and let it go.
+    fn with_body(
+        &mut self,
+        bp: &Blueprint,
+        counter: &dyn Counter,
+        held: Box<Held>,
+        body: Body<'_>,
+    ) -> Step {
+        let Some(rule) = held.grant.endpoint.cost.as_ref() else {
+            // A body too large to read still counts against the rate, just unfingerprinted.
+            let fp = match body {
+                Body::Complete(b) => Some(fingerprint(&held.grant.method, &held.raw_path, b)),
+                Body::TooLarge => None,
+            };
+            if let Some(step) = self.count(bp, counter, &held.grant, fp) {
+                return step;
+            }
+            return self.forward(held.grant, None);
+        };
+        let Body::Complete(body) = body else {
+            let denial = Denial::new(
+                Reason::BodyTooLarge,
+                format!("A costed request's body may be at most {MAX_BODY} bytes."),
+            );
+            return self.refuse(bp, denial.about(&held.grant.subject), None);
+        };
+        let rule: &CostRule = rule;
+        // Vendors such as Stripe merge query parameters into a POST's parameters: a price read
+        // from the body alone could be overruled by `?amount=...`. Costed calls carry
+        // everything in the body.
+        if held
+            .raw_path
+            .split(|b| *b == b'?')
+            .nth(1)
+            .is_some_and(|q| !q.is_empty())
+        {
+            let denial = Denial::new(
+                Reason::CostUndetermined,
+                "A costed request must carry its parameters in the body, not the URL.",
+            );
+            return self.refuse(bp, denial.about(&held.grant.subject), None);
+        }
+        let fp = Some(fingerprint(&held.grant.method, &held.raw_path, body));
+        if let Some(step) = self.count(bp, counter, &held.grant, fp) {
+            return step;
+        }
+        let pricing = Pricing::new(bp.vendor(), &held.grant.policy.policy.fx);
+        let estimate = match rule.estimate(pricing, held.content_type.as_deref(), body) {
+            Ok(e) => e,
+            Err(e) => {
+                let denial = Denial::new(e.reason, e.message);
+                return self.refuse(bp, denial.about(&held.grant.subject), None);
+            }
+        };
+        if bp.ledger().is_none() {
+            let denial = Denial::new(Reason::LedgerUnavailable, "No ledger is configured.");
+            return self.refuse(bp, denial.about(&held.grant.subject), None);
+        }
+        let request = ReserveRequest {
+            token: held.grant.credential.clone(),
+            request_id: self.id.clone(),
+            method: held.grant.method.clone(),
+            path: held.grant.path.clone(),
+            merchant: held.grant.merchant.clone(),
+            amount: estimate.reserve,
+            detail: estimate.detail,
+            idempotency_key: held.idempotency_key.clone(),
+        };
+        match serde_json::to_vec(&request) {
+            Ok(encoded) => {
+                self.phase = Phase::Reserving(held, estimate.reserve);
+                Step::Reserve(encoded)
+            }
+            Err(_) => {
+                let denial = Denial::new(Reason::Internal, "encoding the reservation");
+                self.refuse(bp, denial.about(&held.grant.subject), None)
+            }
+        }
+    }
+
+    /// The reservation could not even be sent (`why`): nothing was reserved.
+    pub fn on_reservation_unsent(&mut self, bp: &Blueprint, why: &str) -> Step {
+        match self.take_phase() {
+            Phase::Reserving(held, _) => {
+                let denial = Denial::new(
+                    Reason::LedgerUnavailable,
+                    format!("Bridle could not reach its ledger ({why})."),
+                );
+                self.refuse(bp, denial.about(&held.grant.subject), None)
+            }
+            other => self.unexpected(bp, other, "an unsent reservation"),
+        }
+    }
+
+    /// The ledger's answer to the reservation: its body on a 200, or why there is none.
+    pub fn on_reservation(&mut self, bp: &Blueprint, answer: Result<&[u8], String>) -> Step {
+        let (held, reserved) = match self.take_phase() {
+            Phase::Reserving(held, reserved) => (held, reserved),
+            other => return self.unexpected(bp, other, "the ledger's answer"),
+        };
+        let answer = answer.and_then(|body| {
+            serde_json::from_slice::<ReserveResponse>(body)
+                .map_err(|_| "The ledger's answer was unreadable.".to_string())
+        });
+        match answer {
+            Err(why) => {
+                let denial = Denial::new(Reason::LedgerUnavailable, why);
+                // Never forwarded: if the ledger did reserve, release it.
+                let release = Some((self.id.clone(), false));
+                let mut step =
+                    self.refuse_releasing(bp, denial.about(&held.grant.subject), release);
+                if let Step::Refuse(reply) = &mut step {
+                    reply.ledger_failed = true;
+                }
+                step
+            }
+            Ok(ReserveResponse::Denied { reason, message }) => self.refuse(
+                bp,
+                Denial::new(reason, message).about(&held.grant.subject),
+                None,
+            ),
+            Ok(ReserveResponse::Granted {
+                reservation,
+                replay,
+            }) => self.forward(
+                held.grant,
+                Some(Reservation {
+                    id: reservation,
+                    replay,
+                    reserved,
+                    settled: None,
+                }),
+            ),
+        }
+    }
+
+    /// The rewrite a [`Step::Forward`] asks for.
+    pub fn rewrite(&self) -> Option<Rewrite<'_>> {
+        match &self.phase {
+            Phase::Forwarded(p) => Some(Rewrite { grant: &p.grant }),
+            _ => None,
+        }
+    }
+
+    /// The adapter could not carry out a step (a hostcall failed): refuse, and release
+    /// whatever the ledger holds or may hold, since the request did not leave.
+    pub fn fail(&mut self, bp: &Blueprint, message: String) -> Step {
+        let (subject, release) = match &self.phase {
+            Phase::ReadingBody(held) => (Some(held.grant.subject.clone()), None),
+            Phase::Reserving(held, _) => (
+                Some(held.grant.subject.clone()),
+                Some((self.id.clone(), false)),
+            ),
+            Phase::Forwarded(p) => (
+                Some(p.grant.subject.clone()),
+                p.reservation.as_ref().map(|r| (r.id.clone(), r.replay)),
+            ),
+            Phase::Refused(r) => (r.subject.clone(), r.release.clone()),
+        };
+        let mut denial = Denial::new(Reason::Internal, message);
+        denial.subject = subject;
+        self.refuse_releasing(bp, denial, release)
+    }
+
+    /// Whether the response matters beyond its status: a settle rule reads its body.
+    pub fn wants_response(&self) -> bool {
+        matches!(&self.phase, Phase::Forwarded(p)
+            if p.reservation.is_some() && p.grant.endpoint.cost.as_ref().is_some_and(|c| c.settle.is_some()))
+    }
+
+    /// The response's head, for a request that [`Exchange::wants_response`]. Returns whether
+    /// to buffer its body (up to [`MAX_RESPONSE_BODY`]) for [`Exchange::on_response_body`];
+    /// `content_type` is read only if so.
+    pub fn on_response_head(
+        &mut self,
+        status: Option<u16>,
+        content_type: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> bool {
+        let wants = self.wants_response();
+        let Phase::Forwarded(p) = &mut self.phase else {
+            return false;
+        };
+        p.status = status;
+        if wants && status.is_some_and(|s| (200..300).contains(&s)) {
+            p.response = ResponseRead::SettleBody(content_type());
+            return true;
+        }
+        false
+    }
+
+    /// The response body asked for by [`Exchange::on_response_head`] (`None`: it could not be
+    /// read). Returns a warning for the log when the amount could not be read: the call then
+    /// settles at the reservation.
+    pub fn on_response_body(&mut self, bp: &Blueprint, body: Option<Body<'_>>) -> Option<String> {
+        let Phase::Forwarded(p) = &mut self.phase else {
+            return None;
+        };
+        let ResponseRead::SettleBody(content_type) =
+            std::mem::replace(&mut p.response, ResponseRead::Status)
+        else {
+            return None;
+        };
+        let field: &AmountField = p.grant.endpoint.cost.as_ref()?.settle.as_ref()?;
+        let reservation = p.reservation.as_mut()?;
+        let body = match body {
+            Some(Body::Complete(b)) => b,
+            Some(Body::TooLarge) => {
+                return Some(
+                    "response too large to settle from; settling at the reservation".into(),
+                )
+            }
+            None => {
+                return Some(
+                    "cannot read the response to settle; settling at the reservation".into(),
+                )
+            }
+        };
+        let pricing = Pricing::new(bp.vendor(), &p.grant.policy.policy.fx);
+        match field.read_usd(pricing, content_type.as_deref(), body) {
+            Ok(amount) => {
+                reservation.settled = Some(amount);
+                None
+            }
+            Err(e) => Some(format!(
+                "cannot settle from the response ({}); settling at the reservation",
+                e.message
+            )),
+        }
+    }
+
+    /// Whether the exchange is buffering a response body to settle from.
+    pub fn reading_response(&self) -> bool {
+        matches!(&self.phase, Phase::Forwarded(p) if p.response != ResponseRead::Status)
+    }
+
+    /// The response status, if the exchange has read it.
+    pub fn status(&self) -> Option<u16> {
+        match &self.phase {
+            Phase::Forwarded(p) => p.status,
+            _ => None,
+        }
+    }
+
+    /// The stream is over, with `status` the agent got (`None`: no response): what the ledger
+    /// must settle, and the audit record.
+    pub fn finish(self, vendor: Vendor, status: Option<u16>) -> Finished {
+        let release = |id: &str, replay: bool| Settle {
+            reservation: id.to_string(),
+            outcome: SettleOutcome::Release,
+            amount: None,
+            replay,
+        };
+        // A stream that ended before Bridle decided (the agent went away while its body was
+        // read or its reservation made) is audited as the proxy's.
+        let (reason, cost, subject, reservation, settle) = match self.phase {
+            Phase::Forwarded(p) => {
+                let outcome = SettleOutcome::for_status(status);
+                let settle = p.reservation.as_ref().map(|r| Settle {
+                    reservation: r.id.clone(),
+                    outcome,
+                    amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
+                    replay: r.replay,
+                });
+                let cost = p
+                    .reservation
+                    .as_ref()
+                    .map(|r| r.settled.unwrap_or(r.reserved));
+                let reservation = p.reservation.map(|r| r.id);
+                (
+                    Reason::Allowed,
+                    cost,
+                    Some(p.grant.subject),
+                    reservation,
+                    settle,
+                )
+            }
+            // Perhaps reserved, never answered: release.
+            Phase::Reserving(held, _) => {
+                let settle = Some(release(&self.id, false));
+                (
+                    Reason::ProxyRejected,
+                    None,
+                    Some(held.grant.subject),
+                    None,
+                    settle,
+                )
+            }
+            Phase::ReadingBody(held) => (
+                Reason::ProxyRejected,
+                None,
+                Some(held.grant.subject),
+                None,
+                None,
+            ),
+            Phase::Refused(r) => {
+                let settle = r.release.as_ref().map(|(id, replay)| release(id, *replay));
+                let reservation = r.release.map(|(id, _)| id);
+                (r.reason, None, r.subject, reservation, settle)
+            }
+        };
+        Finished {
+            settle,
+            audit: AuditRecord {
+                id: self.id,
+                at_ms: self.started_ms,
+                vendor,
+                token_id: subject.as_ref().map(|s| s.token_id.clone()),
+                label: subject.as_ref().map(|s| s.label.clone()),
+                policy: subject.map(|s| s.policy),
+                method: self.method,
+                path: self.path,
+                status: status.unwrap_or(0),
+                reason,
+                cost,
+                reservation,
+                merchant: self.merchant,
+            },
+        }
+    }
+
+    /// The audit record of a request Envoy answered before the filter saw it (a malformed
+    /// request, say).
+    pub fn proxy_rejected(
+        vendor: Vendor,
+        id: String,
+        now_ms: u64,
+        headers: &[(String, Vec<u8>)],
+        status: Option<u16>,
+    ) -> AuditRecord {
+        AuditRecord {
+            id,
+            at_ms: now_ms,
+            vendor,
+            token_id: None,
+            label: None,
+            policy: None,
+            method: String::from_utf8_lossy(header(headers, ":method").unwrap_or_default())
+                .into_owned(),
+            path: audit_path(header(headers, ":path").unwrap_or_default()),
+            status: status.unwrap_or(0),
+            reason: Reason::ProxyRejected,
+            cost: None,
+            reservation: None,
+            merchant: None,
+        }
+    }
+
+    /// Counts the request against the policy's loop breaker; `Some` is the refusal.
+    fn count(
+        &mut self,
+        bp: &Blueprint,
+        counter: &dyn Counter,
+        grant: &Grant,
+        fp: Option<u64>,
+    ) -> Option<Step> {
+        let limits = grant.policy.policy.loop_breaker.as_ref()?;
+        let verdict = counter.count(limits, &grant.subject.token_id, fp, self.started_ms / 1000);
+        let (denial, retry_after) = match verdict {
+            Ok(Verdict::Ok) => return None,
+            Ok(Verdict::RateLimited { retry_after_secs }) => (
+                Denial::new(
+                    Reason::RateLimited,
+                    format!(
+                        "This token made more than {} requests in a minute; it may continue in {retry_after_secs}s.",
+                        limits.max_requests_per_minute
+                    ),
+                ),
+                Some(retry_after_secs),
+            ),
+            Ok(Verdict::RepeatLimited { retry_after_secs }) => (
+                Denial::new(
+                    Reason::RepeatLimited,
+                    format!(
+                        "This token sent the same request more than {} times in a minute.",
+                        limits.max_identical_per_minute
+                    ),
+                ),
+                Some(retry_after_secs),
+            ),
+            Err(why) => (
+                Denial::new(Reason::Internal, format!("Could not count the request ({why}).")),
+                None,
+            ),
+        };
+        Some(self.refuse(bp, denial.about(&grant.subject), retry_after))
+    }
+
+    fn forward(&mut self, grant: Grant, reservation: Option<Reservation>) -> Step {
+        let slot = grant.subject.slot;
+        self.phase = Phase::Forwarded(Box::new(Passage {
+            grant,
+            reservation,
+            status: None,
+            response: ResponseRead::Status,
+        }));
+        Step::Forward { slot }
+    }
+
+    fn refuse(&mut self, bp: &Blueprint, denial: Denial, retry_after: Option<u64>) -> Step {
+        self.phase = Phase::Refused(Box::new(Refusal {
+            reason: denial.reason,
+            subject: denial.subject.clone(),
+            release: None,
+        }));
+        Step::Refuse(bp.reply(denial, retry_after))
+    }
+
+    /// Refuses a request for which the ledger holds, or may hold, `release`.
+    fn refuse_releasing(
+        &mut self,
+        bp: &Blueprint,
+        denial: Denial,
+        release: Option<(String, bool)>,
+    ) -> Step {
+        let step = self.refuse(bp, denial, None);
+        if let Phase::Refused(refusal) = &mut self.phase {
+            refusal.release = release;
+        }
+        step
+    }
+
+    /// A callback out of order (the adapter's bug, or the host's): refuse rather than guess.
+    fn unexpected(&mut self, bp: &Blueprint, phase: Phase, what: &str) -> Step {
+        self.phase = phase;
+        self.fail(bp, format!("Bridle was not expecting {what} now."))
+    }
+
+    fn take_phase(&mut self) -> Phase {
+        std::mem::replace(&mut self.phase, Phase::Refused(Box::default()))
+    }
+}
+
+fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// The request's idempotency key, if its vendor honours one and it is one the ledger can
+/// keep: printable ASCII, at most [`MAX_IDEMPOTENCY_KEY`] bytes.
+fn idempotency_key(vendor: Vendor, headers: &[(String, Vec<u8>)]) -> Option<String> {
+    let key = header(headers, vendor.idempotency_header()?)?;
+    let key = std::str::from_utf8(key).ok()?;
+    let valid = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key.bytes().all(|b| (0x20..0x7f).contains(&b));
+    valid.then(|| key.to_string())
+}
+
+/// Identifies identical requests for the loop breaker: method, path with query, and body.
+fn fingerprint(method: &str, raw_path: &[u8], body: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    (method, raw_path, body).hash(&mut h);
+    h.finish()
+}
+
+/// A path fit for the audit log: printable, bounded, without the query (which may carry
+/// personal data).
+fn audit_path(raw: &[u8]) -> String {
+    let path = raw.split(|b| *b == b'?').next().unwrap_or_default();
+    let mut s: String = String::from_utf8_lossy(path)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX_AUDIT_PATH)
+        .collect();
+    if s.is_empty() {
+        s.push('-');
+    }
+    s
+}
+
+impl std::fmt::Debug for Exchange {
+    /// Never the grant's credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match &self.phase {
+            Phase::ReadingBody(_) => "reading body",
+            Phase::Reserving(..) => "reserving",
+            Phase::Forwarded(_) => "forwarded",
+            Phase::Refused(_) => "refused",
+        };
+        f.debug_struct("Exchange")
+            .field("id", &self.id)
+            .field("phase", &phase)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

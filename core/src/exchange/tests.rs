@@ -1,0 +1,696 @@
+//! The request path without any host: every rule of the exchange, step by step.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::*;
+use crate::ledger_api::ReserveRequest;
+use crate::loop_breaker::MemoryCounter;
+use crate::token::Claims;
+
+const NOW_MS: u64 = 1_700_000_100_000;
+const SECRET: &str = "sk_test_CANARY_exchange_secret";
+
+fn keyring_spec() -> String {
+    format!("k1:{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+}
+
+/// A Stripe listener: a free endpoint, a costed one that settles from the response, and a
+/// costed one with an estimate; optionally a loop breaker; `on_unavailable` for free calls.
+fn blueprint_with(loop_breaker: bool, on_unavailable: &str, ledger: bool) -> Blueprint {
+    let mut policy = serde_json::json!({
+        "name": "stripe-payments",
+        "vendor": "stripe",
+        "secret_env": "STRIPE_SECRET_KEY",
+        "max_ttl": "1h",
+        "merchants": { "allow": ["acct_1Merchant"], "allow_unscoped": true },
+        "endpoints": [
+            { "method": "GET", "path": "/v1/charges/*" },
+            { "method": "POST", "path": "/v1/payment_intents",
+              "cost": { "amount": { "field": "amount", "currency_field": "currency" } } },
+            { "method": "POST", "path": "/v1/invoices/*/pay",
+              "cost": { "max": "500", "settle": { "field": "amount_paid", "currency_field": "currency" } } },
+            { "method": "POST", "path": "/v1/customers" },
+        ],
+        "on_ledger_unavailable": on_unavailable,
+    });
+    if loop_breaker {
+        policy["loop_breaker"] =
+            serde_json::json!({ "max_requests_per_minute": 3, "max_identical_per_minute": 2 });
+    }
+    if !ledger {
+        let endpoints = policy["endpoints"].as_array_mut().unwrap();
+        endpoints.retain(|e| e.get("cost").is_none());
+    }
+    let mut config = serde_json::json!({ "vendor": "stripe", "policies": [policy] });
+    if ledger {
+        config["ledger"] = serde_json::json!({ "cluster": "bridle_ledger" });
+    }
+    let env = |name: &str| match name {
+        "BRIDLE_KEYRING" => Some(keyring_spec()),
+        "STRIPE_SECRET_KEY" => Some(SECRET.to_string()),
+        _ => None,
+    };
+    Blueprint::configure(Some(config.to_string().as_bytes()), env).unwrap()
+}
+
+fn blueprint() -> Blueprint {
+    blueprint_with(false, "deny", true)
+}
+
+fn token() -> String {
+    Keyring::parse(&keyring_spec())
+        .unwrap()
+        .mint(&Claims {
+            v: 1,
+            id: "tok_abc".into(),
+            policy: "stripe-payments".into(),
+            vendor: Vendor::Stripe,
+            iat: NOW_MS / 1000 - 10,
+            exp: NOW_MS / 1000 + 600,
+            label: "acme/run-1".into(),
+            endpoints: None,
+            merchants: None,
+            caps: Default::default(),
+        })
+        .unwrap()
+}
+
+fn headers(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut h = vec![
+        (":method".to_string(), method.as_bytes().to_vec()),
+        (":path".to_string(), path.as_bytes().to_vec()),
+        (
+            "authorization".to_string(),
+            format!("Bearer {}", token()).into_bytes(),
+        ),
+        (
+            "content-type".to_string(),
+            b"application/x-www-form-urlencoded".to_vec(),
+        ),
+    ];
+    h.extend(
+        extra
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
+    );
+    h
+}
+
+struct Run {
+    bp: Blueprint,
+    counter: MemoryCounter,
+    revocations: RevocationSet,
+    fresh_at_ms: u64,
+    next_id: std::cell::Cell<u64>,
+}
+
+impl Run {
+    fn new(bp: Blueprint) -> Run {
+        Run {
+            bp,
+            counter: MemoryCounter::default(),
+            revocations: RevocationSet::default(),
+            fresh_at_ms: NOW_MS,
+            next_id: std::cell::Cell::new(0),
+        }
+    }
+
+    fn begin(&self, h: &[(String, Vec<u8>)], end_of_stream: bool) -> (Exchange, Step) {
+        self.next_id.set(self.next_id.get() + 1);
+        Exchange::begin(
+            &self.bp,
+            Arrival {
+                headers: h,
+                end_of_stream,
+                now_ms: NOW_MS,
+                id: format!("{:032x}", self.next_id.get()),
+                revocations: &self.revocations,
+                revocations_fresh_at_ms: self.fresh_at_ms,
+            },
+            &self.counter,
+        )
+    }
+
+    /// Runs a costed request up to its reservation.
+    fn reserve(
+        &self,
+        path: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> (Exchange, ReserveRequest) {
+        let (mut x, step) = self.begin(&headers("POST", path, extra), false);
+        assert!(matches!(step, Step::ReadBody), "{step:?}");
+        let step = x.on_body(&self.bp, &self.counter, Body::Complete(body));
+        let Step::Reserve(encoded) = step else {
+            panic!("{step:?}")
+        };
+        (x, serde_json::from_slice(&encoded).unwrap())
+    }
+
+    fn granted(&self, x: &mut Exchange, req: &ReserveRequest, replay: bool) {
+        let answer = serde_json::json!({
+            "decision": "granted", "reservation": req.request_id, "replay": replay
+        })
+        .to_string();
+        let step = x.on_reservation(&self.bp, Ok(answer.as_bytes()));
+        assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
+    }
+}
+
+fn refused(step: Step) -> Reply {
+    match step {
+        Step::Refuse(reply) => reply,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_free_call_is_forwarded_with_the_secret_in_place_of_the_credentials() {
+    let run = Run::new(blueprint());
+    let h = headers(
+        "GET",
+        "/v1/charges/ch_1",
+        &[("x-http-method-override", "DELETE"), ("x-bridle-x", "1")],
+    );
+    let (x, step) = run.begin(&h, true);
+    assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
+    let rewrite = x.rewrite().unwrap();
+    // Authorization is replaced by the secret, not removed separately.
+    assert_eq!(
+        rewrite.removals().collect::<Vec<_>>(),
+        ["x-http-method-override", "x-bridle-x"]
+    );
+    assert_eq!(
+        rewrite.secret_headers(),
+        [("authorization", format!("Bearer {SECRET}"))]
+    );
+    assert!(!x.wants_response(), "a free call settles nothing");
+    let done = x.finish(Vendor::Stripe, Some(200));
+    assert!(done.settle.is_none());
+    let a = done.audit;
+    assert_eq!(
+        (a.reason, a.status, a.method.as_str(), a.path.as_str()),
+        (Reason::Allowed, 200, "GET", "/v1/charges/ch_1")
+    );
+    assert_eq!(a.token_id.as_deref(), Some("tok_abc"));
+    assert_eq!(a.cost, None);
+    assert_eq!(a.at_ms, NOW_MS);
+}
+
+#[test]
+fn a_refusal_on_headers_is_vendor_shaped_and_audited() {
+    let run = Run::new(blueprint());
+    let (x, step) = run.begin(&headers("POST", "/v1/refunds?x=1", &[]), true);
+    let reply = refused(step);
+    assert_eq!(reply.reason, Reason::EndpointNotAllowed);
+    assert_eq!(reply.response.status, 403);
+    assert_eq!(reply.slot, Some(0));
+    assert_eq!(reply.token_id.as_deref(), Some("tok_abc"));
+    assert!(!reply.is_failure());
+    assert!(reply.response.body.contains("invalid_request_error"));
+    assert!(x.rewrite().is_none(), "nothing to forward");
+    let a = x.finish(Vendor::Stripe, Some(403)).audit;
+    assert_eq!(a.reason, Reason::EndpointNotAllowed);
+    assert_eq!(a.path, "/v1/refunds", "the query is never audited");
+    assert_eq!(a.policy.as_deref(), Some("stripe-payments"));
+
+    // Without a genuine token, nothing is attributed.
+    let mut h = headers("GET", "/v1/charges/ch_1", &[]);
+    h[2].1 = b"Bearer bvt_forged".to_vec();
+    let (x, step) = run.begin(&h, true);
+    let reply = refused(step);
+    assert_eq!((reply.slot, reply.token_id), (None, None));
+    assert_eq!(x.finish(Vendor::Stripe, None).audit.token_id, None);
+}
+
+#[test]
+fn a_stale_revocation_set_refuses_free_calls_only_when_the_policy_says_deny() {
+    for (mode, costed, want) in [
+        ("deny", false, Some(Reason::RevocationStale)),
+        ("allow", false, None),
+        // Costed calls ask the ledger, which checks revocation itself.
+        ("deny", true, None),
+    ] {
+        let mut run = Run::new(blueprint_with(false, mode, true));
+        run.fresh_at_ms = NOW_MS - 3_001;
+        let h = if costed {
+            headers("POST", "/v1/payment_intents", &[])
+        } else {
+            headers("GET", "/v1/charges/ch_1", &[])
+        };
+        let (_, step) = run.begin(&h, !costed);
+        match want {
+            Some(reason) => assert_eq!(refused(step).reason, reason, "{mode}"),
+            None => assert!(
+                !matches!(step, Step::Refuse(_)),
+                "{mode} {costed}: {step:?}"
+            ),
+        }
+        // At exactly the limit the set is still fresh.
+        run.fresh_at_ms = NOW_MS - 3_000;
+        let (_, step) = run.begin(&h, !costed);
+        assert!(!matches!(step, Step::Refuse(_)), "{mode}: {step:?}");
+    }
+    // Without a ledger there is no feed to be stale.
+    let mut run = Run::new(blueprint_with(false, "deny", false));
+    run.fresh_at_ms = 0;
+    let (_, step) = run.begin(&headers("GET", "/v1/charges/ch_1", &[]), true);
+    assert!(matches!(step, Step::Forward { .. }), "{step:?}");
+}
+
+#[test]
+fn the_loop_breaker_counts_every_call_and_fingerprints_whole_requests() {
+    let run = Run::new(blueprint_with(true, "deny", true));
+    // A free call with a body is read, so identical bodies are recognised.
+    let post = |body: &[u8]| {
+        let (mut x, step) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+        assert!(matches!(step, Step::ReadBody), "{step:?}");
+        x.on_body(&run.bp, &run.counter, Body::Complete(body))
+    };
+    assert!(matches!(post(b"name=a"), Step::Forward { .. }));
+    assert!(matches!(post(b"name=a"), Step::Forward { .. }));
+    let reply = refused(post(b"name=a"));
+    assert_eq!(reply.reason, Reason::RepeatLimited);
+    assert!(
+        reply
+            .response
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "retry-after"
+                && v.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)))
+    );
+    // The fourth request in the minute, of any shape, is over the rate.
+    let reply = refused(post(b"name=b"));
+    assert_eq!(reply.reason, Reason::RateLimited);
+    assert!(reply.message.contains("more than 3 requests"));
+
+    // Without a loop breaker, a free body is never read.
+    let run = Run::new(blueprint());
+    let (_, step) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(matches!(step, Step::Forward { .. }), "{step:?}");
+}
+
+#[test]
+fn a_counter_that_fails_refuses() {
+    struct Broken;
+    impl Counter for Broken {
+        fn count(
+            &self,
+            _: &crate::policy::LoopBreaker,
+            _: &str,
+            _: Option<u64>,
+            _: u64,
+        ) -> Result<Verdict, String> {
+            Err("status 8".into())
+        }
+    }
+    let bp = blueprint_with(true, "deny", true);
+    let (_, step) = Exchange::begin(
+        &bp,
+        Arrival {
+            headers: &headers("GET", "/v1/charges/ch_1", &[]),
+            end_of_stream: true,
+            now_ms: NOW_MS,
+            id: "0".repeat(32),
+            revocations: &RevocationSet::default(),
+            revocations_fresh_at_ms: NOW_MS,
+        },
+        &Broken,
+    );
+    let reply = refused(step);
+    assert_eq!(reply.reason, Reason::Internal);
+    assert!(reply.is_failure());
+    assert!(reply.message.contains("status 8"), "{}", reply.message);
+}
+
+#[test]
+fn a_costed_call_is_priced_into_a_reservation() {
+    let run = Run::new(blueprint());
+    let (x, req) = run.reserve(
+        "/v1/payment_intents",
+        b"amount=2000&currency=usd",
+        &[
+            ("stripe-account", "acct_1Merchant"),
+            ("idempotency-key", "k-1"),
+        ],
+    );
+    assert_eq!(req.amount.to_string(), "20.00");
+    assert_eq!(req.request_id, format!("{:032x}", 1));
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/v1/payment_intents")
+    );
+    assert_eq!(req.merchant.as_deref(), Some("acct_1Merchant"));
+    assert_eq!(req.idempotency_key.as_deref(), Some("k-1"));
+    assert!(
+        req.token.starts_with("bvt_"),
+        "the ledger verifies the token itself"
+    );
+    assert!(x.holds_request() && !x.awaits_body());
+    assert!(
+        x.rewrite().is_none(),
+        "not forwarded before the ledger answers"
+    );
+    assert!(!format!("{x:?}").contains("bvt_"));
+}
+
+#[test]
+fn idempotency_keys_the_ledger_cannot_keep_are_not_sent() {
+    let run = Run::new(blueprint());
+    let long = "k".repeat(256);
+    for (key, want) in [
+        ("abc-123", Some("abc-123")),
+        (&"k".repeat(255)[..], Some(&"k".repeat(255)[..])),
+        (&long[..], None),
+        ("", None),
+        ("tab\there", None),
+    ] {
+        let (_, req) = run.reserve(
+            "/v1/payment_intents",
+            b"amount=1&currency=usd",
+            &[("idempotency-key", key)],
+        );
+        assert_eq!(req.idempotency_key.as_deref(), want, "{key:?}");
+    }
+}
+
+#[test]
+fn what_cannot_be_priced_is_refused_before_the_ledger() {
+    let run = Run::new(blueprint());
+    for (path, body, want) in [
+        // Vendors merge query parameters into a POST's: the price must be in the body.
+        (
+            "/v1/payment_intents?amount=1",
+            &b"amount=99999&currency=usd"[..],
+            Reason::CostUndetermined,
+        ),
+        (
+            "/v1/payment_intents",
+            b"currency=usd",
+            Reason::CostUndetermined,
+        ),
+        (
+            "/v1/payment_intents",
+            b"amount=100&currency=xyz",
+            Reason::CurrencyUnknown,
+        ),
+        (
+            "/v1/payment_intents",
+            b"amount=1&amount=2&currency=usd",
+            Reason::CostUndetermined,
+        ),
+    ] {
+        let (mut x, _) = run.begin(&headers("POST", path, &[]), false);
+        let reply = refused(x.on_body(&run.bp, &run.counter, Body::Complete(body)));
+        assert_eq!(reply.reason, want, "{path} {body:?}");
+        let done = x.finish(Vendor::Stripe, Some(reply.response.status));
+        assert!(done.settle.is_none(), "nothing was reserved");
+        assert_eq!(done.audit.cost, None);
+    }
+    let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    let reply = refused(x.on_body(&run.bp, &run.counter, Body::TooLarge));
+    assert_eq!(
+        (reply.reason, reply.response.status),
+        (Reason::BodyTooLarge, 413)
+    );
+    // A costed request whose headers end the stream is priced from an empty body.
+    let (_, step) = run.begin(&headers("POST", "/v1/payment_intents", &[]), true);
+    assert_eq!(refused(step).reason, Reason::CostUndetermined);
+}
+
+#[test]
+fn a_granted_reservation_forwards_and_settles_by_the_vendors_answer() {
+    for (status, outcome) in [
+        (Some(201), SettleOutcome::Commit),
+        (Some(402), SettleOutcome::Release),
+        (Some(503), SettleOutcome::Hold),
+        (None, SettleOutcome::Hold),
+    ] {
+        let run = Run::new(blueprint());
+        let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=2000&currency=usd", &[]);
+        run.granted(&mut x, &req, false);
+        assert!(x.rewrite().is_some());
+        assert!(
+            !x.wants_response(),
+            "this rule does not settle from the response"
+        );
+        let done = x.finish(Vendor::Stripe, status);
+        let settle = done.settle.unwrap();
+        assert_eq!(
+            (
+                settle.outcome,
+                settle.reservation.as_str(),
+                settle.amount,
+                settle.replay
+            ),
+            (outcome, req.request_id.as_str(), None, false)
+        );
+        assert_eq!(done.audit.reason, Reason::Allowed);
+        assert_eq!(
+            done.audit.cost.map(|c| c.to_string()).as_deref(),
+            Some("20.00")
+        );
+        assert_eq!(done.audit.reservation, Some(req.request_id.clone()));
+    }
+    // A replay's settle says so: the ledger only confirms the original.
+    let run = Run::new(blueprint());
+    let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=2000&currency=usd", &[]);
+    run.granted(&mut x, &req, true);
+    assert!(x.finish(Vendor::Stripe, Some(200)).settle.unwrap().replay);
+}
+
+#[test]
+fn the_ledgers_refusal_reaches_the_agent_and_holds_nothing() {
+    let run = Run::new(blueprint());
+    let (mut x, _) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    let answer = br#"{"decision":"denied","reason":"cap_window","message":"over the $1.00 cap"}"#;
+    let reply = refused(x.on_reservation(&run.bp, Ok(answer)));
+    assert_eq!(
+        (reply.reason, reply.response.status),
+        (Reason::CapWindow, 402)
+    );
+    assert!(reply.response.body.contains("over the $1.00 cap"));
+    assert!(!reply.ledger_failed);
+    let done = x.finish(Vendor::Stripe, Some(402));
+    assert!(done.settle.is_none());
+    assert_eq!(done.audit.reason, Reason::CapWindow);
+}
+
+#[test]
+fn a_ledger_that_fails_denies_and_releases_what_it_may_hold() {
+    for answer in [
+        Err("The ledger could not be reached or failed (status 503).".to_string()),
+        Ok(b"<html>".to_vec()),
+    ] {
+        let run = Run::new(blueprint());
+        let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+        let reply = refused(x.on_reservation(&run.bp, answer.as_deref().map_err(Clone::clone)));
+        assert_eq!(
+            (reply.reason, reply.response.status),
+            (Reason::LedgerUnavailable, 503)
+        );
+        assert!(reply.ledger_failed && reply.is_failure());
+        assert!(reply
+            .response
+            .headers
+            .contains(&("stripe-should-retry", "false".into())));
+        let settle = x.finish(Vendor::Stripe, Some(503)).settle.unwrap();
+        assert_eq!(
+            (settle.outcome, settle.reservation),
+            (SettleOutcome::Release, req.request_id)
+        );
+    }
+    // A reservation that never left holds nothing.
+    let run = Run::new(blueprint());
+    let (mut x, _) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    let reply = refused(x.on_reservation_unsent(&run.bp, "status 1"));
+    assert_eq!(reply.reason, Reason::LedgerUnavailable);
+    assert!(reply.message.contains("status 1"));
+    assert!(x.finish(Vendor::Stripe, Some(503)).settle.is_none());
+}
+
+#[test]
+fn a_stream_that_ends_early_releases_and_is_never_counted_as_allowed() {
+    let run = Run::new(blueprint());
+    // Gone while the ledger was asked.
+    let (x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    let done = x.finish(Vendor::Stripe, None);
+    let settle = done.settle.unwrap();
+    assert_eq!(
+        (settle.outcome, settle.reservation),
+        (SettleOutcome::Release, req.request_id)
+    );
+    assert_ne!(done.audit.reason, Reason::Allowed);
+    // Gone while the body was read: nothing was reserved.
+    let (x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    let done = x.finish(Vendor::Stripe, None);
+    assert!(done.settle.is_none());
+    assert_ne!(done.audit.reason, Reason::Allowed);
+}
+
+#[test]
+fn a_failed_rewrite_refuses_and_releases_the_reservation() {
+    let run = Run::new(blueprint());
+    let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    run.granted(&mut x, &req, false);
+    let reply = refused(x.fail(&run.bp, "Could not rewrite (status 2).".into()));
+    assert_eq!((reply.reason, reply.slot), (Reason::Internal, Some(0)));
+    let done = x.finish(Vendor::Stripe, Some(500));
+    let settle = done.settle.unwrap();
+    assert_eq!(
+        (settle.outcome, settle.reservation.as_str()),
+        (SettleOutcome::Release, req.request_id.as_str())
+    );
+    assert_eq!(done.audit.reason, Reason::Internal);
+    assert_eq!(done.audit.cost, None);
+
+    // Failing while the ledger was asked releases too: it may have reserved.
+    let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    refused(x.fail(&run.bp, "x".into()));
+    assert_eq!(
+        x.finish(Vendor::Stripe, None).settle.unwrap().reservation,
+        req.request_id
+    );
+}
+
+#[test]
+fn callbacks_out_of_order_refuse_instead_of_guessing() {
+    let run = Run::new(blueprint());
+    let (mut x, step) = run.begin(&headers("GET", "/v1/charges/ch_1", &[]), true);
+    assert!(matches!(step, Step::Forward { .. }));
+    assert_eq!(
+        refused(x.on_reservation(&run.bp, Ok(b"{}"))).reason,
+        Reason::Internal
+    );
+    let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    assert_eq!(
+        refused(x.on_reservation_unsent(&run.bp, "x")).reason,
+        Reason::Internal
+    );
+    assert!(x.rewrite().is_none());
+}
+
+#[test]
+fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
+    let run = Run::new(blueprint());
+    let reserve = || {
+        let (mut x, req) = run.reserve("/v1/invoices/in_1/pay", b"", &[]);
+        assert_eq!(req.amount.to_string(), "500.00", "the estimate is reserved");
+        run.granted(&mut x, &req, false);
+        assert!(x.wants_response());
+        x
+    };
+    let mut x = reserve();
+    let mut asked = false;
+    assert!(x.on_response_head(Some(200), || {
+        asked = true;
+        Some(b"application/json".to_vec())
+    }));
+    assert!(asked && x.reading_response());
+    let warning = x.on_response_body(
+        &run.bp,
+        Some(Body::Complete(br#"{"amount_paid":1999,"currency":"usd"}"#)),
+    );
+    assert_eq!(warning, None);
+    assert!(!x.reading_response());
+    assert_eq!(x.status(), Some(200));
+    let done = x.finish(Vendor::Stripe, Some(200));
+    assert_eq!(
+        done.settle
+            .unwrap()
+            .amount
+            .map(|a| a.to_string())
+            .as_deref(),
+        Some("19.99")
+    );
+    assert_eq!(
+        done.audit.cost.map(|c| c.to_string()).as_deref(),
+        Some("19.99")
+    );
+
+    // A refusal from the vendor is not read: it releases.
+    let mut x = reserve();
+    assert!(!x.on_response_head(Some(402), || panic!("not read")));
+    let settle = x.finish(Vendor::Stripe, Some(402)).settle.unwrap();
+    assert_eq!(
+        (settle.outcome, settle.amount),
+        (SettleOutcome::Release, None)
+    );
+
+    // What cannot be read settles at the reservation, with a warning.
+    for body in [
+        Some(Body::TooLarge),
+        None,
+        Some(Body::Complete(&b"<html>"[..])),
+        Some(Body::Complete(&br#"{"id":"in_1"}"#[..])),
+    ] {
+        let mut x = reserve();
+        assert!(x.on_response_head(Some(200), || None));
+        let warning = x.on_response_body(&run.bp, body).unwrap();
+        assert!(warning.contains("settling at the reservation"), "{warning}");
+        let done = x.finish(Vendor::Stripe, Some(200));
+        assert_eq!(done.settle.unwrap().amount, None);
+        assert_eq!(
+            done.audit.cost.map(|c| c.to_string()).as_deref(),
+            Some("500.00")
+        );
+    }
+}
+
+#[test]
+fn requests_envoy_answered_first_are_audited_as_the_proxys() {
+    let h = vec![
+        (":method".to_string(), b"GET".to_vec()),
+        (":path".to_string(), b"/v1/charges/\x01?secret=1".to_vec()),
+    ];
+    let a = Exchange::proxy_rejected(Vendor::Stripe, "ab".repeat(16), NOW_MS, &h, Some(400));
+    assert_eq!(
+        (a.reason, a.status, a.method.as_str(), a.path.as_str()),
+        (Reason::ProxyRejected, 400, "GET", "/v1/charges/?")
+    );
+    let a = Exchange::proxy_rejected(Vendor::Stripe, "ab".repeat(16), NOW_MS, &[], None);
+    assert_eq!((a.path.as_str(), a.status), ("-", 0));
+}
+
+#[test]
+fn unreadable_headers_refuse() {
+    let bp = blueprint();
+    let (x, step) = Exchange::unreadable(&bp, "1".repeat(32), NOW_MS, "status 2".into());
+    let reply = refused(step);
+    assert_eq!(
+        (reply.reason, reply.response.status),
+        (Reason::Internal, 500)
+    );
+    assert_eq!(
+        x.finish(Vendor::Stripe, Some(500)).audit.reason,
+        Reason::Internal
+    );
+}
+
+#[test]
+fn configuration_problems_name_the_field_or_variable_and_never_a_secret() {
+    let err = |bytes: Option<&[u8]>, env: &dyn Fn(&str) -> Option<String>| {
+        Blueprint::configure(bytes, env).err().unwrap()
+    };
+    let full = |name: &str| match name {
+        "BRIDLE_KEYRING" => Some(keyring_spec()),
+        "STRIPE_SECRET_KEY" => Some("has space".to_string()),
+        _ => None,
+    };
+    assert!(err(None, &full).contains("no plugin configuration"));
+    let config = serde_json::json!({ "vendor": "stripe", "policies": [] }).to_string();
+    assert!(err(Some(config.as_bytes()), &full).contains("policies"));
+    let config = serde_json::json!({ "vendor": "stripe", "policies": [{
+        "name": "p", "vendor": "stripe", "secret_env": "STRIPE_SECRET_KEY", "max_ttl": "1h",
+        "merchants": { "allow_unscoped": true }, "endpoints": [{ "method": "GET", "path": "/v1/x" }]
+    }]})
+    .to_string();
+    let e = err(Some(config.as_bytes()), &full);
+    assert!(
+        e.contains("STRIPE_SECRET_KEY") && !e.contains("has space"),
+        "{e}"
+    );
+    let e = err(Some(config.as_bytes()), &|_| None);
+    assert!(e.contains("BRIDLE_KEYRING"), "{e}");
+}

@@ -1,0 +1,41 @@
+//! Anthropic: `x-api-key` (the 2.x SDK may send `Authorization: Bearer`); no tenants;
+//! errors as `{"type": "error", "error": {type, message}}`.
+
+use super::{Presentation, Profile};
+
+pub(crate) struct Anthropic;
+
+impl Profile for Anthropic {
+    fn default_upstream(&self) -> &'static str {
+        "https://api.anthropic.com"
+    }
+
+    fn presentations(&self) -> &'static [Presentation] {
+        &[Presentation::ApiKeyHeader, Presentation::Bearer]
+    }
+
+    fn expected_presentation(&self) -> &'static str {
+        "x-api-key: <vault token> (or Authorization: Bearer)"
+    }
+
+    fn injection(&self, secret: &str) -> Result<Vec<(&'static str, String)>, String> {
+        Ok(vec![("x-api-key", secret.to_string())])
+    }
+
+    fn error_body(&self, status: u16, code: &'static str, message: &str) -> serde_json::Value {
+        let kind = match status {
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        };
+        serde_json::json!({
+            "type": "error",
+            "error": { "type": kind, "message": message, "details": { "error_code": code } },
+        })
+    }
+}

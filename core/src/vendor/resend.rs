@@ -1,0 +1,41 @@
+//! Resend: `Authorization: Bearer`; no tenants; errors as `{statusCode, name, message}`.
+
+use super::{Presentation, Profile};
+
+pub(crate) struct Resend;
+
+impl Profile for Resend {
+    fn default_upstream(&self) -> &'static str {
+        "https://api.resend.com"
+    }
+
+    fn presentations(&self) -> &'static [Presentation] {
+        &[Presentation::Bearer]
+    }
+
+    fn expected_presentation(&self) -> &'static str {
+        "Authorization: Bearer <vault token>"
+    }
+
+    fn injection(&self, secret: &str) -> Result<Vec<(&'static str, String)>, String> {
+        Ok(vec![("authorization", format!("Bearer {secret}"))])
+    }
+
+    fn error_body(&self, status: u16, code: &'static str, message: &str) -> serde_json::Value {
+        // Resend's SDK maps some names to classes that replace the message (401
+        // `missing_api_key`), so only names that keep it are used; otherwise the name is
+        // Bridle's reason code.
+        let name = match status {
+            400 => "validation_error",
+            429 => "rate_limit_exceeded",
+            500 => "application_error",
+            _ => code,
+        };
+        serde_json::json!({
+            "statusCode": status,
+            "name": name,
+            "message": message,
+            "bridle_reason": code,
+        })
+    }
+}
