@@ -389,18 +389,30 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
     );
 }
 
+/// At most this many calls in flight at once: far more than it takes to race for a cap, few
+/// enough that a loaded machine does not push the ledger past the filter's callout deadline
+/// (which would refuse calls with 503 before they could race at all).
+const IN_FLIGHT: usize = 48;
+
 /// Hundreds of concurrent costed calls against small caps: committed plus reserved spend
 /// ends at or under each cap, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spend_never_exceeds_a_cap_under_concurrency() {
     let s = stack().await;
     let port = s.stripe();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let send = |r: Request| {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            r.send(port).await.status
+        })
+    };
     // One token, its own $100 window cap; $3.33 a call.
     let (token, id) = s.issue("tight", "race/one").await;
     let mut tasks = Vec::new();
     for _ in 0..300 {
-        let r = intent(&token, "333", "usd");
-        tasks.push(tokio::spawn(async move { r.send(port).await.status }));
+        tasks.push(send(intent(&token, "333", "usd")));
     }
     let mut ok = 0;
     for t in tasks {
@@ -419,8 +431,7 @@ async fn spend_never_exceeds_a_cap_under_concurrency() {
     for i in 0..20 {
         let (tok, _) = s.issue("tight", &format!("race/many-{i}")).await;
         for _ in 0..20 {
-            let r = intent(&tok, "333", "usd");
-            tasks.push(tokio::spawn(async move { r.send(port).await.status }));
+            tasks.push(send(intent(&tok, "333", "usd")));
         }
     }
     let granted = futures_count(tasks).await;
