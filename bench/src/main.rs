@@ -20,6 +20,9 @@
 //! the scenarios are run in interleaved rounds: each ratio is taken within one round, and the
 //! report gives the median over rounds.
 //!
+//! `bridle-bench compare <before.wasm>` measures the filter as built now beside another build
+//! of it, in one run (`compare.rs`): a change to the request path shows its cost there.
+//!
 //! CPU: this process (and so wrk, the upstream and the proxy's ledger) is pinned to core 1,
 //! every Envoy (one worker each) and LiteLLM (one worker) to core 0, so the proxy under test
 //! is never contending with its load. For the ledger alone, the ledger (one HTTP thread plus
@@ -31,6 +34,7 @@
     clippy::indexing_slicing
 )]
 
+mod compare;
 mod flatness;
 mod ledger_load;
 mod litellm;
@@ -1138,6 +1142,21 @@ fn main() -> ExitCode {
                 let keys = Keys::generate();
                 let (proxy, _) = proxy_benchmarks(plan, &keys, Selection::Tail).await;
                 println!("{}", tail::markdown(&tail::summarize(&proxy)));
+            });
+            return ExitCode::SUCCESS;
+        }
+        Some("compare") => {
+            let Some(before) = args.get(2) else {
+                eprintln!("usage: bridle-bench compare <before.wasm> [rounds]");
+                return ExitCode::FAILURE;
+            };
+            let plan = Plan {
+                rounds: n(3, 5) as usize,
+                ..FULL
+            };
+            rt.block_on(async move {
+                let keys = Keys::generate();
+                println!("{}", compare::run(Path::new(before), plan, &keys).await);
             });
             return ExitCode::SUCCESS;
         }
