@@ -47,8 +47,9 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// The tick period: the fastest of the revocation poll and the report flush.
-pub const TICK_MS: u32 = 100;
+/// The tick period, defined in the core so that `bridle blast-radius` computes revocation
+/// reach from the same number.
+pub use bridle_core::config::TICK_MS;
 
 impl Plugin {
     pub fn configure<H: Host>(host: &H, bytes: Option<&[u8]>) -> Result<Plugin, String> {
