@@ -124,6 +124,15 @@ impl Plugin {
             .collect();
         let metrics = Metrics::define(host, compiled.vendor, &names)
             .map_err(|e| format!("could not define stats counters (status {})", e.0))?;
+        if let Some(mut cache) = ledger
+            .as_ref()
+            .and_then(|l| l.revocations.try_borrow_mut().ok())
+        {
+            cache.metrics = Some(revocations::CacheMetrics {
+                propagation_ms: metrics.ledger.revocation_propagation_ms,
+                age_ms: metrics.ledger.revocation_age_ms,
+            });
+        }
         Ok(Plugin {
             gate: Gate::new(compiled, keyring),
             injections,
