@@ -23,6 +23,7 @@ pub mod keys;
 pub mod ledger;
 pub mod mock;
 pub mod process;
+pub mod python;
 
 use std::path::PathBuf;
 
