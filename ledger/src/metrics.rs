@@ -217,7 +217,7 @@ impl Metrics {
             }
         }
         let mut counts: Vec<(TokenLabels, i64)> = counts.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         for (labels, n) in counts.into_iter().take(MAX_TOKEN_SERIES) {
             self.token_refusals.get_or_create(&labels).set(n);
         }

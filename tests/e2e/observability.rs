@@ -84,11 +84,14 @@ fn parse_exposition(text: &str, into: &mut Scrape) {
     }
 }
 
+/// A label a selector names, with the value an equality matcher asks for.
+type LabelWant = (String, Option<String>);
+
 /// What one query asks of the scraped metrics.
 #[derive(Debug, Default)]
 struct Wants {
-    /// (metric, label, Some(value) for an equality matcher)
-    selectors: Vec<(String, Vec<(String, Option<String>)>)>,
+    /// Each selector's metric and the labels it names.
+    selectors: Vec<(String, Vec<LabelWant>)>,
     /// Labels named by `by (...)`, `without (...)`, `on (...)`, `group_left (...)`.
     grouping: BTreeSet<String>,
 }

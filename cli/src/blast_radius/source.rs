@@ -131,29 +131,29 @@ pub fn token_from_ledger(client: &LedgerClient, id: &str) -> Result<TokenInput, 
     Ok(TokenInput {
         claims,
         verified: true,
-        revoked: v["status"] == "revoked",
+        revoked: v.get("status").and_then(Value::as_str) == Some("revoked"),
     })
 }
 
 /// The claims inside the ledger's token view (`GET /v1/tokens/{id}`).
 fn claims_from_view(v: &Value) -> Result<Claims, String> {
-    let pick = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
-    let mut claims = serde_json::json!({
-        "v": token::CLAIMS_VERSION,
-        "id": pick("id"),
-        "policy": pick("policy"),
-        "vendor": pick("vendor"),
-        "iat": pick("iat"),
-        "exp": pick("exp"),
-        "label": pick("label"),
-    });
+    let mut claims = serde_json::Map::new();
+    claims.insert("v".into(), token::CLAIMS_VERSION.into());
+    for k in ["id", "policy", "vendor", "iat", "exp", "label"] {
+        claims.insert(k.into(), v.get(k).cloned().unwrap_or(Value::Null));
+    }
+    // Narrowing: absent, not null, when the token has none.
     for k in ["endpoints", "merchants"] {
-        if !pick(k).is_null() {
-            claims[k] = pick(k);
+        if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
+            claims.insert(k.into(), x.clone());
         }
     }
-    if pick("caps").as_object().is_some_and(|c| !c.is_empty()) {
-        claims["caps"] = pick("caps");
+    if let Some(caps) = v
+        .get("caps")
+        .filter(|c| c.as_object().is_some_and(|c| !c.is_empty()))
+    {
+        claims.insert("caps".into(), caps.clone());
     }
-    serde_json::from_value(claims).map_err(|e| format!("the ledger's token view: {e}"))
+    serde_json::from_value(Value::Object(claims))
+        .map_err(|e| format!("the ledger's token view: {e}"))
 }
