@@ -21,13 +21,20 @@ fn repo() -> PathBuf {
 }
 
 fn bridle(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bridle"))
-        .current_dir(dir)
+    bridle_with_keyring(dir, args, None)
+}
+
+/// The command with `BRIDLE_KEYRING` set to `keyring`, or unset.
+fn bridle_with_keyring(dir: &Path, args: &[&str], keyring: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bridle"));
+    cmd.current_dir(dir)
         .args(args)
         .env_remove("BRIDLE_KEYRING")
-        .env_remove("BRIDLE_ADMIN_KEY")
-        .output()
-        .unwrap()
+        .env_remove("BRIDLE_ADMIN_KEY");
+    if let Some(k) = keyring {
+        cmd.env("BRIDLE_KEYRING", k.trim());
+    }
+    cmd.output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -128,9 +135,9 @@ fn reports_every_example_policy_in_each_format() {
 fn a_token_given_as_text_reports_its_narrowing() {
     let root = repo();
     let keyring = ok(bridle(&root, &["keygen", "--kid", "t1"]));
-    let token = ok(Command::new(env!("CARGO_BIN_EXE_bridle"))
-        .current_dir(&root)
-        .args([
+    let token = ok(bridle_with_keyring(
+        &root,
+        &[
             "mint",
             "--policy",
             "stripe-payments",
@@ -142,16 +149,14 @@ fn a_token_given_as_text_reports_its_narrowing() {
             "acct_1BridleDemoB",
             "--endpoint",
             "GET /v1/charges/*",
-        ])
-        .env("BRIDLE_KEYRING", keyring.trim())
-        .output()
-        .unwrap());
-    let out = ok(Command::new(env!("CARGO_BIN_EXE_bridle"))
-        .current_dir(&root)
-        .args(["blast-radius", "--format", "json", "--token", token.trim()])
-        .env("BRIDLE_KEYRING", keyring.trim())
-        .output()
-        .unwrap());
+        ],
+        Some(&keyring),
+    ));
+    let out = ok(bridle_with_keyring(
+        &root,
+        &["blast-radius", "--format", "json", "--token", token.trim()],
+        Some(&keyring),
+    ));
     let r: Value = serde_json::from_str(&out).unwrap();
     let r = &r["reports"][0];
     assert_eq!(r["token"]["verified"], true);
@@ -167,12 +172,11 @@ fn a_token_given_as_text_reports_its_narrowing() {
     let decoded = ok(bridle(&root, &["blast-radius", "--token", token.trim()]));
     assert!(decoded.contains("decoded, not verified"), "{decoded}");
     let other = ok(bridle(&root, &["keygen", "--kid", "t1"]));
-    let wrong = Command::new(env!("CARGO_BIN_EXE_bridle"))
-        .current_dir(&root)
-        .args(["blast-radius", "--token", token.trim()])
-        .env("BRIDLE_KEYRING", other.trim())
-        .output()
-        .unwrap();
+    let wrong = bridle_with_keyring(
+        &root,
+        &["blast-radius", "--token", token.trim()],
+        Some(&other),
+    );
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("signature"));
 }

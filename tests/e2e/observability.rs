@@ -24,11 +24,9 @@ use std::time::{Duration, Instant};
 
 use bridle_core::vendor::Vendor;
 use bridle_e2e::client::Request;
-use bridle_e2e::envoy::{policies, Envoy, Setup};
-use bridle_e2e::keys::Keys;
-use bridle_e2e::ledger::Ledger;
-use bridle_e2e::mock::MockVendor;
+use bridle_e2e::envoy::{policies, Envoy};
 use bridle_e2e::repo_root;
+use bridle_e2e::stack::Stack;
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
@@ -391,12 +389,11 @@ async fn every_metric_the_dashboard_and_rules_query_is_exported() {
         "caps": { "per_window": "5.00", "policy_per_window": "100.00", "window": "1h" },
         "loop_breaker": { "max_requests_per_minute": 60, "max_identical_per_minute": 3 },
     })]);
-    let mock = MockVendor::start().await;
-    let keys = Keys::generate();
-    let ledger = Ledger::start(&ps, &keys).await;
-    let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
-    setup.ledger = Some(ledger.url());
-    let envoy = Envoy::start(&setup).await.unwrap();
+    let Stack {
+        ledger,
+        envoy,
+        mock: _mock,
+    } = Stack::start(ps).await;
     let port = envoy.port(Vendor::Openai);
     let issue = |label: &str| {
         ledger.issue(json!({ "policy": "obs-openai", "label": label, "expires_in": "30m" }))

@@ -13,21 +13,13 @@
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
-use bridle_e2e::envoy::{Envoy, Setup};
-use bridle_e2e::keys::{Keys, ADMIN_KEY};
-use bridle_e2e::ledger::Ledger;
-use bridle_e2e::mock::MockVendor;
+use bridle_e2e::keys::ADMIN_KEY;
+use bridle_e2e::stack::Stack;
 use bridle_e2e::{python, repo_root};
 use serde_json::{json, Value};
 
 const MERCHANT: &str = "acct_1BridleDemoA";
 const TWILIO_SID: &str = "AC00000000000000000000000000b71d1e";
-
-struct Stack {
-    ledger: Ledger,
-    envoy: Envoy,
-    mock: MockVendor,
-}
 
 fn repo_policies() -> Vec<CompiledPolicy> {
     bridle_core::policy_files::load(&[repo_root().join("policies")])
@@ -35,51 +27,38 @@ fn repo_policies() -> Vec<CompiledPolicy> {
 }
 
 async fn start() -> Stack {
-    let ps = repo_policies();
-    let mock = MockVendor::start().await;
-    let keys = Keys::generate();
-    let ledger = Ledger::start(&ps, &keys).await;
-    let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
-    setup.ledger = Some(ledger.url());
-    let envoy = Envoy::start(&setup).await.unwrap();
-    Stack {
-        ledger,
-        envoy,
-        mock,
-    }
+    Stack::start(repo_policies()).await
 }
 
-impl Stack {
-    /// The environment the client reads: the ledger, the admin key, each vendor's listener.
-    fn client_env(&self) -> Vec<(&'static str, String)> {
-        let mut vars = vec![
-            ("BRIDLE_LEDGER_URL", self.ledger.url()),
-            ("BRIDLE_ADMIN_KEY", ADMIN_KEY.to_string()),
-        ];
-        for v in Vendor::ALL {
-            let name = match v {
-                Vendor::Stripe => "BRIDLE_PROXY_STRIPE",
-                Vendor::Twilio => "BRIDLE_PROXY_TWILIO",
-                Vendor::Resend => "BRIDLE_PROXY_RESEND",
-                Vendor::Openai => "BRIDLE_PROXY_OPENAI",
-                Vendor::Anthropic => "BRIDLE_PROXY_ANTHROPIC",
-            };
-            vars.push((name, format!("http://127.0.0.1:{}", self.envoy.port(v))));
-        }
-        vars
+/// The environment the client reads: the ledger, the admin key, each vendor's listener.
+fn client_env(s: &Stack) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("BRIDLE_LEDGER_URL", s.ledger.url()),
+        ("BRIDLE_ADMIN_KEY", ADMIN_KEY.to_string()),
+    ];
+    for v in Vendor::ALL {
+        let name = match v {
+            Vendor::Stripe => "BRIDLE_PROXY_STRIPE",
+            Vendor::Twilio => "BRIDLE_PROXY_TWILIO",
+            Vendor::Resend => "BRIDLE_PROXY_RESEND",
+            Vendor::Openai => "BRIDLE_PROXY_OPENAI",
+            Vendor::Anthropic => "BRIDLE_PROXY_ANTHROPIC",
+        };
+        vars.push((name, format!("http://127.0.0.1:{}", s.envoy.port(v))));
     }
+    vars
+}
 
-    /// No vault token ever reached the vendor.
-    fn vendor_never_saw_a_vault_token(&self) {
-        let got = self.mock.requests();
-        assert!(!got.is_empty());
-        for r in got {
-            assert!(
-                !r.everything().contains("bvt_"),
-                "a vault token reached the vendor:\n{}",
-                r.everything()
-            );
-        }
+/// No vault token ever reached the vendor.
+fn vendor_never_saw_a_vault_token(s: &Stack) {
+    let got = s.mock.requests();
+    assert!(!got.is_empty());
+    for r in got {
+        assert!(
+            !r.everything().contains("bvt_"),
+            "a vault token reached the vendor:\n{}",
+            r.everything()
+        );
     }
 }
 
@@ -99,7 +78,7 @@ fn refusal(out: &Value, case: &str, class: &str, reason: &str, status: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_issues_calls_caps_and_revokes_on_exit() {
     let s = start().await;
-    let mut vars = s.client_env();
+    let mut vars = client_env(&s);
     vars.push(("STRIPE_MERCHANT", MERCHANT.into()));
     vars.push(("TWILIO_SID", TWILIO_SID.into()));
     let out = python::run_json(&repo_root().join("tests/client"), "client_flow.py", &vars).await;
@@ -314,7 +293,7 @@ async fn the_python_client_issues_calls_caps_and_revokes_on_exit() {
         count(Vendor::Openai, "openai-chat", "endpoint_not_allowed").await,
         1
     );
-    s.vendor_never_saw_a_vault_token();
+    vendor_never_saw_a_vault_token(&s);
 }
 
 /// README.md's "Python client" block, as written, against the repository's policies: the

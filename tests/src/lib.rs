@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod mock;
 pub mod process;
 pub mod python;
+pub mod stack;
 
 use std::path::PathBuf;
 

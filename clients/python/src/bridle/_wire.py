@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from .errors import ledger_error
 
@@ -32,6 +32,20 @@ class Call:
     json: dict[str, Any] | None = None
 
 
+class Narrowing(TypedDict, total=False):
+    """How a token narrows its policy: endpoints (`"GET /v1/charges/*"`), merchants, and
+    lower caps in dollars (`"25.00"` or a `Decimal`, never a float)."""
+
+    endpoints: list[str]
+    merchants: list[str]
+    per_transaction: str | Decimal
+    per_window: str | Decimal
+    lifetime: str | Decimal
+
+
+CAPS = ("per_transaction", "per_window", "lifetime")
+
+
 def _money(v: str | int | Decimal) -> str:
     """A cap as the ledger wants it: a decimal dollar string, never a float."""
     if isinstance(v, float):
@@ -39,33 +53,17 @@ def _money(v: str | int | Decimal) -> str:
     return str(v)
 
 
-def issue(
-    policy: str,
-    label: str,
-    expires_in: str = "15m",
-    *,
-    endpoints: list[str] | None = None,
-    merchants: list[str] | None = None,
-    per_transaction: str | Decimal | None = None,
-    per_window: str | Decimal | None = None,
-    lifetime: str | Decimal | None = None,
-) -> Call:
+def issue(policy: str, label: str, expires_in: str, narrowing: Narrowing) -> Call:
     body: dict[str, Any] = {"policy": policy, "label": label, "expires_in": expires_in}
-    if endpoints is not None:
-        body["endpoints"] = list(endpoints)
-    if merchants is not None:
-        body["merchants"] = list(merchants)
-    caps = {
-        k: _money(v)
-        for k, v in (
-            ("per_transaction", per_transaction),
-            ("per_window", per_window),
-            ("lifetime", lifetime),
-        )
-        if v is not None
-    }
+    for k in ("endpoints", "merchants"):
+        if narrowing.get(k) is not None:
+            body[k] = list(narrowing[k])  # type: ignore[literal-required]
+    caps = {k: _money(narrowing[k]) for k in CAPS if narrowing.get(k) is not None}  # type: ignore[literal-required]
     if caps:
         body["caps"] = caps
+    unknown = set(narrowing) - {"endpoints", "merchants", *CAPS}
+    if unknown:
+        raise TypeError(f"unknown narrowing {sorted(unknown)}")
     return Call("POST", "/v1/tokens", json=body)
 
 
@@ -80,6 +78,12 @@ def revoke(
     if len(given) != 1:
         raise ValueError("revoke exactly one of token_id, label_prefix and policy")
     return Call("POST", "/v1/revocations", json=given)
+
+
+def audit(after: str | None, page_size: int, **filters: str | int | None) -> Call:
+    """One page of the audit log: `filters` are token_id, label_prefix, policy, since_ms
+    and until_ms."""
+    return Call("GET", "/v1/audit", params=query(limit=page_size, after=after, **filters))
 
 
 def query(**kw: Any) -> dict[str, str]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from decimal import Decimal
-from typing import Any
+from typing import Any, Unpack
 
 import httpx2
 
 from . import _wire
+from ._wire import Narrowing
 from .errors import LedgerUnreachableError
 from .models import AuditRecord, IssuedToken, PolicyView, Revocation, Token
 
@@ -54,27 +54,9 @@ class AsyncClient:
         return _wire.answer(r.status_code, body)
 
     async def issue(
-        self,
-        policy: str,
-        label: str,
-        expires_in: str = "15m",
-        *,
-        endpoints: list[str] | None = None,
-        merchants: list[str] | None = None,
-        per_transaction: str | Decimal | None = None,
-        per_window: str | Decimal | None = None,
-        lifetime: str | Decimal | None = None,
+        self, policy: str, label: str, expires_in: str = "15m", **narrowing: Unpack[Narrowing]
     ) -> IssuedToken:
-        call = _wire.issue(
-            policy,
-            label,
-            expires_in,
-            endpoints=endpoints,
-            merchants=merchants,
-            per_transaction=per_transaction,
-            per_window=per_window,
-            lifetime=lifetime,
-        )
+        call = _wire.issue(policy, label, expires_in, narrowing)
         return IssuedToken.from_json(await self._send(call))
 
     async def get(self, token_id: str) -> Token:
@@ -114,17 +96,15 @@ class AsyncClient:
         page_size: int = 1000,
     ) -> AsyncIterator[AuditRecord]:
         after: str | None = None
+        filters = dict(
+            token_id=token_id,
+            label_prefix=label_prefix,
+            policy=policy,
+            since_ms=since_ms,
+            until_ms=until_ms,
+        )
         while True:
-            params = _wire.query(
-                token_id=token_id,
-                label_prefix=label_prefix,
-                policy=policy,
-                since_ms=since_ms,
-                until_ms=until_ms,
-                limit=page_size,
-                after=after,
-            )
-            page = await self._send(_wire.Call("GET", "/v1/audit", params=params))
+            page = await self._send(_wire.audit(after, page_size, **filters))
             for r in page["records"]:
                 yield AuditRecord.from_json(r)
             after = page.get("next")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from decimal import Decimal
-from typing import Any
+from typing import Any, Unpack
 
 import httpx2
 
 from . import _wire
+from ._wire import Narrowing
 from .errors import LedgerUnreachableError
 from .models import AuditRecord, IssuedToken, PolicyView, Revocation, Token
 
@@ -56,29 +56,11 @@ class Client:
         return _wire.answer(r.status_code, body)
 
     def issue(
-        self,
-        policy: str,
-        label: str,
-        expires_in: str = "15m",
-        *,
-        endpoints: list[str] | None = None,
-        merchants: list[str] | None = None,
-        per_transaction: str | Decimal | None = None,
-        per_window: str | Decimal | None = None,
-        lifetime: str | Decimal | None = None,
+        self, policy: str, label: str, expires_in: str = "15m", **narrowing: Unpack[Narrowing]
     ) -> IssuedToken:
         """Issues a vault token of `policy` for `label`, optionally narrowed. The ledger
         refuses anything wider than the policy (`InvalidRequestError`, every reason at once)."""
-        call = _wire.issue(
-            policy,
-            label,
-            expires_in,
-            endpoints=endpoints,
-            merchants=merchants,
-            per_transaction=per_transaction,
-            per_window=per_window,
-            lifetime=lifetime,
-        )
+        call = _wire.issue(policy, label, expires_in, narrowing)
         return IssuedToken.from_json(self._send(call))
 
     def get(self, token_id: str) -> Token:
@@ -121,17 +103,15 @@ class Client:
     ) -> Iterator[AuditRecord]:
         """Every matching audit record, oldest first, following pages as it goes."""
         after: str | None = None
+        filters = dict(
+            token_id=token_id,
+            label_prefix=label_prefix,
+            policy=policy,
+            since_ms=since_ms,
+            until_ms=until_ms,
+        )
         while True:
-            params = _wire.query(
-                token_id=token_id,
-                label_prefix=label_prefix,
-                policy=policy,
-                since_ms=since_ms,
-                until_ms=until_ms,
-                limit=page_size,
-                after=after,
-            )
-            page = self._send(_wire.Call("GET", "/v1/audit", params=params))
+            page = self._send(_wire.audit(after, page_size, **filters))
             for r in page["records"]:
                 yield AuditRecord.from_json(r)
             after = page.get("next")

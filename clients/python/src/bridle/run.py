@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from decimal import Decimal
 from types import ModuleType, TracebackType
-from typing import Any, TypedDict
+from typing import Any
 
 from . import sdk
+from ._wire import CAPS, Narrowing
 from .aio import AsyncClient
 from .client import Client
 from .errors import LedgerUnreachableError, RevokeFailed, StoreUnavailableError
@@ -31,16 +31,11 @@ from .models import IssuedToken, Revocation
 from .proxy import VENDORS, Proxy
 
 
-class Grant(TypedDict, total=False):
-    """What one vendor's token may do: its policy, and any narrowing."""
+class Grant(Narrowing, total=False):
+    """What one vendor's token may do: its policy, its TTL, and any narrowing."""
 
     policy: str
     expires_in: str
-    endpoints: list[str]
-    merchants: list[str]
-    per_transaction: str | Decimal
-    per_window: str | Decimal
-    lifetime: str | Decimal
     #: Twilio only: the account SID the client authenticates as (default: the only merchant)
     account_sid: str
 
@@ -60,7 +55,7 @@ def check_label_prefix(prefix: str) -> None:
         raise ValueError(f"label prefix {prefix!r}: leave out the trailing '/'")
 
 
-_ISSUE_KEYS = ("endpoints", "merchants", "per_transaction", "per_window", "lifetime")
+_ISSUE_KEYS = ("endpoints", "merchants", *CAPS)
 _KNOWN_KEYS = {"policy", "expires_in", "account_sid", *_ISSUE_KEYS}
 #: Revocation is retried this many times, with these pauses, when the ledger is briefly out.
 _REVOKE_PAUSES = (0.2, 0.5, 1.0)
