@@ -52,6 +52,21 @@ $(SDKS): tests/sdk/requirements.txt $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 	@touch $@
 
+# The Python client, built as a wheel (target/python/) and installed from it into .venv, with
+# LangChain for its integration's test. Reinstalled whenever its sources change.
+CLIENT_WHEELS := target/python
+CLIENT := $(VENV)/.client-installed
+CLIENT_SOURCES := $(shell find clients/python -type f -not -path '*/__pycache__/*' 2>/dev/null)
+$(CLIENT): $(CLIENT_SOURCES) tests/client/requirements.txt $(SDKS)
+	rm -rf $(CLIENT_WHEELS)
+	$(VENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps -w $(CLIENT_WHEELS) ./clients/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/client/requirements.txt $(CLIENT_WHEELS)/bridle_client-*.whl
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps $(CLIENT_WHEELS)/bridle_client-*.whl
+	@touch $@
+
+.PHONY: python-client
+python-client: $(CLIENT)
+
 # --- builds ---------------------------------------------------------------------------
 
 .PHONY: wasm
@@ -95,7 +110,7 @@ envoy/bridle.yaml: build $(wildcard policies/*.yaml)
 E2E_ARTIFACTS := $(CURDIR)/target/e2e-artifacts
 
 .PHONY: e2e
-e2e: wasm envoy build $(SDKS)
+e2e: wasm envoy build $(SDKS) $(CLIENT)
 	rm -rf $(E2E_ARTIFACTS)
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e -- --test-threads 2
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e --test hygiene -- --ignored --nocapture

@@ -52,6 +52,10 @@ enum Command {
     Tokens(TokensArgs),
     /// Read the audit log.
     Audit(AuditArgs),
+    /// What a token of each policy (or one token) could do if stolen: endpoints, merchants,
+    /// caps, TTL, the most it can spend and call, how fast a revocation reaches the proxies.
+    /// With --diff, what a policy change widens.
+    BlastRadius(bridle_cli::blast_radius::command::BlastRadiusArgs),
     /// Generate a signing key as a keyring entry, `kid:base64url`.
     Keygen {
         #[arg(long, default_value = "k1")]
@@ -354,6 +358,15 @@ fn run(cli: Cli) -> Result<(), Errors> {
         Command::Revoke(args) => revoke(args),
         Command::Tokens(args) => tokens(args),
         Command::Audit(args) => audit(args),
+        Command::BlastRadius(args) => {
+            use bridle_cli::blast_radius::command;
+            if command::run(args)? {
+                // Something widens and --exit-code asked to say so: a pipeline gate.
+                std::io::Write::flush(&mut std::io::stdout()).map_err(one)?;
+                std::process::exit(command::WIDENS_EXIT.into());
+            }
+            Ok(())
+        }
         Command::Keygen { kid } => {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| one(format!("no randomness: {e}")))?;

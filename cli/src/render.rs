@@ -294,6 +294,20 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
     })
 }
 
+/// Envoy's tag extraction for the filter's decision counters: in Prometheus,
+/// `wasmcustom.bridle.<vendor>.<policy>.<reason>` becomes
+/// `bridle{vendor="...",policy="...",reason="..."}`, so dashboards and alerts select and
+/// sum by label. `/stats` keeps the full names.
+pub fn stats_tags() -> Value {
+    let vendors = Vendor::ALL.map(|v| v.name()).join("|");
+    let prefix = r"^wasmcustom\.bridle\.";
+    json!([
+        { "tag_name": "vendor", "regex": format!(r"{prefix}(({vendors})\.)") },
+        { "tag_name": "policy", "regex": format!(r"{prefix}(?:{vendors})\.(([a-z0-9_-]+)\.)[a-z_]+$") },
+        { "tag_name": "reason", "regex": format!(r"{prefix}(?:{vendors})\.[a-z0-9_-]+(\.([a-z_]+))$") },
+    ])
+}
+
 /// A complete Envoy bootstrap: one listener per vendor with policies, its vendor cluster,
 /// and the ledger cluster.
 pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Result<Value, String> {
@@ -321,6 +335,7 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
     }
     Ok(json!({
         "admin": { "address": socket(&opts.listen, opts.admin_port) },
+        "stats_config": { "stats_tags": stats_tags() },
         "static_resources": { "listeners": listeners, "clusters": clusters },
     }))
 }

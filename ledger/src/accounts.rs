@@ -809,6 +809,7 @@ impl Accounts {
             value,
             at: now,
             until,
+            at_ms: now_ms,
         };
         self.next_seq += 1;
         self.revocation_set.apply(&RevocationFeed {

@@ -23,6 +23,8 @@ pub mod keys;
 pub mod ledger;
 pub mod mock;
 pub mod process;
+pub mod python;
+pub mod stack;
 
 use std::path::PathBuf;
 

@@ -65,11 +65,15 @@ pub async fn reserve<S: Store>(
             } else {
                 let policy = claims.policy.clone();
                 let amount = req.amount;
+                let started = std::time::Instant::now();
                 let r = app
                     .store
                     .reserve(claims, req)
                     .await
                     .map_err(ApiError::store)?;
+                app.metrics
+                    .reserve_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let (decision, reason) = match &r {
                     ReserveResponse::Granted { replay: false, .. } => {
                         let usd = amount.micros() as f64 / 1e6;

@@ -128,6 +128,22 @@ async fn healthz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
 
 async fn metrics<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     let policies = app.store.policies().await.unwrap_or_default();
+    let active = crate::store::TokenQuery {
+        status: Some("active".into()),
+        limit: Some(crate::store::MAX_PAGE),
+        ..Default::default()
+    };
+    if let Ok(tokens) = app.store.tokens(active).await {
+        app.metrics.set_tokens(&tokens);
+    }
+    let last_minute = crate::store::AuditQuery {
+        since_ms: Some(app.now_ms().saturating_sub(60_000)),
+        limit: Some(crate::store::MAX_PAGE),
+        ..Default::default()
+    };
+    if let Ok(page) = app.store.audit(last_minute).await {
+        app.metrics.set_refusals(&page.records);
+    }
     match app.metrics.encode(&policies) {
         Ok(text) => (
             [(

@@ -485,6 +485,8 @@ fn load(
                 value,
                 at: at as u64,
                 until: until as u64,
+                // Not stored: the commit time only matters to proxies polling it live.
+                at_ms: 0,
             });
         }
     }
