@@ -395,6 +395,7 @@ impl Stream {
             amount: estimate.reserve,
             detail: estimate.detail,
             idempotency_key: costed.idempotency_key.clone(),
+            digest: None,
         };
         let body = match serde_json::to_vec(&request) {
             Ok(b) => b,
@@ -647,6 +648,7 @@ impl Stream {
             },
             reservation: self.reservation.as_ref().map(|r| r.id.clone()),
             merchant: self.merchant.clone(),
+            replay: false,
         };
         report(host, &plugin, ledger, Item::Audit(Box::new(record)));
     }

@@ -14,9 +14,17 @@
 pub mod accounts;
 pub mod alerts;
 pub mod api;
+pub mod cap_alerts;
+pub mod caps;
 pub mod clock;
+pub mod idempotency;
 pub mod metrics;
+pub mod policies;
+pub mod records;
+pub mod revocations;
 pub mod store;
+pub mod views;
+pub mod window;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -817,6 +817,7 @@ fn request(id: String, amount: i64, key: Option<u8>) -> ReserveRequest {
         amount: usd(amount),
         detail: String::new(),
         idempotency_key: key.map(|k| format!("key-{k}")),
+        digest: None,
     }
 }
 

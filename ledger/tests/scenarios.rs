@@ -100,6 +100,7 @@ fn req(amount: &str) -> ReserveRequest {
         amount: usd(amount),
         detail: format!("${amount}"),
         idempotency_key: None,
+        digest: None,
     }
 }
 
@@ -423,6 +424,7 @@ fn record(id: u64, at_ms: u64, token: &str, label: &str) -> AuditRecord {
         cost: None,
         reservation: None,
         merchant: None,
+        replay: id % 5 == 0,
     }
 }
 

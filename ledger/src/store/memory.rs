@@ -116,21 +116,14 @@ impl Store for MemoryStore {
 
     async fn tokens(&self, query: TokenQuery) -> StoreResult<Vec<TokenView>> {
         self.with(|i, now| {
-            let mut out: Vec<TokenView> = i
+            let out: Vec<TokenView> = i
                 .accounts
                 .token_ids()
                 .into_iter()
                 .filter_map(|id| i.accounts.token_view(now, &id))
                 .filter(|v| query.matches(v))
                 .collect();
-            out.sort_by(|a, b| (b.record.iat, &b.record.id).cmp(&(a.record.iat, &a.record.id)));
-            out.truncate(
-                query
-                    .limit
-                    .unwrap_or(super::DEFAULT_PAGE)
-                    .clamp(1, super::MAX_PAGE),
-            );
-            out
+            query.page(out)
         })
     }
 

@@ -15,7 +15,9 @@ use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{Alert, PolicyView, RevokeOutcome, RevokeRequest, TokenRecord, TokenView};
+use crate::accounts::Alert;
+use crate::records::{RevokeOutcome, RevokeRequest, TokenRecord};
+use crate::views::{sort_tokens, PolicyView, TokenView};
 
 pub mod memory;
 pub mod sqlite;
@@ -118,7 +120,44 @@ pub struct OutboxAlert {
     pub attempts: u32,
 }
 
+/// The audit record's fields beyond the indexed ones, stored as JSON so that a field can be
+/// added without a new column.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditExtra {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+}
+
+impl AuditExtra {
+    pub fn of(r: &AuditRecord) -> AuditExtra {
+        AuditExtra { replay: r.replay }
+    }
+
+    /// `None` when there is nothing beyond the defaults.
+    pub fn to_json(&self) -> StoreResult<Option<String>> {
+        if *self == AuditExtra::default() {
+            return Ok(None);
+        }
+        serde_json::to_string(self)
+            .map(Some)
+            .map_err(|e| StoreError(format!("audit record: {e}")))
+    }
+
+    /// Unreadable extras read as the defaults: an audit reader still gets the record.
+    pub fn from_json(s: Option<&str>) -> AuditExtra {
+        s.and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+}
+
 impl TokenQuery {
+    /// Sorts views newest first and keeps one page.
+    pub fn page(&self, mut views: Vec<TokenView>) -> Vec<TokenView> {
+        sort_tokens(&mut views);
+        views.truncate(self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE));
+        views
+    }
+
     pub fn matches(&self, v: &TokenView) -> bool {
         self.policy.as_ref().is_none_or(|p| &v.record.policy == p)
             && self

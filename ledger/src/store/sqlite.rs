@@ -14,26 +14,60 @@ use std::sync::{Arc, Mutex};
 
 use bridle_core::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle};
 use bridle_core::money::Usd;
-use bridle_core::policy::{CapsNarrowing, CompiledPolicy};
-use bridle_core::revocation::{RevocationEntry, RevocationFeed, RevocationKind};
+use bridle_core::policy::CompiledPolicy;
+use bridle_core::revocation::{RevocationEntry, RevocationFeed};
 use bridle_core::token::Claims;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery};
-use crate::accounts::{
-    token_status, Accounts, Alert, Change, PolicyView, Reservation, ReservationState,
-    RevokeOutcome, RevokeRequest, SpendView, TokenRecord, TokenView, IDEMPOTENCY_RETENTION_MS,
+use super::{
+    AuditExtra, AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery,
 };
+use crate::accounts::{Accounts, Alert, Change};
 use crate::clock::SharedClock;
+use crate::policies::IDEMPOTENCY_RETENTION_MS;
+use crate::records::{
+    Narrowing, Reservation, ReservationState, RevokeOutcome, RevokeRequest, TokenRecord,
+};
+use crate::revocations::{kind_str, parse_kind};
+use crate::views::{archived_token_view, PolicyView, TokenView};
 
 /// Most commands one commit carries.
 pub const MAX_BATCH: usize = 2048;
 
 const SCHEMA: &str = include_str!("schema.sql");
+
+/// Changes to the schema after `schema.sql`'s first shape, in order; `PRAGMA user_version`
+/// counts how many a database has. Append only: a database applies the ones it lacks.
+const MIGRATIONS: &[&str] = &[
+    // 1: the digest bound to an idempotency key; the audit record's less-queried fields as
+    // JSON (e.g. `replay`), so that adding one needs no new column.
+    "ALTER TABLE reservations ADD COLUMN digest TEXT;
+     ALTER TABLE audit ADD COLUMN extra TEXT;",
+];
+
+/// Applies the schema and whatever migrations the database lacks, each in its own
+/// transaction with its version.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch(SCHEMA).map_err(sql)?;
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    for (i, m) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= applied {
+            continue;
+        }
+        let tx = conn.transaction().map_err(sql)?;
+        tx.execute_batch(m).map_err(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+    }
+    Ok(())
+}
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -76,13 +110,6 @@ fn respond<T: Send + 'static>(reply: Reply<T>, value: T) -> Done {
     })
 }
 
-#[derive(Serialize, Deserialize)]
-struct Narrowing {
-    endpoints: Option<Vec<String>>,
-    merchants: Option<Vec<String>>,
-    caps: CapsNarrowing,
-}
-
 impl SqliteStore {
     pub fn open(
         path: &Path,
@@ -90,8 +117,8 @@ impl SqliteStore {
         reservation_ttl_ms: u64,
         clock: SharedClock,
     ) -> StoreResult<SqliteStore> {
-        let conn = Connection::open(path).map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
+        let mut conn = Connection::open(path).map_err(sql)?;
+        migrate(&mut conn)?;
         let mut accounts = Accounts::new(policies, reservation_ttl_ms);
         load(&conn, &mut accounts, clock.now_ms(), reservation_ttl_ms)?;
         let reader = Connection::open_with_flags(
@@ -193,8 +220,8 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
         Cmd::Audit(records, reply) => {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO audit (id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    "INSERT OR IGNORE INTO audit (id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant, extra)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .map_err(sql)?;
             let mut added = 0;
@@ -213,7 +240,8 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
                         r.reason.code(),
                         r.cost.map(|c| c.micros()),
                         r.reservation,
-                        r.merchant
+                        r.merchant,
+                        AuditExtra::of(r).to_json()?
                     ])
                     .map_err(sql)?;
             }
@@ -223,20 +251,13 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
         Cmd::Feed(since, reply) => respond(reply, accounts.revocations_since(since)),
         Cmd::Token(id, reply) => respond(reply, accounts.token_view(now, &id)),
         Cmd::Tokens(query, reply) => {
-            let mut out: Vec<TokenView> = accounts
+            let out: Vec<TokenView> = accounts
                 .token_ids()
                 .into_iter()
                 .filter_map(|id| accounts.token_view(now, &id))
                 .filter(|v| query.matches(v))
                 .collect();
-            out.sort_by(|a, b| (b.record.iat, &b.record.id).cmp(&(a.record.iat, &a.record.id)));
-            out.truncate(
-                query
-                    .limit
-                    .unwrap_or(super::DEFAULT_PAGE)
-                    .clamp(1, super::MAX_PAGE),
-            );
-            respond(reply, out)
+            respond(reply, query.page(out))
         }
         Cmd::Policies(reply) => respond(reply, accounts.policy_views(now)),
         Cmd::Maintain(reply) => {
@@ -278,12 +299,8 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
     for change in changes {
         match change {
             Change::Token(t) => {
-                let narrowing = serde_json::to_string(&Narrowing {
-                    endpoints: t.endpoints,
-                    merchants: t.merchants,
-                    caps: t.caps,
-                })
-                .map_err(|e| StoreError(e.to_string()))?;
+                let narrowing = serde_json::to_string(&Narrowing::of(&t))
+                    .map_err(|e| StoreError(e.to_string()))?;
                 tx.prepare_cached(
                     "INSERT INTO tokens (id, policy, vendor, label, iat, exp, narrowing, issued, revoked_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -298,8 +315,8 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
                     continue;
                 };
                 tx.prepare_cached(
-                    "INSERT INTO reservations (id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO reservations (id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(sql)?
                 .execute(params![
@@ -314,7 +331,8 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
                     r.method,
                     r.path,
                     r.detail,
-                    r.settled_at_ms.map(|s| s as i64)
+                    r.settled_at_ms.map(|s| s as i64),
+                    r.digest
                 ])
                 .map_err(sql)?;
             }
@@ -343,23 +361,6 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
         }
     }
     Ok(())
-}
-
-fn kind_str(k: RevocationKind) -> &'static str {
-    match k {
-        RevocationKind::Token => "token",
-        RevocationKind::LabelPrefix => "label_prefix",
-        RevocationKind::Policy => "policy",
-    }
-}
-
-fn parse_kind(s: &str) -> Option<RevocationKind> {
-    match s {
-        "token" => Some(RevocationKind::Token),
-        "label_prefix" => Some(RevocationKind::LabelPrefix),
-        "policy" => Some(RevocationKind::Policy),
-        _ => None,
-    }
 }
 
 fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
@@ -428,7 +429,7 @@ fn load(
     }
     let mut stmt = conn
         .prepare(
-            "SELECT id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms
+            "SELECT id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms, digest
              FROM reservations WHERE at_ms > ?1 ORDER BY at_ms",
         )
         .map_err(sql)?;
@@ -448,6 +449,7 @@ fn load(
                 path: r.get(9)?,
                 detail: r.get(10)?,
                 settled_at_ms: r.get::<_, Option<i64>>(11)?.map(|s| s as u64),
+                digest: r.get(12)?,
             })
         })
         .map_err(sql)?;
@@ -519,6 +521,7 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         cost: r.get::<_, Option<i64>>(10)?.and_then(Usd::from_micros),
         reservation: r.get(11)?,
         merchant: r.get(12)?,
+        replay: AuditExtra::from_json(r.get::<_, Option<String>>(13)?.as_deref()).replay,
     })
 }
 
@@ -573,12 +576,7 @@ impl Store for SqliteStore {
             let lifetime: i64 = conn
                 .query_row("SELECT COALESCE(SUM(counted), 0) FROM reservations WHERE token_id = ?1", params![record.id], |r| r.get(0))
                 .map_err(sql)?;
-            Ok(Some(TokenView {
-                status: token_status(&record, now_s),
-                effective_caps: Default::default(),
-                spend: SpendView { lifetime: Usd::from_micros(lifetime).unwrap_or_default(), ..Default::default() },
-                record,
-            }))
+            Ok(Some(archived_token_view(record, lifetime, now_s)))
         })
         .await
     }
@@ -598,7 +596,7 @@ impl Store for SqliteStore {
             let upper = query.label_prefix.as_ref().map(|p| format!("{p}\u{7f}"));
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant
+                    "SELECT id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant, extra
                      FROM audit
                      WHERE (?1 IS NULL OR token_id = ?1)
                        AND (?2 IS NULL OR policy = ?2)
