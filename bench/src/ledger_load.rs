@@ -113,6 +113,7 @@ pub async fn run(
                     amount: Usd::from_cents(1).unwrap_or_default(),
                     detail: "bench".into(),
                     idempotency_key: None,
+                    digest: None,
                 };
                 let body = serde_json::to_vec(&request).unwrap_or_default();
                 let t = Instant::now();

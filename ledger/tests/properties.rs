@@ -32,12 +32,16 @@
 //!   commit can no longer land on it, so a retry must be reserved (and capped) afresh rather
 //!   than let through uncounted. A key whose reservation is final and older than every window
 //!   and the 24-hour retention may have been forgotten, and then a fresh reserve is fine too.
+//! - **A key is bound to its request.** The same key with another digest (or a digest on
+//!   one side only) is refused as `idempotency_key_reused`, whatever the state of the
+//!   reservation holding it, unless that one may have been forgotten.
 //! - **A request id belongs to one token**: another token sending it is refused, and the
 //!   same request sent again is the same reservation.
 //!
 //! `Accounts` (the state machine every backend wraps) takes the heavy random search; the
 //! same sequences also run, with fewer cases, through the `Store` trait against the memory
-//! and SQLite backends, the latter with restarts from disk mixed in.
+//! and SQLite backends, the latter with restarts from disk mixed in, and against two
+//! PostgreSQL replicas on one database, switching between them mid-sequence.
 //!
 //! Case counts: `PROPTEST_CASES` sets the `Accounts` count; the store runs take a tenth of it.
 #![allow(
@@ -59,12 +63,14 @@ use bridle_core::policy::{Caps, CapsNarrowing, CompiledPolicy, Policy};
 use bridle_core::token::Claims;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
+use bridle_e2e::postgres::TestDb;
 use bridle_ledger::accounts::{
     Accounts, PolicyView, Reservation, ReservationState, RevokeOutcome, RevokeRequest, TokenRecord,
     TokenView, IDEMPOTENCY_RETENTION_MS,
 };
 use bridle_ledger::clock::{ManualClock, SharedClock};
 use bridle_ledger::store::memory::MemoryStore;
+use bridle_ledger::store::postgres::PostgresStore;
 use bridle_ledger::store::sqlite::SqliteStore;
 use bridle_ledger::store::Store;
 use proptest::prelude::*;
@@ -123,12 +129,27 @@ enum SettleAmount {
     Over(i64),
 }
 
+/// An `Idempotency-Key` and the digest of the request sent under it (few values of each,
+/// so that keys are reused, with the same request and with another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    key: u8,
+    digest: Option<u8>,
+}
+
+fn key(key: u8) -> Option<Key> {
+    Some(Key {
+        key,
+        digest: Some(0),
+    })
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Reserve {
         token: usize,
         amount: i64,
-        key: Option<u8>,
+        key: Option<Key>,
     },
     /// The same request (same id, key and amount) sent again.
     Resend {
@@ -231,8 +252,12 @@ fn op(reopen: bool) -> impl Strategy<Value = Op> {
         1 => Just(IDEMPOTENCY_RETENTION_MS + 1),
     ];
     prop_oneof![
-        10 => (0usize..8, amount(), prop::option::weighted(0.5, 0u8..4))
-            .prop_map(|(token, amount, key)| Op::Reserve { token, amount, key }),
+        10 => (0usize..8, amount(), prop::option::weighted(0.5, (0u8..4, prop::option::weighted(0.85, 0u8..2))))
+            .prop_map(|(token, amount, key)| Op::Reserve {
+                token,
+                amount,
+                key: key.map(|(key, digest)| Key { key, digest }),
+            }),
         2 => any::<usize>().prop_map(|pick| Op::Resend { pick }),
         1 => (any::<usize>(), 0usize..8).prop_map(|(pick, token)| Op::Steal { pick, token }),
         8 => (prop::option::weighted(0.9, any::<usize>()), outcome, settle_amount, prop::bool::weighted(0.2))
@@ -368,6 +393,85 @@ impl<S: Store> Backend for StoreBackend<S> {
     }
 }
 
+/// Two PostgreSQL replicas on one database: every operation goes to the active one, and
+/// `Reopen` switches (nothing is forgotten: the database holds everything).
+struct ReplicasBackend {
+    rt: tokio::runtime::Runtime,
+    replicas: [PostgresStore; 2],
+    active: usize,
+    clock: ManualClock,
+    _db: TestDb,
+}
+
+impl ReplicasBackend {
+    fn s(&self) -> &PostgresStore {
+        &self.replicas[self.active]
+    }
+}
+
+impl Backend for ReplicasBackend {
+    fn now_ms(&self) -> u64 {
+        use bridle_ledger::clock::Clock;
+        self.clock.now_ms()
+    }
+    fn advance(&mut self, ms: u64) {
+        self.clock.advance(ms);
+    }
+    fn issue(&mut self, record: TokenRecord) {
+        self.rt.block_on(self.s().issue(record)).unwrap();
+    }
+    fn reserve(&mut self, claims: &Claims, req: &ReserveRequest) -> ReserveResponse {
+        self.rt
+            .block_on(self.s().reserve(claims.clone(), req.clone()))
+            .unwrap()
+    }
+    fn settle(&mut self, s: &Settle) -> usize {
+        self.rt.block_on(self.s().settle(vec![s.clone()])).unwrap()
+    }
+    fn revoke(&mut self, req: RevokeRequest) -> Result<RevokeOutcome, String> {
+        self.rt.block_on(self.s().revoke(req)).unwrap()
+    }
+    fn maintain(&mut self) -> usize {
+        self.rt.block_on(self.s().maintain()).unwrap()
+    }
+    fn token(&mut self, id: &str) -> Option<TokenView> {
+        self.rt.block_on(self.s().token(id.to_string())).unwrap()
+    }
+    fn policy(&mut self) -> PolicyView {
+        self.rt.block_on(self.s().policies()).unwrap().remove(0)
+    }
+    fn reservation(&self, _id: &str) -> Option<Option<Reservation>> {
+        None
+    }
+    fn reopen(&mut self) -> bool {
+        self.active ^= 1;
+        false
+    }
+}
+
+fn postgres_backend(setup: &Setup) -> ReplicasBackend {
+    let clock = ManualClock::at(T0);
+    let rt = runtime();
+    let db = rt.block_on(TestDb::create());
+    let open = || {
+        rt.block_on(PostgresStore::open(
+            &db.url,
+            &[policy(setup)],
+            setup.ttl_ms,
+            Arc::new(clock.clone()),
+        ))
+        .unwrap()
+    };
+    let replicas = [open(), open()];
+    ReplicasBackend {
+        rt,
+        replicas,
+        active: 0,
+        clock,
+        _db: db,
+    }
+}
+
 fn policy(setup: &Setup) -> CompiledPolicy {
     let mut p: Policy = serde_json::from_value(serde_json::json!({
         "name": POLICY, "vendor": "stripe", "secret_env": "S", "max_ttl": "2d",
@@ -466,7 +570,7 @@ struct MRes {
     reserved: i64,
     counted: i64,
     state: St,
-    key: Option<u8>,
+    key: Option<Key>,
     /// Left behind by a restart: too old to be loaded again, so nothing can change it.
     forgotten: bool,
 }
@@ -479,6 +583,7 @@ struct Model {
     policy_cap: Option<i64>,
     res: Vec<MRes>,
     by_id: HashMap<String, usize>,
+    /// (token, key) -> the reservation holding the key (the latest made under it).
     keys: HashMap<(usize, u8), usize>,
     revoked: Vec<bool>,
     /// The ledger's record of the token says revoked: it knew the token when revoking it.
@@ -613,7 +718,7 @@ impl Model {
         &self,
         t: usize,
         request_id: &str,
-        key: Option<u8>,
+        key: Option<Key>,
         amount: i64,
         now: u64,
     ) -> Vec<Expect> {
@@ -624,9 +729,16 @@ impl Model {
             return vec![Expect::Denied(vec![Reason::TokenRevoked])];
         }
         let mut out = Vec::new();
-        if let Some(&i) = key.and_then(|k| self.keys.get(&(t, k))) {
+        if let Some((k, &i)) = key.and_then(|k| Some((k, self.keys.get(&(t, k.key))?))) {
             let r = &self.res[i];
-            if r.state != St::Released {
+            let held_digest = r.key.and_then(|h| h.digest);
+            if held_digest != k.digest {
+                // Another request under a key already used: refused, never replayed.
+                out.push(Expect::Denied(vec![Reason::IdempotencyKeyReused]));
+                if !self.evictable(r, now) {
+                    return out;
+                }
+            } else if r.state != St::Released {
                 out.push(Expect::Replay(r.id.clone()));
                 if !self.evictable(r, now) {
                     return out;
@@ -807,7 +919,7 @@ fn check<B: Backend>(b: &mut B, m: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn request(id: String, amount: i64, key: Option<u8>) -> ReserveRequest {
+fn request(id: String, amount: i64, key: Option<Key>) -> ReserveRequest {
     ReserveRequest {
         token: String::new(),
         request_id: id,
@@ -816,8 +928,8 @@ fn request(id: String, amount: i64, key: Option<u8>) -> ReserveRequest {
         merchant: None,
         amount: usd(amount),
         detail: String::new(),
-        idempotency_key: key.map(|k| format!("key-{k}")),
-        digest: None,
+        idempotency_key: key.map(|k| format!("key-{}", k.key)),
+        digest: key.and_then(|k| k.digest).map(|d| format!("{d:064x}")),
     }
 }
 
@@ -827,7 +939,7 @@ fn do_reserve<B: Backend>(
     m: &mut Model,
     t: usize,
     id: String,
-    key: Option<u8>,
+    key: Option<Key>,
     amount: i64,
     restarted: bool,
 ) -> Result<(), TestCaseError> {
@@ -895,7 +1007,7 @@ fn do_reserve<B: Backend>(
             });
             m.by_id.insert(reservation, i);
             if let Some(k) = key {
-                m.keys.insert((t, k), i);
+                m.keys.insert((t, k.key), i);
             }
         }
         ReserveResponse::Granted {
@@ -1116,6 +1228,14 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(cases(24, 10)))]
+    #[test]
+    fn postgres_replicas_interleavings_keep_every_cap((setup, ops) in scenario(50, true)) {
+        run(&mut postgres_backend(&setup), &setup, &ops)?;
+    }
+}
+
 // --- regressions: what these properties found, pinned as fixed sequences ------------------
 
 fn plain_setup(caps: [Option<i64>; 4], window_ms: u64) -> Setup {
@@ -1136,6 +1256,7 @@ fn on_every_backend(setup: &Setup, ops: &[Op]) {
     run(&mut accounts_backend(setup), setup, ops).unwrap();
     run(&mut memory_backend(setup), setup, ops).unwrap();
     run(&mut sqlite_backend(setup), setup, ops).unwrap();
+    run(&mut postgres_backend(setup), setup, ops).unwrap();
 }
 
 /// A retry under the idempotency key of a released reservation was granted as a replay of
@@ -1147,7 +1268,7 @@ fn regression_a_released_reservations_key_is_reserved_afresh() {
     let reserve = |amount| Op::Reserve {
         token: 0,
         amount,
-        key: Some(0),
+        key: key(0),
     };
     on_every_backend(
         &setup,
@@ -1165,7 +1286,7 @@ fn regression_a_released_reservations_key_is_reserved_afresh() {
             Op::Reserve {
                 token: 0,
                 amount: M,
-                key: Some(1),
+                key: key(1),
             },
             Op::Reopen,
             reserve(10 * M),

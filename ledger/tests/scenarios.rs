@@ -1,6 +1,7 @@
-//! Storage scenarios, each run against every backend by `scenarios!`: caps of every kind,
-//! rolling windows, two-phase settles, idempotency, expiry, revocation, audit, alerts and
-//! concurrency. Durability across a reopen is SQLite's alone and is tested below.
+//! Storage scenarios, each run against every backend (memory, SQLite, PostgreSQL) by
+//! `scenarios!`: caps of every kind, rolling windows, two-phase settles, idempotency (with
+//! digests), expiry, revocation, audit, alerts and concurrency. Durability across a reopen
+//! is tested below for SQLite and for PostgreSQL (there with two replicas on one database).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,9 +20,11 @@ use bridle_core::policy::{CapsNarrowing, CompiledPolicy, Policy};
 use bridle_core::token::Claims;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
+use bridle_e2e::postgres::TestDb;
 use bridle_ledger::accounts::{CapKind, RevokeRequest, TokenRecord};
 use bridle_ledger::clock::{ManualClock, SharedClock};
 use bridle_ledger::store::memory::MemoryStore;
+use bridle_ledger::store::postgres::PostgresStore;
 use bridle_ledger::store::sqlite::SqliteStore;
 use bridle_ledger::store::{AuditQuery, Store, TokenQuery};
 
@@ -43,19 +46,21 @@ struct Fixture<S> {
     store: Arc<S>,
     clock: ManualClock,
     _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDb>,
 }
 
-fn memory() -> Fixture<MemoryStore> {
+async fn memory() -> Fixture<MemoryStore> {
     let clock = ManualClock::at(T0);
     let shared: SharedClock = Arc::new(clock.clone());
     Fixture {
         store: Arc::new(MemoryStore::new(&policies(), TTL_MS, shared)),
         clock,
         _dir: None,
+        _db: None,
     }
 }
 
-fn sqlite() -> Fixture<SqliteStore> {
+async fn sqlite() -> Fixture<SqliteStore> {
     let clock = ManualClock::at(T0);
     let shared: SharedClock = Arc::new(clock.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -65,6 +70,22 @@ fn sqlite() -> Fixture<SqliteStore> {
         store: Arc::new(store),
         clock,
         _dir: Some(dir),
+        _db: None,
+    }
+}
+
+async fn postgres() -> Fixture<PostgresStore> {
+    let clock = ManualClock::at(T0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let db = TestDb::create().await;
+    let store = PostgresStore::open(&db.url, &policies(), TTL_MS, shared)
+        .await
+        .unwrap();
+    Fixture {
+        store: Arc::new(store),
+        clock,
+        _dir: None,
+        _db: Some(db),
     }
 }
 
@@ -424,7 +445,7 @@ fn record(id: u64, at_ms: u64, token: &str, label: &str) -> AuditRecord {
         cost: None,
         reservation: None,
         merchant: None,
-        replay: id % 5 == 0,
+        replay: id.is_multiple_of(5),
     }
 }
 
@@ -617,11 +638,15 @@ macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
             use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(memory()).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(memory().await).await } )*
         }
         mod sqlite_backend {
             use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(sqlite()).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(sqlite().await).await } )*
+        }
+        mod postgres_backend {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(postgres().await).await } )*
         }
     };
 }

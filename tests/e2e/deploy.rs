@@ -1248,11 +1248,11 @@ fn openapi_schemas_have_the_rust_types_fields() {
         ("core/src/ledger_api.rs", "ReportResponse"),
         ("core/src/revocation.rs", "RevocationEntry"),
         ("core/src/revocation.rs", "RevocationFeed"),
-        ("ledger/src/accounts.rs", "RevokeRequest"),
-        ("ledger/src/accounts.rs", "RevokeOutcome"),
-        ("ledger/src/accounts.rs", "PolicyView"),
-        ("ledger/src/accounts.rs", "SpendView"),
-        ("ledger/src/accounts.rs", "Alert"),
+        ("ledger/src/records.rs", "RevokeRequest"),
+        ("ledger/src/records.rs", "RevokeOutcome"),
+        ("ledger/src/views.rs", "PolicyView"),
+        ("ledger/src/views.rs", "SpendView"),
+        ("ledger/src/cap_alerts.rs", "Alert"),
         ("ledger/src/store/mod.rs", "AuditPage"),
     ];
     for (file, name) in types {
@@ -1282,6 +1282,7 @@ fn openapi_schemas_have_the_rust_types_fields() {
         amount: bridle_core::money::Usd::from_cents(1250).unwrap(),
         detail: "amount".into(),
         idempotency_key: Some("k".into()),
+        digest: Some("ab".repeat(32)),
     })
     .unwrap();
     assert_eq!(request["amount"], "12.50", "money is a decimal string");

@@ -129,10 +129,12 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .with_state(app)
 }
 
-/// Healthy when the store answers: a stopped writer makes this fail.
+/// Healthy when the store can serve: its database answers and (embedded) its writer runs.
+/// Never waits behind reservations.
 async fn healthz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
-    match app.store.policies().await {
-        Ok(p) => Json(serde_json::json!({ "status": "ok", "policies": p.len() })).into_response(),
+    match app.store.health().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ok", "policies": app.policies.len() }))
+            .into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",

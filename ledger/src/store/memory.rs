@@ -8,7 +8,9 @@ use bridle_core::policy::CompiledPolicy;
 use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
 
-use super::{AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery};
+use super::{
+    AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery, ALERT_LEASE_MS,
+};
 use crate::accounts::{
     Accounts, Change, PolicyView, RevokeOutcome, RevokeRequest, TokenRecord, TokenView,
 };
@@ -156,10 +158,13 @@ impl Store for MemoryStore {
     async fn due_alerts(&self, limit: usize) -> StoreResult<Vec<OutboxAlert>> {
         self.with(|i, now| {
             i.outbox
-                .iter()
+                .iter_mut()
                 .filter(|o| !o.done && o.next_attempt_ms <= now)
                 .take(limit)
-                .map(|o| o.alert.clone())
+                .map(|o| {
+                    o.next_attempt_ms = now.saturating_add(ALERT_LEASE_MS);
+                    o.alert.clone()
+                })
                 .collect()
         })
     }
@@ -179,5 +184,9 @@ impl Store for MemoryStore {
                 }
             }
         })
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.with(|_, _| ())
     }
 }

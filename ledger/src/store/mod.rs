@@ -1,12 +1,15 @@
 //! Storage behind the API. A backend must make `reserve` one atomic check-and-reserve, and
-//! must not answer a mutation before it is durable. The API layer knows only this trait, so
-//! a shared-database backend for several ledger replicas slots in beside these two.
+//! must not answer a mutation before it is durable. The API layer knows only this trait.
+//! Read-only views must not wait behind reservations.
 //!
 //! - [`sqlite::SqliteStore`]: the default. One writer thread owns the connection and the
 //!   in-memory accounts; it takes a batch of commands, applies them, commits once (WAL,
 //!   `synchronous=FULL`), then answers them all: one fsync carries many requests.
 //! - [`memory::MemoryStore`]: the same accounts under a lock, nothing persisted. For tests of
-//!   the API layer and as the reference the scenario tests hold the SQLite store to.
+//!   the API layer and as the reference the scenario tests hold the others to.
+//! - [`postgres::PostgresStore`]: several replicas on one PostgreSQL database, which is the
+//!   authority: reserves and settles run in batched transactions that lock the sums they
+//!   check, in a fixed order.
 
 use std::future::Future;
 
@@ -20,6 +23,7 @@ use crate::records::{RevokeOutcome, RevokeRequest, TokenRecord};
 use crate::views::{sort_tokens, PolicyView, TokenView};
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +63,10 @@ pub struct AuditQuery {
     /// The `next` of a previous page.
     pub after: Option<String>,
 }
+
+/// How long a deliverer owns the alerts `due_alerts` handed it: until it records an
+/// attempt, or this passes (it died), no other deliverer gets them.
+pub const ALERT_LEASE_MS: u64 = 60_000;
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 10_000;
@@ -195,7 +203,8 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, query: AuditQuery) -> impl Future<Output = StoreResult<AuditPage>> + Send;
     /// Expires unsettled reservations into spend and forgets what nothing needs any more.
     fn maintain(&self) -> impl Future<Output = StoreResult<usize>> + Send;
-    /// Alerts due for (re)delivery.
+    /// Claims alerts due for (re)delivery, for [`ALERT_LEASE_MS`]: several deliverers (one
+    /// per replica) never get the same alert at once.
     fn due_alerts(
         &self,
         limit: usize,
@@ -207,4 +216,6 @@ pub trait Store: Send + Sync + 'static {
         delivered: bool,
         next_attempt_ms: Option<u64>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Whether the store can serve: its database answers (and, embedded, its writer runs).
+    fn health(&self) -> impl Future<Output = StoreResult<()>> + Send;
 }
