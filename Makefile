@@ -26,6 +26,7 @@ DEV_SECRETS := STRIPE_SECRET_KEY=$${STRIPE_SECRET_KEY:-sk_test_bridle_dev_placeh
 .PHONY: help
 help:
 	@echo "make run     start the ledger, a mock vendor and Envoy with policies/ (see README)"
+	@echo "make run-replicas  the same with three ledger replicas on one PostgreSQL"
 	@echo "make test    every test: unit and property, wasm build, Envoy config validation,"
 	@echo "             end-to-end, secret hygiene, and a short fuzz smoke"
 	@echo "make lint    rustfmt and clippy (native and wasm)"
@@ -202,3 +203,8 @@ bench: wasm-target envoy wrk
 .PHONY: run
 run: wasm envoy build
 	scripts/run.sh
+
+# The same stack with three ledger replicas on one PostgreSQL (see README).
+.PHONY: run-replicas
+run-replicas: wasm envoy build $(POSTGRES)
+	scripts/run.sh --replicas 3

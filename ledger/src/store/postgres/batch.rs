@@ -70,6 +70,8 @@ enum Answer {
 pub(super) enum Failure {
     Db(tokio_postgres::Error),
     Store(StoreError),
+    /// Running sums were missing and have just been created: run the batch again.
+    Missing,
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -87,7 +89,9 @@ impl From<StoreError> for Failure {
 impl Failure {
     /// Worth running the batch again: another transaction got there first.
     fn is_transient(&self) -> bool {
-        let Failure::Db(e) = self else { return false };
+        let Failure::Db(e) = self else {
+            return matches!(self, Failure::Missing);
+        };
         [
             SqlState::T_R_SERIALIZATION_FAILURE,
             SqlState::T_R_DEADLOCK_DETECTED,
@@ -101,6 +105,7 @@ impl Failure {
         match self {
             Failure::Db(e) => pg(e),
             Failure::Store(e) => e,
+            Failure::Missing => StoreError("postgres: running sums kept disappearing".into()),
         }
     }
 }
@@ -186,6 +191,7 @@ async fn run(
         .await;
         match outcome {
             Ok(Ok(answers)) => return Ok(answers),
+            Ok(Err(Failure::Missing)) if attempt < ATTEMPTS => {}
             Ok(Err(f)) if f.is_transient() && attempt < ATTEMPTS => {
                 // Rolled back when the transaction was dropped; let the winner finish.
                 let jitter = u64::from(attempt) * 2 + (now % 3);
@@ -277,11 +283,14 @@ async fn attempt_batch(
     keys.sort_by(|a, b| (a.0.as_str(), &a.1, a.2.key()).cmp(&(b.0.as_str(), &b.1, b.2.key())));
     keys.dedup();
 
-    // 2. Lock the sums, creating the missing ones.
+    // 2. Lock the sums. Missing ones (a token's first call) are created outside this
+    // transaction, which then starts again: creating rows while holding others would take
+    // locks out of order, and replicas would deadlock on a burst of new tokens.
     let mut sums = lock(&tx, &keys).await?;
     if sums.len() < keys.len() {
-        create(&tx, &keys, &sums, now).await?;
-        sums = lock(&tx, &keys).await?;
+        drop(tx);
+        create(client, &keys, &sums, now).await?;
+        return Err(Failure::Missing);
     }
 
     // 3. Up to now.
@@ -437,9 +446,12 @@ async fn lock(tx: &Transaction<'_>, keys: &[Key]) -> Result<BTreeMap<Key, Window
     Ok(out)
 }
 
-/// Creates the sums that do not exist yet, each from the reservations inside its span.
+/// Creates the sums that do not exist yet, each from the reservations inside its span, in
+/// a statement of its own (committed at once, holding no lock after). Safe beside other
+/// replicas: a scope's reservations are only written under its sums' locks, which cannot
+/// be held on rows that do not exist; of two replicas creating one row, one inserts it.
 async fn create(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Client,
     keys: &[Key],
     have: &BTreeMap<Key, WindowSum>,
     now: u64,
