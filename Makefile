@@ -194,7 +194,7 @@ wrk:
 # Bridle's cost in the request path, side by side with baselines: see BENCHMARKS.md.
 # Writes target/bench/summary.json and target/bench/results.md.
 .PHONY: bench
-bench: wasm-target envoy wrk
+bench: wasm-target envoy wrk $(POSTGRES)
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter -p bridle-noop-filter
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter --features ablation --target-dir target/ablation
 	$(CARGO) build --release -p bridle-ledger -p bridle-bench

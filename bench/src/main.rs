@@ -28,6 +28,7 @@
 )]
 
 mod ledger_load;
+mod ledger_replicas;
 mod store_fill;
 mod upstream;
 
@@ -629,7 +630,7 @@ async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
             only(ledger.pid());
             for &c in clients.iter() {
                 let r = ledger_load::run(
-                    ledger.port,
+                    &[ledger.port],
                     ENFORCER_KEY,
                     minted,
                     c,
@@ -940,7 +941,7 @@ async fn profile_ledger(calls: usize, tokens: usize, seconds: u64) {
         .spawn()
         .expect("perf (Debian's linux-perf)");
     let r = ledger_load::run(
-        ledger.port,
+        &[ledger.port],
         ENFORCER_KEY,
         &minted,
         64,
@@ -975,6 +976,21 @@ fn main() -> ExitCode {
             ));
             return ExitCode::SUCCESS;
         }
+        // `bridle-bench ledger-replicas [--quick]`: only the PostgreSQL replica figures.
+        Some("ledger-replicas") => {
+            let plan = if args.iter().any(|a| a == "--quick") {
+                QUICK
+            } else {
+                FULL
+            };
+            let results = rt.block_on(ledger_replicas::run(
+                plan.rounds,
+                plan.ledger_s,
+                &Keys::generate(),
+            ));
+            println!("{}", ledger_replicas::markdown(&results));
+            return ExitCode::SUCCESS;
+        }
         Some("profile-ledger") => {
             rt.block_on(profile_ledger(
                 n(2, 10_000) as usize,
@@ -998,6 +1014,7 @@ fn main() -> ExitCode {
         let steal_before = steal_ticks();
         let proxy = proxy_benchmarks(plan, &keys).await;
         let ledger = ledger_benchmarks(plan, &keys).await;
+        let replicas = ledger_replicas::run(plan.rounds, plan.ledger_s, &keys).await;
         let steal_after = steal_ticks();
         let steal_percent = 100.0 * (steal_after.0 - steal_before.0) as f64 / (steal_after.1 - steal_before.1).max(1) as f64;
         let summary = summarize(&proxy, &ledger);
@@ -1010,10 +1027,11 @@ fn main() -> ExitCode {
             "steal_percent": round3(steal_percent),
             "proxy": proxy,
             "ledger": ledger,
+            "ledger_replicas": replicas,
             "summary": summary,
             "seconds": started.elapsed().as_secs(),
         });
-        let md = markdown(&doc, &proxy, &ledger);
+        let md = markdown(&doc, &proxy, &ledger) + &ledger_replicas::markdown(&replicas);
         std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         std::fs::write(out.join("results.md"), &md).unwrap();
         println!("{md}");

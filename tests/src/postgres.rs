@@ -105,7 +105,12 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> TestDb {
-        let server = server_url();
+        TestDb::create_on(&server_url()).await
+    }
+
+    /// A fresh schema on the server at `server` (e.g. a [`Cluster`]'s).
+    pub async fn create_on(server: &str) -> TestDb {
+        let server = server.to_string();
         let schema = format!("t_{}", random_hex(8));
         admin(&server)
             .await
@@ -157,8 +162,19 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// With fsync on: every commit on disk before it is acknowledged (for benchmarks).
+    pub fn start_durable() -> Cluster {
+        Cluster::start_with(&["--durable"])
+    }
+
+    fn start_with(flags: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("pg").tempdir().unwrap();
-        let url = cluster(&["start", dir.path().to_str().unwrap()]);
+        let mut args = vec!["start", dir.path().to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let url = cluster(&args);
         Cluster { dir, url }
     }
 
