@@ -337,9 +337,13 @@ impl Backend for AccountsBackend {
 struct StoreBackend<S: Store> {
     rt: tokio::runtime::Runtime,
     store: Option<S>,
+    /// A second replica on the same database: `Reopen` switches to it (nothing is
+    /// forgotten: the database holds everything).
+    spare: Option<S>,
     clock: ManualClock,
     reopen: Option<Box<dyn Fn(SharedClock) -> S>>,
     _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDb>,
 }
 
 impl<S: Store> StoreBackend<S> {
@@ -383,6 +387,10 @@ impl<S: Store> Backend for StoreBackend<S> {
         None
     }
     fn reopen(&mut self) -> bool {
+        if self.spare.is_some() {
+            std::mem::swap(&mut self.store, &mut self.spare);
+            return false;
+        }
         let Some(open) = &self.reopen else {
             return false;
         };
@@ -393,63 +401,7 @@ impl<S: Store> Backend for StoreBackend<S> {
     }
 }
 
-/// Two PostgreSQL replicas on one database: every operation goes to the active one, and
-/// `Reopen` switches (nothing is forgotten: the database holds everything).
-struct ReplicasBackend {
-    rt: tokio::runtime::Runtime,
-    replicas: [PostgresStore; 2],
-    active: usize,
-    clock: ManualClock,
-    _db: TestDb,
-}
-
-impl ReplicasBackend {
-    fn s(&self) -> &PostgresStore {
-        &self.replicas[self.active]
-    }
-}
-
-impl Backend for ReplicasBackend {
-    fn now_ms(&self) -> u64 {
-        use bridle_ledger::clock::Clock;
-        self.clock.now_ms()
-    }
-    fn advance(&mut self, ms: u64) {
-        self.clock.advance(ms);
-    }
-    fn issue(&mut self, record: TokenRecord) {
-        self.rt.block_on(self.s().issue(record)).unwrap();
-    }
-    fn reserve(&mut self, claims: &Claims, req: &ReserveRequest) -> ReserveResponse {
-        self.rt
-            .block_on(self.s().reserve(claims.clone(), req.clone()))
-            .unwrap()
-    }
-    fn settle(&mut self, s: &Settle) -> usize {
-        self.rt.block_on(self.s().settle(vec![s.clone()])).unwrap()
-    }
-    fn revoke(&mut self, req: RevokeRequest) -> Result<RevokeOutcome, String> {
-        self.rt.block_on(self.s().revoke(req)).unwrap()
-    }
-    fn maintain(&mut self) -> usize {
-        self.rt.block_on(self.s().maintain()).unwrap()
-    }
-    fn token(&mut self, id: &str) -> Option<TokenView> {
-        self.rt.block_on(self.s().token(id.to_string())).unwrap()
-    }
-    fn policy(&mut self) -> PolicyView {
-        self.rt.block_on(self.s().policies()).unwrap().remove(0)
-    }
-    fn reservation(&self, _id: &str) -> Option<Option<Reservation>> {
-        None
-    }
-    fn reopen(&mut self) -> bool {
-        self.active ^= 1;
-        false
-    }
-}
-
-fn postgres_backend(setup: &Setup) -> ReplicasBackend {
+fn postgres_backend(setup: &Setup) -> StoreBackend<PostgresStore> {
     let clock = ManualClock::at(T0);
     let rt = runtime();
     let db = rt.block_on(TestDb::create());
@@ -462,13 +414,15 @@ fn postgres_backend(setup: &Setup) -> ReplicasBackend {
         ))
         .unwrap()
     };
-    let replicas = [open(), open()];
-    ReplicasBackend {
+    let (active, spare) = (open(), open());
+    StoreBackend {
         rt,
-        replicas,
-        active: 0,
+        store: Some(active),
+        spare: Some(spare),
         clock,
-        _db: db,
+        reopen: None,
+        _dir: None,
+        _db: Some(db),
     }
 }
 
@@ -515,8 +469,10 @@ fn memory_backend(setup: &Setup) -> StoreBackend<MemoryStore> {
             Arc::new(clock.clone()),
         )),
         clock,
+        spare: None,
         reopen: None,
         _dir: None,
+        _db: None,
     }
 }
 
@@ -531,8 +487,10 @@ fn sqlite_backend(setup: &Setup) -> StoreBackend<SqliteStore> {
         rt: runtime(),
         store: Some(open(Arc::new(clock.clone()))),
         clock,
+        spare: None,
         reopen: Some(Box::new(open)),
         _dir: Some(dir),
+        _db: None,
     }
 }
 

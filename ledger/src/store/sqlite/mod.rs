@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bridle_core::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle};
 use bridle_core::policy::CompiledPolicy;
-use bridle_core::revocation::{RevocationEntry, RevocationFeed};
+use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
 use rusqlite::{params, Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
@@ -29,7 +29,7 @@ use crate::policies::{Policies, IDEMPOTENCY_RETENTION_MS};
 use crate::records::{
     Narrowing, Reservation, ReservationState, RevokeOutcome, RevokeRequest, TokenRecord,
 };
-use crate::revocations::{kind_str, parse_kind};
+use crate::revocations::kind_str;
 use crate::views::{PolicyView, TokenView};
 
 mod reads;
@@ -498,33 +498,8 @@ fn load(
         })
         .map_err(sql)?;
     accounts.set_next_seq(max_seq as u64 + 1);
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, kind, value, at, until FROM revocations WHERE until >= ?1 ORDER BY seq",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map(params![(now_ms / 1000) as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in rows {
-        let (seq, kind, value, at, until) = row.map_err(sql)?;
-        if let Some(kind) = parse_kind(&kind) {
-            accounts.load_revocation(RevocationEntry {
-                seq: seq as u64,
-                kind,
-                value,
-                at: at as u64,
-                until: until as u64,
-            });
-        }
+    for e in reads::revocation_entries(conn, 0, now_ms / 1000)? {
+        accounts.load_revocation(e);
     }
     let mut stmt = conn
         .prepare("SELECT body FROM alerts WHERE at_ms > ?1")

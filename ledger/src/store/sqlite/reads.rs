@@ -168,6 +168,45 @@ pub fn policies(
     Ok(out)
 }
 
+/// Live revocation entries after `since`, in order.
+pub fn revocation_entries(
+    conn: &Connection,
+    since: u64,
+    now_s: u64,
+) -> StoreResult<Vec<RevocationEntry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, kind, value, at, until FROM revocations
+             WHERE seq > ?1 AND until >= ?2 ORDER BY seq",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![since as i64, now_s as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(sql)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (seq, kind, value, at, until) = row.map_err(sql)?;
+        let kind =
+            parse_kind(&kind).ok_or_else(|| StoreError(format!("revocation kind {kind:?}")))?;
+        entries.push(RevocationEntry {
+            seq: seq as u64,
+            kind,
+            value,
+            at: at as u64,
+            until: until as u64,
+        });
+    }
+    Ok(entries)
+}
+
 /// The feed and its sequence number from one read transaction: one snapshot.
 pub fn revocations(conn: &Connection, since: u64, now_ms: u64) -> StoreResult<RevocationFeed> {
     conn.execute_batch("BEGIN").map_err(sql)?;
@@ -177,39 +216,9 @@ pub fn revocations(conn: &Connection, since: u64, now_ms: u64) -> StoreResult<Re
             .map_err(sql)?
             .query_row([], |r| r.get(0))
             .map_err(sql)?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, kind, value, at, until FROM revocations
-                 WHERE seq > ?1 AND until >= ?2 ORDER BY seq",
-            )
-            .map_err(sql)?;
-        let rows = stmt
-            .query_map(params![since as i64, (now_ms / 1000) as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .map_err(sql)?;
-        let mut entries = Vec::new();
-        for row in rows {
-            let (seq, kind, value, at, until) = row.map_err(sql)?;
-            let kind =
-                parse_kind(&kind).ok_or_else(|| StoreError(format!("revocation kind {kind:?}")))?;
-            entries.push(RevocationEntry {
-                seq: seq as u64,
-                kind,
-                value,
-                at: at as u64,
-                until: until as u64,
-            });
-        }
         Ok(RevocationFeed {
             seq: seq as u64,
-            entries,
+            entries: revocation_entries(conn, since, now_ms / 1000)?,
             reset: false,
         })
     })();
