@@ -813,7 +813,7 @@ async fn sqlite_state_survives_a_reopen() {
     assert_eq!(out.revocation.seq, 2);
 }
 
-/// Two replicas on one database are one ledger: a cap spans both, a revoke through one is
+/// Two replicas on one database are one ledger: they start together safely, a cap spans both, a revoke through one is
 /// refused by the other at once, they serve the same feed, alerts fire once and are handed
 /// to one deliverer, expiry run by both expires each reservation once, and all of it is
 /// still there for a replica started afterwards.
@@ -824,10 +824,9 @@ async fn postgres_replicas_share_one_ledger() {
     let db = TestDb::create().await;
     let ps = policies();
     let open = || PostgresStore::open(&db.url, &ps, TTL_MS, shared.clone());
-    let (a, b) = (
-        Arc::new(open().await.unwrap()),
-        Arc::new(open().await.unwrap()),
-    );
+    // Started together on an empty database: they take turns migrating.
+    let (a, b) = tokio::join!(open(), open());
+    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
     // 8 tokens, 400 reserves of $3.33 spread over both replicas: the $250 policy cap holds.
     let mut tasks = Vec::new();
     for i in 0..400 {
