@@ -120,7 +120,8 @@ struct EnvoyArgs {
     /// Defaults to BRIDLE_UPSTREAM_<VENDOR> from the environment, then the live API.
     #[arg(long = "upstream", value_name = "VENDOR=URL")]
     upstreams: Vec<String>,
-    /// The ledger's URL, or `none` to run the filter standalone (development only).
+    /// The ledger's URL, or several replicas of one ledger separated by commas (balanced,
+    /// health-checked), or `none` to run the filter standalone (development only).
     #[arg(long, default_value = "http://127.0.0.1:8181")]
     ledger: String,
     #[arg(long, default_value = render::DEFAULT_CA_FILE)]
@@ -417,13 +418,15 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
             Upstream::parse(&url).map_err(|e| one(format!("--upstream {v}: {e}")))?,
         );
     }
+    let ledgers = render::parse_ledgers(&args.ledger).map_err(|e| one(format!("--ledger: {e}")))?;
     let opts = EnvoyOptions {
         wasm: args.wasm,
         listen: args.listen,
         admin_port: args.admin_port,
         ports,
         upstreams,
-        ledger: ledger_url(&args.ledger)?,
+        ledger: ledgers.as_ref().map(|(first, _)| first.clone()),
+        ledger_replicas: ledgers.map(|(_, rest)| rest).unwrap_or_default(),
         ca_file: args.ca_file,
         envoy_path_hardening: !args.no_envoy_path_hardening,
     };

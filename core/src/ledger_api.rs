@@ -40,6 +40,10 @@ pub struct ReserveRequest {
     /// The vendor's `Idempotency-Key`: a retry with the same key maps to the same reservation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// SHA-256 (64 lowercase hex digits) of what was reserved. The same key with another
+    /// digest (or with a digest on one side only) is a different request, and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +122,9 @@ pub struct AuditRecord {
     pub reservation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merchant: Option<String>,
+    /// The reservation was an idempotent replay: this call counted nothing new.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,12 +143,19 @@ pub struct ReportResponse {
     pub audited: usize,
 }
 
+/// A reserve's digest: exactly 64 lowercase hex digits (SHA-256).
+pub fn check_digest(digest: &str) -> bool {
+    digest.len() == 64 && is_lower_hex(digest)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Request ids (and so reservation ids): 16-64 lowercase hex digits.
 pub fn check_request_id(id: &str) -> bool {
-    (16..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    (16..=64).contains(&id.len()) && is_lower_hex(id)
 }
 
 #[cfg(test)]

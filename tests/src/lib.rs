@@ -22,6 +22,7 @@ pub mod envoy;
 pub mod keys;
 pub mod ledger;
 pub mod mock;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod stack;

@@ -453,6 +453,7 @@ impl Exchange {
             amount: estimate.reserve,
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
+            digest: None,
         };
         match serde_json::to_vec(&request) {
             Ok(encoded) => {
@@ -702,6 +703,7 @@ impl Exchange {
                 cost,
                 reservation,
                 merchant: self.merchant,
+                replay: false,
             },
         }
     }
@@ -730,6 +732,7 @@ impl Exchange {
             cost: None,
             reservation: None,
             merchant: None,
+            replay: false,
         }
     }
 
