@@ -71,19 +71,6 @@ pub enum SettleOutcome {
     Hold,
 }
 
-impl SettleOutcome {
-    /// What the vendor's answer means for the money reserved for a call it received: 2xx
-    /// commits; 4xx releases, because the vendor refused and spent nothing; anything else
-    /// (5xx, no response, a reset) holds, because the vendor may have acted.
-    pub fn for_status(status: Option<u16>) -> SettleOutcome {
-        match status {
-            Some(200..=299) => SettleOutcome::Commit,
-            Some(400..=499) => SettleOutcome::Release,
-            _ => SettleOutcome::Hold,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settle {
@@ -183,25 +170,6 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<ReserveResponse>(r#"{"decision":"maybe"}"#).is_err());
-    }
-
-    #[test]
-    fn vendor_statuses_settle_as_commit_release_or_hold() {
-        for (status, want) in [
-            (Some(200), SettleOutcome::Commit),
-            (Some(201), SettleOutcome::Commit),
-            (Some(299), SettleOutcome::Commit),
-            (Some(400), SettleOutcome::Release),
-            (Some(402), SettleOutcome::Release),
-            (Some(499), SettleOutcome::Release),
-            (Some(500), SettleOutcome::Hold),
-            (Some(503), SettleOutcome::Hold),
-            (Some(302), SettleOutcome::Hold),
-            (Some(100), SettleOutcome::Hold),
-            (None, SettleOutcome::Hold),
-        ] {
-            assert_eq!(SettleOutcome::for_status(status), want, "{status:?}");
-        }
     }
 
     #[test]

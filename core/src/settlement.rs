@@ -1,5 +1,6 @@
-//! How a reservation moves once the vendor has answered: the one settle rule every ledger
-//! backend applies, and the filter's outcomes are read against.
+//! How a reservation moves once the vendor has answered: what the vendor's status means for
+//! the money ([`outcome_for_status`], which the filter applies), and the one settle rule every
+//! ledger backend applies.
 //!
 //! A reservation counts against every cap from the moment it is made. Reserved, held (the
 //! vendor may have acted) and expired reservations count in full, a committed one at its
@@ -63,6 +64,17 @@ impl ReservationState {
     }
 }
 
+/// What the vendor's answer means for the money reserved for a call it received: 2xx commits;
+/// 4xx releases, because the vendor refused and spent nothing; anything else (5xx, no
+/// response, a reset) holds, because the vendor may have acted.
+pub fn outcome_for_status(status: Option<u16>) -> SettleOutcome {
+    match status {
+        Some(200..=299) => SettleOutcome::Commit,
+        Some(400..=499) => SettleOutcome::Release,
+        _ => SettleOutcome::Hold,
+    }
+}
+
 /// What a settle makes of a reservation: its new state and what it counts from now on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -114,6 +126,25 @@ mod tests {
             outcome,
             amount: amount.and_then(Usd::from_micros),
             replay,
+        }
+    }
+
+    #[test]
+    fn vendor_statuses_settle_as_commit_release_or_hold() {
+        for (status, want) in [
+            (Some(200), SettleOutcome::Commit),
+            (Some(201), SettleOutcome::Commit),
+            (Some(299), SettleOutcome::Commit),
+            (Some(400), SettleOutcome::Release),
+            (Some(402), SettleOutcome::Release),
+            (Some(499), SettleOutcome::Release),
+            (Some(500), SettleOutcome::Hold),
+            (Some(503), SettleOutcome::Hold),
+            (Some(302), SettleOutcome::Hold),
+            (Some(100), SettleOutcome::Hold),
+            (None, SettleOutcome::Hold),
+        ] {
+            assert_eq!(outcome_for_status(status), want, "{status:?}");
         }
     }
 

@@ -30,6 +30,7 @@ use crate::loop_breaker::{Counter, Verdict};
 use crate::money::Usd;
 use crate::policy::FailureMode;
 use crate::revocation::RevocationSet;
+use crate::settlement::outcome_for_status;
 use crate::token::Keyring;
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
@@ -643,7 +644,7 @@ impl Exchange {
         // read or its reservation made) is audited as the proxy's.
         let (reason, cost, subject, reservation, settle) = match self.phase {
             Phase::Forwarded(p) => {
-                let outcome = SettleOutcome::for_status(status);
+                let outcome = outcome_for_status(status);
                 let settle = p.reservation.as_ref().map(|r| Settle {
                     reservation: r.id.clone(),
                     outcome,
