@@ -66,6 +66,9 @@ pub struct Setup {
     pub wasm: Option<PathBuf>,
     /// Names from `env` that the Wasm VM may read besides those the policies need.
     pub vm_env: Vec<String>,
+    /// Envoy trusts clients on 127.0.0.0/8 as internal and so obeys their `x-envoy-*`
+    /// control headers, as a mesh that trusts its own network does: the filter stands alone.
+    pub trust_local_clients: bool,
 }
 
 impl Setup {
@@ -80,6 +83,7 @@ impl Setup {
             concurrency: 2,
             wasm: None,
             vm_env: Vec::new(),
+            trust_local_clients: false,
         }
     }
 
@@ -136,6 +140,16 @@ impl Setup {
         let mut bootstrap = render::envoy_bootstrap(&self.policies, &opts).unwrap();
         if !self.vm_env.is_empty() {
             add_vm_env(&mut bootstrap, &self.vm_env);
+        }
+        if self.trust_local_clients {
+            let listeners = bootstrap["static_resources"]["listeners"].as_array_mut();
+            for l in listeners.into_iter().flatten() {
+                let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+                hcm["use_remote_address"] = serde_json::json!(true);
+                hcm["internal_address_config"] = serde_json::json!({
+                    "cidr_ranges": [{ "address_prefix": "127.0.0.0", "prefix_len": 8 }],
+                });
+            }
         }
         render::to_yaml(&[bootstrap]).unwrap()
     }

@@ -5,7 +5,8 @@
 //!   endpoint until every listener is up.
 //! - [`mock::MockVendor`] is a vendor upstream that records exactly what it receives.
 //! - [`client`] speaks raw HTTP/1.1, so tests can send paths and headers that a URL library
-//!   would normalize or refuse.
+//!   would normalize or refuse; [`h2c`] speaks HTTP/2 frame by frame (bodies in pieces,
+//!   trailers).
 //!
 //! Nothing here skips: a missing Envoy binary or `.wasm` fails the test with the command
 //! that builds it.
@@ -19,6 +20,7 @@
 pub mod artifacts;
 pub mod client;
 pub mod envoy;
+pub mod h2c;
 pub mod keys;
 pub mod ledger;
 pub mod mock;
