@@ -19,6 +19,21 @@ use bridle_core::vendor::Vendor;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+/// `println!` for the command's output, which returns early with an error instead of
+/// panicking when stdout cannot be written; see [`write_out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!`, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))?
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "bridle",
@@ -268,6 +283,18 @@ fn main() -> ExitCode {
 
 type Errors = Vec<String>;
 
+/// Writes the command's output. A reader that has gone away (`bridle audit | head`) is not an
+/// error worth a word: the command stops quietly with success, as `head` asked, where
+/// `println!` would panic on the broken pipe. Any other failure to write is reported.
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Errors> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_fmt(args) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(one(format!("cannot write the output: {e}"))),
+    }
+}
+
 fn one(e: impl ToString) -> Errors {
     vec![e.to_string()]
 }
@@ -311,7 +338,7 @@ fn run(cli: Cli) -> Result<(), Errors> {
         Command::Lint { paths } => {
             let policies = load(&paths)?;
             for p in &policies {
-                println!(
+                outln!(
                     "ok  {} ({}, {} endpoints)",
                     p.policy.name,
                     p.policy.vendor,
@@ -332,7 +359,7 @@ fn run(cli: Cli) -> Result<(), Errors> {
             if config.policies.is_empty() {
                 return Err(one(format!("no policies for {v}")));
             }
-            println!("{}", serde_json::to_string_pretty(&config).map_err(one)?);
+            outln!("{}", serde_json::to_string_pretty(&config).map_err(one)?);
             Ok(())
         }
         Command::Render(Render::Envoy(args)) => render_envoy(args),
@@ -346,7 +373,7 @@ fn run(cli: Cli) -> Result<(), Errors> {
             let ledger =
                 ledger_url(&ledger)?.ok_or_else(|| one("Istio deployments need a ledger"))?;
             let docs = render::istio(&policies, &image, &namespace, &ledger).map_err(one)?;
-            print!("{}", render::to_yaml(&docs).map_err(one)?);
+            out!("{}", render::to_yaml(&docs).map_err(one)?);
             Ok(())
         }
         Command::Mint(args) => mint(args),
@@ -359,7 +386,7 @@ fn run(cli: Cli) -> Result<(), Errors> {
             getrandom::fill(&mut key).map_err(|e| one(format!("no randomness: {e}")))?;
             let entry = Keyring::encode_entry(&kid, &key);
             Keyring::parse(&entry).map_err(one)?;
-            println!("{entry}");
+            outln!("{entry}");
             Ok(())
         }
     }
@@ -421,7 +448,7 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
             std::fs::write(&path, yaml).map_err(|e| one(format!("{}: {e}", path.display())))
         }
         None => {
-            print!("{yaml}");
+            out!("{yaml}");
             Ok(())
         }
     }
@@ -468,7 +495,7 @@ fn mint(args: MintArgs) -> Result<(), Errors> {
     let id = format!("tok_{}", random_hex(12)?);
     let claims = claims_for(policy, &request, id, now())
         .map_err(|es| es.into_iter().map(|e| e.to_string()).collect::<Errors>())?;
-    println!("{}", keyring.mint(&claims).map_err(one)?);
+    outln!("{}", keyring.mint(&claims).map_err(one)?);
     Ok(())
 }
 
@@ -481,9 +508,9 @@ fn issue(args: IssueArgs) -> Result<(), Errors> {
         .post("/v1/tokens", &body)
         .map_err(one)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
+        outln!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
     } else {
-        println!(
+        outln!(
             "{}",
             answer["token"]
                 .as_str()
@@ -518,7 +545,7 @@ fn revoke(args: RevokeArgs) -> Result<(), Errors> {
         .client()
         .post("/v1/revocations", &body)
         .map_err(one)?;
-    println!(
+    outln!(
         "revoked {} {}: covers {} issued token(s), and any minted offline (revocation #{})",
         answer["revocation"]["kind"].as_str().unwrap_or("?"),
         answer["revocation"]["value"].as_str().unwrap_or("?"),
@@ -545,18 +572,24 @@ fn tokens(args: TokensArgs) -> Result<(), Errors> {
         .get("/v1/tokens", &query)
         .map_err(one)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
+        outln!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
-        "TOKEN", "POLICY", "LABEL", "STATUS", "WINDOW $", "LIFETIME $", "USE"
+        "TOKEN",
+        "POLICY",
+        "LABEL",
+        "STATUS",
+        "WINDOW $",
+        "LIFETIME $",
+        "USE"
     );
     for t in answer["tokens"].as_array().cloned().unwrap_or_default() {
         let util = t["spend"]["utilization"]["per_window"]
             .as_f64()
             .map_or("-".to_string(), |u| format!("{:.0}%", u * 100.0));
-        println!(
+        outln!(
             "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
             t["id"].as_str().unwrap_or("?"),
             t["policy"].as_str().unwrap_or("?"),
@@ -628,21 +661,26 @@ fn audit(args: AuditArgs) -> Result<(), Errors> {
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&Value::Array(records)).map_err(one)?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:>4} {:<22} {:<40} {:<29} {:>9}",
-        "TIME", "CODE", "REASON", "REQUEST", "TOKEN", "COST $"
+        "TIME",
+        "CODE",
+        "REASON",
+        "REQUEST",
+        "TOKEN",
+        "COST $"
     );
     for r in records {
         let at = r["at_ms"].as_u64().unwrap_or(0);
         let time =
             humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(at));
-        println!(
+        outln!(
             "{:<24} {:>4} {:<22} {:<40} {:<29} {:>9}",
             time.to_string(),
             r["status"],

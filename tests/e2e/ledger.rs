@@ -869,6 +869,28 @@ async fn every_request_is_audited_once() {
             got.path.split('?').next().unwrap()
         );
     }
+
+    // `bridle audit | head` (and `bridle tokens | head`): the reader has gone before the CLI
+    // writes a line. The CLI stops quietly with success; it used to panic on the broken pipe.
+    for args in [&["audit", "--label-prefix", "acme/"][..], &["tokens"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(bridle_e2e::workspace_binary("bridle"))
+            .args(args)
+            .args(["--ledger", &s.ledger.url()])
+            .env_clear()
+            .env("BRIDLE_ADMIN_KEY", ADMIN_KEY)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "bridle {args:?} into a closed pipe: {} {stderr}",
+            out.status
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
