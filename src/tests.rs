@@ -538,9 +538,10 @@ mod ledger_flow {
         );
         s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
         let sent = h.sent().unwrap();
+        // 403 on Stripe, whose SDK reads every 402 as a declined card.
         assert_eq!(
             (sent.status, sent.header("x-bridle-reason")),
-            (402, Some("cap_window"))
+            (403, Some("cap_window"))
         );
         assert!(sent.body.contains("over the $1.00 cap"));
         assert_eq!(h.counter("bridle.stripe.stripe-payments.cap_window"), 1);

@@ -310,13 +310,14 @@ fn base64_basic(user: &str, pass: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_cap_refuses_with_402_naming_the_cap() {
+async fn each_cap_refuses_naming_the_cap_never_as_a_card_decline() {
     let s = stack().await;
     let (token, _) = s.issue("pay", "acme/caps").await;
+    // Stripe: 403, so the SDK raises PermissionError; every 402 would be a CardError.
     let r = intent(&token, "5001", "usd").send(s.stripe()).await;
     assert_eq!(
         (r.status, r.reason()),
-        (402, "cap_per_transaction"),
+        (403, "cap_per_transaction"),
         "{}",
         r.text()
     );
@@ -329,7 +330,7 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
         r.text()
     );
     assert_eq!(r.header("stripe-should-retry"), Some("false"));
-    assert_eq!(r.json()["error"]["type"], "card_error");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     assert_eq!(
         intent(&token, "5000", "usd").send(s.stripe()).await.status,
         200
@@ -339,7 +340,7 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
         200
     );
     let r = intent(&token, "1", "usd").send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (402, "cap_window"), "{}", r.text());
+    assert_eq!((r.status, r.reason()), (403, "cap_window"), "{}", r.text());
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(
         message.contains("$100.00 cap") && message.contains("$100.00 already spent"),
@@ -358,7 +359,7 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
     let r = intent(&narrowed, "1", "usd").send(s.stripe()).await;
     assert_eq!(
         (r.status, r.reason()),
-        (402, "cap_lifetime"),
+        (403, "cap_lifetime"),
         "{}",
         r.text()
     );
@@ -368,12 +369,12 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
         ("t/a", "10000", 200),
         ("t/b", "10000", 200),
         ("t/c", "5000", 200),
-        ("t/d", "1", 402),
+        ("t/d", "1", 403),
     ] {
         let (t, _) = s.issue("tight", label).await;
         let r = intent(&t, amount, "usd").send(s.stripe()).await;
         assert_eq!(r.status, want, "{label}: {}", r.text());
-        if want == 402 {
+        if want == 403 {
             assert_eq!(r.reason(), "cap_policy");
         }
     }
@@ -418,7 +419,7 @@ async fn spend_never_exceeds_a_cap_under_concurrency() {
     for t in tasks {
         match t.await.unwrap() {
             200 => ok += 1,
-            402 => {}
+            403 => {}
             other => panic!("unexpected status {other}"),
         }
     }
@@ -714,7 +715,7 @@ async fn kill_9_under_load_loses_no_committed_spend() {
                     .expect("a request hung across the crash");
                 match r.status {
                     200 => granted += 1,
-                    503 | 402 => refused += 1,
+                    503 | 403 => refused += 1,
                     other => panic!("status {other}: {}", r.text()),
                 }
             }
@@ -770,7 +771,7 @@ async fn cap_alerts_fire_exactly_once_per_threshold() {
     for _ in 0..2 {
         assert_eq!(
             intent(&token, "2000", "usd").send(s.stripe()).await.status,
-            402
+            403
         ); // refused at the cap: 100%
     }
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -466,13 +466,14 @@ fn the_ledgers_refusal_reaches_the_agent_and_holds_nothing() {
     let (mut x, _) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
     let answer = br#"{"decision":"denied","reason":"cap_window","message":"over the $1.00 cap"}"#;
     let reply = refused(x.on_reservation(&run.bp, Ok(answer)));
+    // 403 on Stripe, whose SDK reads every 402 as a declined card.
     assert_eq!(
         (reply.reason, reply.response.status),
-        (Reason::CapWindow, 402)
+        (Reason::CapWindow, 403)
     );
     assert!(reply.response.body.contains("over the $1.00 cap"));
     assert!(!reply.ledger_failed);
-    let done = x.finish(Vendor::Stripe, Some(402));
+    let done = x.finish(Vendor::Stripe, Some(403));
     assert!(done.settle.is_none());
     assert_eq!(done.audit.reason, Reason::CapWindow);
 }

@@ -100,6 +100,11 @@ pub(crate) trait Profile: Sync {
     fn no_retry_headers(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
+    /// The HTTP status of a refusal, where this vendor's SDK would misread the reason's own
+    /// (a cap's 402 read as a declined card, say).
+    fn status(&self, reason: Reason) -> u16 {
+        reason.status()
+    }
     /// The header carrying a retry's idempotency key, if the vendor's API honours one.
     fn idempotency_header(&self) -> Option<&'static str> {
         Some("idempotency-key")
@@ -222,7 +227,7 @@ impl Vendor {
         message: &str,
         retry_after_secs: Option<u64>,
     ) -> ErrorResponse {
-        let status = reason.status();
+        let status = self.profile().status(reason);
         let code = reason.code();
         let message = format!("Bridle: {message} [{code}]");
         let body = self.profile().error_body(status, code, &message);
@@ -351,5 +356,41 @@ mod tests {
         let r = Vendor::Stripe.error_response(Reason::RateLimited, "slow down", Some(30));
         assert!(r.headers.contains(&("stripe-should-retry", "false".into())));
         assert!(r.headers.contains(&("retry-after", "30".into())));
+    }
+
+    /// A cap is a refusal from Bridle, not the vendor account's money: no SDK may read it as
+    /// a declined card (Stripe's `CardError` for any 402) or as the account's billing (the
+    /// OpenAI and Anthropic SDKs' 402 classes).
+    #[test]
+    fn caps_read_as_refusals_in_every_sdk() {
+        for v in Vendor::ALL {
+            for reason in [
+                Reason::CapPerTransaction,
+                Reason::CapWindow,
+                Reason::CapLifetime,
+                Reason::CapPolicy,
+            ] {
+                let r = v.error_response(reason, "over", None);
+                let want = match v {
+                    Vendor::Stripe | Vendor::Openai | Vendor::Anthropic => 403,
+                    Vendor::Twilio | Vendor::Resend => 402,
+                };
+                assert_eq!(r.status, want, "{v} {reason}");
+                assert!(r
+                    .headers
+                    .contains(&(REASON_HEADER, reason.code().to_string())));
+                assert!(
+                    r.body.contains(&format!("[{}]", reason.code())),
+                    "{}",
+                    r.body
+                );
+                for misleading in ["card_error", "billing_error"] {
+                    assert!(!r.body.contains(misleading), "{v}: {}", r.body);
+                }
+            }
+            // Every other reason keeps its own status.
+            let r = v.error_response(Reason::RateLimited, "slow", Some(1));
+            assert_eq!(r.status, 429);
+        }
     }
 }
