@@ -248,6 +248,13 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": format!("bridle_{vendor}"),
         "common_http_protocol_options": { "headers_with_underscores_action": "REJECT_REQUEST" },
+        // Every agent is an outside client: Envoy trusts the connection's address, never a
+        // client's x-forwarded-for, and counts no address as internal, so that it strips the
+        // x-envoy-* control headers (retries, timeouts) from every request, as the filter
+        // does again. The agent's address is not passed on to the vendor.
+        "use_remote_address": true,
+        "skip_xff_append": true,
+        "internal_address_config": {},
         "route_config": {
             "name": format!("bridle_{vendor}"),
             "virtual_hosts": [{
@@ -260,6 +267,9 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
                         "host_rewrite_literal": upstream.authority(),
                         // Model calls can stream for minutes.
                         "timeout": "600s",
+                        // Never a second attempt: a retry would reach the vendor again under
+                        // the one reservation the ledger made for the call.
+                        "retry_policy": { "num_retries": 0 },
                     },
                 }],
             }],

@@ -36,6 +36,12 @@ const STRIPPED_HEADERS: [&str; 8] = [
 ];
 /// Bridle's own namespace: never accepted from a client.
 const BRIDLE_HEADER_PREFIX: &str = "x-bridle-";
+/// Envoy's control headers: its router obeys some from the client (`x-envoy-retry-on` and
+/// `x-envoy-max-retries` would replay a costed call under one reservation,
+/// `x-envoy-upstream-rq-timeout-ms` cut it short), and Envoy cleans them only from requests
+/// it deems external. The filter runs before the router: it removes every one, always.
+/// (Removed rather than refused: a sidecar in front of the agent adds some of its own.)
+const ENVOY_HEADER_PREFIX: &str = "x-envoy-";
 /// Tokens verified once stay cached: signature and decoding are the costly part.
 const TOKEN_CACHE_CAPACITY: usize = 1024;
 /// Clock skew tolerated on `iat` between the issuer and this proxy.
@@ -500,8 +506,9 @@ fn carries_vault_token_elsewhere(req: &Request<'_>, stripped: &[String]) -> bool
 fn headers_to_strip(req: &Request<'_>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (name, _) in req.headers {
-        let strip =
-            STRIPPED_HEADERS.contains(&name.as_str()) || name.starts_with(BRIDLE_HEADER_PREFIX);
+        let strip = STRIPPED_HEADERS.contains(&name.as_str())
+            || name.starts_with(BRIDLE_HEADER_PREFIX)
+            || name.starts_with(ENVOY_HEADER_PREFIX);
         if strip && !out.contains(name) {
             out.push(name.clone());
         }
@@ -1052,6 +1059,34 @@ mod tests {
             ],
         );
         assert_eq!(reason(&g, &stripped), Reason::Allowed);
+    }
+
+    #[test]
+    fn envoy_control_headers_are_stripped_whatever_their_case_or_number() {
+        let g = gate();
+        let h = req(
+            "POST",
+            "/v1/payment_intents",
+            &[
+                ("authorization", bearer(&claims())),
+                ("stripe-account", b"acct_1Merchant".to_vec()),
+                ("x-envoy-retry-on", b"5xx,reset".to_vec()),
+                ("x-envoy-max-retries", b"5".to_vec()),
+                ("x-envoy-upstream-rq-timeout-ms", b"1".to_vec()),
+                ("x-envoy-retry-on", b"gateway-error".to_vec()),
+                ("x-envoyish", b"kept".to_vec()),
+            ],
+        );
+        let grant = decide(&g, &h).unwrap();
+        assert_eq!(
+            grant.strip_headers,
+            [
+                "authorization",
+                "x-envoy-retry-on",
+                "x-envoy-max-retries",
+                "x-envoy-upstream-rq-timeout-ms"
+            ]
+        );
     }
 
     #[test]

@@ -674,6 +674,25 @@ fn istio_gateway_ports_match_the_wasmplugins() {
     }
 }
 
+/// Istio retries a route twice by default (on 503 among others); to the vendor, a retry is a
+/// second call under the one reservation Bridle made. Every vendor route says no retries.
+#[test]
+fn istio_vendor_routes_never_retry() {
+    let docs = deploy_docs();
+    let services = resources(&docs, "istio/", "VirtualService");
+    assert_eq!(services.len(), vendor_ports().len());
+    for vs in services {
+        for route in vs.value["spec"]["http"].as_array().unwrap() {
+            assert_eq!(
+                route["retries"]["attempts"].as_u64(),
+                Some(0),
+                "{}: {route}",
+                vs.value["metadata"]["name"]
+            );
+        }
+    }
+}
+
 #[test]
 fn istio_defines_the_ledger_cluster_the_plugins_call() {
     let docs = deploy_docs();
