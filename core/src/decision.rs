@@ -382,6 +382,7 @@ impl Gate {
         }
 
         let merchant = check_merchant(req, &path, policy, claims).map_err(|d| d.about(&subject))?;
+        check_content_encoding(req).map_err(|d| d.about(&subject))?;
         let strip_headers = headers_to_strip(req);
         if carries_vault_token_elsewhere(req, &strip_headers) {
             return Err(Denial::new(
@@ -501,6 +502,27 @@ fn carries_vault_token_elsewhere(req: &Request<'_>, stripped: &[String]) -> bool
         .iter()
         .filter(|(name, _)| !stripped.contains(name))
         .any(|(_, value)| value.windows(prefix.len()).any(|w| w == prefix))
+}
+
+/// A request body is read as it is sent: an encoded one (gzip, deflate, br...) would be
+/// priced on bytes the vendor never reads, and read as something else once inflated. Only
+/// `identity`, which means no encoding, passes; so does no header at all.
+fn check_content_encoding(req: &Request<'_>) -> Result<(), Denial> {
+    for value in req.all("content-encoding") {
+        let identity =
+            std::str::from_utf8(value).is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+        if !identity {
+            let shown = String::from_utf8_lossy(value);
+            return Err(Denial::new(
+                Reason::BodyEncoded,
+                format!(
+                    "Content-Encoding {} is refused: Bridle reads request bodies as sent, so send the body uncompressed.",
+                    crate::body::shown(shown.trim())
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn headers_to_strip(req: &Request<'_>) -> Vec<String> {
@@ -1087,6 +1109,35 @@ mod tests {
                 "x-envoy-upstream-rq-timeout-ms"
             ]
         );
+    }
+
+    #[test]
+    fn encoded_bodies_are_refused_before_anything_is_read() {
+        let g = gate();
+        let with = |values: &[&[u8]]| {
+            let mut extra = vec![
+                ("authorization", bearer(&claims())),
+                ("stripe-account", b"acct_1Merchant".to_vec()),
+            ];
+            extra.extend(values.iter().map(|v| ("content-encoding", v.to_vec())));
+            req("POST", "/v1/payment_intents", &extra)
+        };
+        for refused in [
+            &[&b"deflate"[..]][..],
+            &[b"gzip"],
+            &[b"br"],
+            &[b"identity, gzip"],
+            &[b"identity", b"deflate"],
+            &[b""],
+            &[b"\xff"],
+        ] {
+            let d = decide(&g, &with(refused)).unwrap_err();
+            assert_eq!(d.reason, Reason::BodyEncoded, "{refused:?}");
+            assert_eq!(d.subject.map(|s| s.token_id).as_deref(), Some("tok_123"));
+        }
+        for allowed in [&[][..], &[&b"identity"[..]], &[b" IDENTITY "]] {
+            assert_eq!(reason(&g, &with(allowed)), Reason::Allowed, "{allowed:?}");
+        }
     }
 
     #[test]

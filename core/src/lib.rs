@@ -18,6 +18,7 @@
 )]
 
 pub mod body;
+pub mod body_rules;
 pub mod config;
 pub mod cost;
 pub mod decision;

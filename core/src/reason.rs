@@ -49,6 +49,9 @@ reasons! {
     // The request itself.
     PathRejected => "path_rejected", 400;
     MerchantAmbiguous => "merchant_ambiguous", 400;
+    // A body sent compressed (any Content-Encoding but identity): Bridle would read one thing
+    // and a vendor that inflates it another.
+    BodyEncoded => "body_encoded", 400;
     EndpointNotAllowed => "endpoint_not_allowed", 403;
     MerchantNotAllowed => "merchant_not_allowed", 403;
     HeaderNotAllowed => "header_not_allowed", 403;

@@ -593,6 +593,32 @@ fn cost_seeds(out: &mut Vec<Seed>) {
         CT_FORM,
         "amount=1&amount=99999&currency=usd",
     );
+    // The body-ambiguity rule: what a Rack-style parser reads as another field.
+    add(
+        "rack-bracketed-name.form",
+        CT_FORM,
+        "amount=100&currency=usd&[amount]=9999999",
+    );
+    add(
+        "rack-semicolon.form",
+        CT_FORM,
+        "amount=100&currency=usd;amount=9999999",
+    );
+    add(
+        "rack-space-after-separator.form",
+        CT_FORM,
+        "amount=100&currency=usd& amount=9999999",
+    );
+    add(
+        "rack-closing-bracket.form",
+        CT_FORM,
+        "amount]=9999999&amount=100&currency=usd&transfer_data[amount]x=5",
+    );
+    add(
+        "rack-sniffed.none",
+        CT_NONE,
+        r#"{"amount": 1, "currency": "usd", "x": "&[amount]=99999"}"#,
+    );
     add(
         "stripe-payment-intent.json",
         CT_JSON,

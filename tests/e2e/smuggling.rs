@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bridle_core::money::Usd;
 use bridle_core::vendor::Vendor;
-use bridle_e2e::client::Request;
+use bridle_e2e::client::{Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::h2c;
 use bridle_e2e::keys::Keys;
@@ -40,6 +40,10 @@ struct Stack {
     ledger: Ledger,
     envoy: Envoy,
     mock: MockVendor,
+}
+
+async fn stack(ps: &[Value]) -> Stack {
+    stack_with(ps, false).await
 }
 
 async fn stack_with(ps: &[Value], trust_local_clients: bool) -> Stack {
@@ -86,6 +90,15 @@ fn intent(token: &str, body: &str) -> Request {
     Request::new("POST", "/v1/payment_intents")
         .bearer(token)
         .form(body)
+}
+
+fn refused(r: &Response, status: u16, reason: &str, case: &str) {
+    assert_eq!(
+        (r.status, r.reason()),
+        (status, reason),
+        "{case}: {}",
+        r.text()
+    );
 }
 
 /// Envoy 1.40 trusts no client address by default, and the shipped listeners say so
@@ -136,4 +149,39 @@ async fn envoy_control_headers_never_replay_a_costed_call() {
     }
     // Both calls held their reservation (the vendor may have acted), nothing more.
     assert_eq!(s.spent(&id).await, Usd::parse("2").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_bodies_and_ambiguous_forms_are_refused_before_pricing() {
+    let s = stack(&[stripe_pay()]).await;
+    let (token, id) = s.issue("pay").await;
+    let port = s.stripe();
+    // An upstream that inflates request bodies would read something else than was priced.
+    for encoding in ["deflate", "gzip", "br", "identity, gzip"] {
+        let r = intent(&token, "amount=11&currency=usd")
+            .header("content-encoding", encoding)
+            .send(port)
+            .await;
+        refused(&r, 400, "body_encoded", encoding);
+    }
+    // Keys and separators a Rack-style parser reads as `amount` (or another field).
+    for body in [
+        "amount=100&currency=usd&[amount]=9999999",
+        "amount=100&currency=usd&%5Bamount%5D=9999999",
+        "amount=100&currency=usd&amount]=9999999",
+        "amount=100&currency=usd;amount=9999999",
+        "amount=100&currency=usd& amount=9999999",
+        "amount=100&currency=usd&transfer_data[amount]x=1",
+    ] {
+        let r = intent(&token, body).send(port).await;
+        refused(&r, 400, "body_unreadable", body);
+    }
+    assert_eq!(s.mock.count(), 0, "{:#?}", s.mock.requests());
+    // What is left reads the same everywhere, and is priced.
+    let r = intent(&token, "amount=100&currency=usd&metadata[order]=a+b%3Bc")
+        .header("content-encoding", "identity")
+        .send(port)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.spent(&id).await, Usd::parse("1").unwrap());
 }
