@@ -22,12 +22,19 @@ use crate::reports::Item;
 
 pub use bridle_core::exchange::MAX_BODY;
 
+/// A streamed body is read into the VM this much at a time, for its scan.
+const SCAN_SLICE: usize = 64 * 1024;
+
 pub struct Stream {
     plugin: Option<Rc<Plugin>>,
     /// `None` until the request's headers arrive (and for ever, if Envoy answers first).
     exchange: Option<Exchange>,
     /// The reservation callout in flight.
     call: Option<u32>,
+    /// How much of the request body Envoy holds for the filter: while it is read before the
+    /// decision, all of it; while it streams, the bytes already scanned but held back (Envoy
+    /// appends what arrives next to them).
+    held: usize,
 }
 
 impl Stream {
@@ -36,6 +43,7 @@ impl Stream {
             plugin,
             exchange: None,
             call: None,
+            held: 0,
         }
     }
 
@@ -94,7 +102,45 @@ impl Stream {
         let (Some(plugin), Some(exchange)) = (self.plugin.clone(), self.exchange.as_mut()) else {
             return Action::Pause;
         };
-        if !exchange.awaits_body() {
+        if exchange.awaits_body() {
+            let bp = &plugin.blueprint;
+            let counter = SharedCounter(host);
+            self.held = body_size;
+            let step = if body_size > MAX_BODY {
+                exchange.on_body(bp, &counter, Body::TooLarge)
+            } else if !end_of_stream {
+                // Headers wait while the body is buffered (the Envoy config sets
+                // allow_on_headers_stop_iteration so that body callbacks still arrive).
+                return Action::Pause;
+            } else {
+                read_body(host, exchange, bp, &counter, body_size)
+            };
+            self.held = 0;
+            let action = self.perform(host, &plugin, step, false);
+            // Forwarded with its body still coming (too large to read): what Envoy holds now
+            // goes first, and is scanned like the rest.
+            if action == Action::Pause
+                || !self.exchange.as_ref().is_some_and(Exchange::streams_body)
+            {
+                return action;
+            }
+        }
+        self.stream_body(host, &plugin, body_size, end_of_stream)
+    }
+
+    /// Scans the part of a streaming body Envoy holds that was not scanned yet, then lets it
+    /// all through, or holds it while its end could begin a vault token.
+    fn stream_body<H: Host>(
+        &mut self,
+        host: &H,
+        plugin: &Plugin,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Pause;
+        };
+        if !exchange.streams_body() {
             return if exchange.holds_request() {
                 Action::Pause
             } else {
@@ -102,27 +148,37 @@ impl Stream {
             };
         }
         let bp = &plugin.blueprint;
-        let counter = SharedCounter(host);
-        let step = if body_size > MAX_BODY {
-            exchange.on_body(bp, &counter, Body::TooLarge)
-        } else if !end_of_stream {
-            // Headers wait while the body is buffered (the Envoy config sets
-            // allow_on_headers_stop_iteration so that body callbacks still arrive).
-            return Action::Pause;
-        } else {
-            match host.buffer(BufferType::RequestBody, 0, body_size) {
-                Ok(body) => exchange.on_body(
-                    bp,
-                    &counter,
-                    Body::Complete(body.as_deref().unwrap_or_default()),
-                ),
-                Err(e) => exchange.fail(
-                    bp,
-                    format!("Could not read the request body (status {}).", e.0),
-                ),
+        let mut at = self.held;
+        if body_size < at {
+            let step = exchange.fail(bp, "The request body Envoy held shrank.".into());
+            return self.perform(host, plugin, step, false);
+        }
+        while at < body_size {
+            let len = (body_size - at).min(SCAN_SLICE);
+            let chunk = match host.buffer(BufferType::RequestBody, at, len) {
+                Ok(Some(chunk)) if chunk.len() == len => chunk,
+                Ok(_) => {
+                    let step = exchange.fail(bp, "The request body could not be read.".into());
+                    return self.perform(host, plugin, step, false);
+                }
+                Err(e) => {
+                    let message = format!("Could not read the request body (status {}).", e.0);
+                    let step = exchange.fail(bp, message);
+                    return self.perform(host, plugin, step, false);
+                }
+            };
+            if let Some(step) = exchange.on_body_chunk(bp, &chunk) {
+                return self.perform(host, plugin, step, false);
             }
-        };
-        self.perform(host, &plugin, step, false)
+            at += len;
+        }
+        if end_of_stream || exchange.body_pending() == 0 {
+            self.held = 0;
+            Action::Continue
+        } else {
+            self.held = body_size;
+            Action::Pause
+        }
     }
 
     /// The ledger's answer to a reservation.
@@ -308,6 +364,27 @@ fn deny<H: Host>(host: &H, plugin: &Plugin, reply: Reply) {
     }
     let response = &reply.response;
     send_or_reset(host, response.status, &response.headers, &response.body);
+}
+
+/// Reads the whole request body Envoy holds and gives it to the exchange.
+fn read_body<H: Host>(
+    host: &H,
+    exchange: &mut Exchange,
+    bp: &bridle_core::exchange::Blueprint,
+    counter: &SharedCounter<'_, H>,
+    size: usize,
+) -> Step {
+    match host.buffer(BufferType::RequestBody, 0, size) {
+        Ok(body) => exchange.on_body(
+            bp,
+            counter,
+            Body::Complete(body.as_deref().unwrap_or_default()),
+        ),
+        Err(e) => exchange.fail(
+            bp,
+            format!("Could not read the request body (status {}).", e.0),
+        ),
+    }
 }
 
 fn response_status<H: Host>(host: &H) -> Option<u16> {

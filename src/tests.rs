@@ -10,7 +10,7 @@ use bridle_core::vendor::Vendor;
 use proxy_wasm::types::Action;
 
 use crate::fake_host::FakeHost;
-use crate::host::MapType;
+use crate::host::{BufferType, MapType};
 use crate::plugin::Plugin;
 use crate::stream::Stream;
 
@@ -235,6 +235,69 @@ fn bad_configuration_is_refused_with_the_reason() {
 }
 
 // --- the ledger link -----------------------------------------------------------------
+
+/// A free POST without a loop breaker: forwarded on its headers, its body streaming.
+fn streaming(h: &FakeHost, p: &Rc<Plugin>) -> Stream {
+    let auth = format!("Bearer {}", token());
+    request(
+        h,
+        "POST",
+        "/v1/payment_intents",
+        &[("authorization", auth.as_bytes())],
+    );
+    let mut s = Stream::new(Some(p.clone()));
+    assert_eq!(s.on_request_headers(h, false), Action::Continue);
+    s
+}
+
+#[test]
+fn a_streamed_body_goes_through_but_for_a_tail_that_could_begin_a_token() {
+    let h = host();
+    let p = plugin(&h);
+    let mut s = streaming(&h, &p);
+    // Envoy gives each piece; after a Pause, the bytes held and the next piece together.
+    h.set_buffer(BufferType::RequestBody, b"name=Ada&note=hi+bv");
+    assert_eq!(s.on_request_body(&h, 19, false), Action::Pause);
+    h.set_buffer(BufferType::RequestBody, b"name=Ada&note=hi+bvx&more");
+    assert_eq!(s.on_request_body(&h, 25, false), Action::Continue);
+    h.set_buffer(BufferType::RequestBody, b"&z=1");
+    assert_eq!(s.on_request_body(&h, 4, false), Action::Continue);
+    // At the end of the body, nothing more can complete a token: all of it goes.
+    h.set_buffer(BufferType::RequestBody, b"&w=bvt_x");
+    assert_eq!(s.on_request_body(&h, 8, true), Action::Continue);
+    assert!(h.sent().is_none());
+}
+
+#[test]
+fn a_token_cut_across_streamed_pieces_is_refused_before_it_goes() {
+    let h = host();
+    let p = plugin(&h);
+    let t = token();
+    let (a, b) = t.split_at(6);
+    // Larger than one read of the scan, with the token across the pieces.
+    let first = format!("note={}{a}", "a".repeat(70_000));
+    for ending in [format!("{b}&x=1"), b.to_string()] {
+        let mut s = streaming(&h, &p);
+        h.set_buffer(BufferType::RequestBody, first.as_bytes());
+        assert_eq!(s.on_request_body(&h, first.len(), false), Action::Pause);
+        let all = format!("{first}{ending}");
+        h.set_buffer(BufferType::RequestBody, all.as_bytes());
+        assert_eq!(s.on_request_body(&h, all.len(), true), Action::Pause);
+        let sent = h.sent().unwrap();
+        assert_eq!(
+            (sent.status, sent.header("x-bridle-reason")),
+            (400, Some("credential_ambiguous"))
+        );
+        assert!(!sent.body.contains("bvt_"));
+        h.sent.borrow_mut().take();
+    }
+    // A buffer that shrank is not trusted.
+    let mut s = streaming(&h, &p);
+    h.set_buffer(BufferType::RequestBody, b"x=bv");
+    assert_eq!(s.on_request_body(&h, 4, false), Action::Pause);
+    assert_eq!(s.on_request_body(&h, 2, false), Action::Pause);
+    assert_eq!(h.sent().unwrap().status, 500);
+}
 
 mod ledger_flow {
     use std::rc::Rc;

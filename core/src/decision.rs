@@ -16,6 +16,7 @@ use crate::policy::{CompiledEndpoint, CompiledPolicy};
 use crate::revocation::RevocationSet;
 use crate::token::{self, Claims, Keyring};
 use crate::token_cache::TokenCache;
+use crate::token_scan;
 use crate::vendor::{Presentation, Tenant, Vendor};
 use crate::Reason;
 
@@ -495,13 +496,13 @@ fn check_merchant(
 }
 
 /// Anything that looks like a vault token outside the headers Bridle strips would be
-/// forwarded to the vendor; refuse instead.
+/// forwarded to the vendor; refuse instead. The query (in `:path`) and every header value
+/// are read as the vendor may decode them: percent-encoded too.
 fn carries_vault_token_elsewhere(req: &Request<'_>, stripped: &[String]) -> bool {
-    let prefix = token::PREFIX.as_bytes();
     req.headers
         .iter()
         .filter(|(name, _)| !stripped.contains(name))
-        .any(|(_, value)| value.windows(prefix.len()).any(|w| w == prefix))
+        .any(|(_, value)| token_scan::contains_token(value))
 }
 
 /// A request body is read as it is sent: an encoded one (gzip, deflate, br...) would be
@@ -1067,6 +1068,25 @@ mod tests {
                 ("authorization", t.clone()),
                 merchant.clone(),
                 ("x-note", token.clone().into_bytes()),
+            ],
+        );
+        assert_eq!(reason(&g, &in_header), Reason::CredentialAmbiguous);
+        // Percent-encoded, the vendor decodes it back: in the query, or in a header.
+        let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+        let in_query = req(
+            "GET",
+            &format!("/v1/charges/ch_1?key={encoded}"),
+            &[("authorization", t.clone()), merchant.clone()],
+        );
+        assert_eq!(reason(&g, &in_query), Reason::CredentialAmbiguous);
+        let partly = format!("%62vt{}", &token[3..]);
+        let in_header = req(
+            "GET",
+            "/v1/charges/ch_1",
+            &[
+                ("authorization", t.clone()),
+                merchant.clone(),
+                ("x-note", partly.into_bytes()),
             ],
         );
         assert_eq!(reason(&g, &in_header), Reason::CredentialAmbiguous);

@@ -39,6 +39,7 @@ pub mod sms;
 pub mod struct_pb;
 pub mod token;
 pub mod token_cache;
+pub mod token_scan;
 pub mod vendor;
 
 pub use reason::Reason;

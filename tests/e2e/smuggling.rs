@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bridle_core::money::Usd;
 use bridle_core::vendor::Vendor;
-use bridle_e2e::client::{Request, Response};
+use bridle_e2e::client::{self, Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::h2c;
 use bridle_e2e::keys::Keys;
 use bridle_e2e::ledger::Ledger;
-use bridle_e2e::mock::{MockVendor, Reply};
+use bridle_e2e::mock::{MockVendor, Recorded, Reply};
 use serde_json::{json, Value};
 
 fn stripe_pay() -> Value {
@@ -99,6 +99,20 @@ fn refused(r: &Response, status: u16, reason: &str, case: &str) {
         "{case}: {}",
         r.text()
     );
+}
+
+/// `s` with every byte percent-encoded, as a query or form body may carry it.
+fn percent(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// Whether anything the vendor received holds the token, as is or percent-encoded.
+fn reached_vendor(got: &[Recorded], token: &str) -> bool {
+    let encoded = percent(token).to_ascii_lowercase();
+    got.iter().any(|r| {
+        let all = r.everything();
+        all.contains("bvt_") || all.to_ascii_lowercase().contains(&encoded)
+    })
 }
 
 /// Envoy 1.40 trusts no client address by default, and the shipped listeners say so
@@ -184,4 +198,90 @@ async fn encoded_bodies_and_ambiguous_forms_are_refused_before_pricing() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.spent(&id).await, Usd::parse("1").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_token_never_reaches_the_vendor() {
+    let s = stack(&[stripe_pay()]).await;
+    let (token, _) = s.issue("pay").await;
+    let port = s.stripe();
+    let encoded = percent(&token);
+    // In the query or another header, percent-encoded: the vendor would decode it.
+    let r = Request::new("GET", format!("/v1/charges/ch_1?note={encoded}"))
+        .bearer(&token)
+        .send(port)
+        .await;
+    refused(&r, 400, "credential_ambiguous", "query");
+    let r = Request::new("GET", "/v1/charges/ch_1")
+        .bearer(&token)
+        .header("x-note", format!("%62vt{}", &token[3..]))
+        .send(port)
+        .await;
+    refused(&r, 400, "credential_ambiguous", "header");
+    // In a body Bridle reads to price it.
+    for body in [
+        format!("amount=100&currency=usd&description={token}"),
+        format!("amount=100&currency=usd&description={encoded}"),
+    ] {
+        let r = intent(&token, &body).send(port).await;
+        refused(&r, 400, "credential_ambiguous", "costed body");
+    }
+    assert_eq!(s.mock.count(), 0, "{:#?}", s.mock.requests());
+
+    // In a body that streams through: HTTP/1.1 chunks, the token cut across two of them.
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/x-www-form-urlencoded\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len()).into_bytes();
+    let (first, second) = token.split_at(6);
+    let pieces = vec![
+        head("/v1/customers"),
+        chunk("name=Ada&note=hello+"),
+        chunk(first),
+        chunk(second),
+        chunk("&city=Paris"),
+        b"0\r\n\r\n".to_vec(),
+    ];
+    let r = client::send_raw(port, &pieces, Duration::from_millis(40))
+        .await
+        .unwrap();
+    refused(&r, 400, "credential_ambiguous", "streamed body");
+    // The same over HTTP/2, percent-encoded, split inside an escape.
+    let (first, second) = encoded.split_at(13);
+    let r = h2c::Request::new("POST", "/v1/customers")
+        .bearer(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .piece("name=Ada&note=")
+        .piece(first)
+        .piece(second)
+        .piece("&city=Paris")
+        .send(port)
+        .await;
+    refused(&r, 400, "credential_ambiguous", "streamed body over HTTP/2");
+    assert!(
+        !reached_vendor(&s.mock.requests(), &token),
+        "{:#?}",
+        s.mock.requests()
+    );
+
+    // A clean body streams through whole, a piece that ends like a token's start included.
+    s.mock.clear();
+    let pieces = vec![
+        head("/v1/customers"),
+        chunk("name=Ada&note=hello+bv"),
+        chunk("x&city=Paris"),
+        b"0\r\n\r\n".to_vec(),
+    ];
+    let r = client::send_raw(port, &pieces, Duration::from_millis(40))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s.mock.requests()[0].body,
+        b"name=Ada&note=hello+bvx&city=Paris"
+    );
 }

@@ -31,6 +31,7 @@ use crate::money::Usd;
 use crate::policy::FailureMode;
 use crate::revocation::RevocationSet;
 use crate::token::Keyring;
+use crate::token_scan::{self, TokenScan};
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
 
@@ -247,6 +248,9 @@ struct Passage {
     reservation: Option<Reservation>,
     status: Option<u16>,
     response: ResponseRead,
+    /// A request forwarded before its body ended: the body streams through, scanned for a
+    /// vault token as it goes.
+    body_scan: Option<TokenScan>,
 }
 
 /// The money the ledger holds for a forwarded call.
@@ -332,6 +336,9 @@ impl Exchange {
                 return (exchange, step);
             }
             let step = exchange.forward(grant, None);
+            if !arrival.end_of_stream {
+                exchange.stream_body();
+            }
             return (exchange, step);
         }
         let held = Box::new(Held {
@@ -394,8 +401,14 @@ impl Exchange {
         held: Box<Held>,
         body: Body<'_>,
     ) -> Step {
+        if let Body::Complete(b) = body {
+            if token_scan::contains_token(b) {
+                return self.refuse(bp, token_elsewhere().about(&held.grant.subject), None);
+            }
+        }
         let Some(rule) = held.grant.endpoint.cost.as_ref() else {
-            // A body too large to read still counts against the rate, just unfingerprinted.
+            // A body too large to read still counts against the rate, just unfingerprinted,
+            // and streams on, scanned as it goes.
             let fp = match body {
                 Body::Complete(b) => Some(fingerprint(&held.grant.method, &held.raw_path, b)),
                 Body::TooLarge => None,
@@ -403,7 +416,11 @@ impl Exchange {
             if let Some(step) = self.count(bp, counter, &held.grant, fp) {
                 return step;
             }
-            return self.forward(held.grant, None);
+            let step = self.forward(held.grant, None);
+            if matches!(body, Body::TooLarge) {
+                self.stream_body();
+            }
+            return step;
         };
         let Body::Complete(body) = body else {
             let denial = Denial::new(
@@ -519,6 +536,36 @@ impl Exchange {
                     settled: None,
                 }),
             ),
+        }
+    }
+
+    /// Whether the request was forwarded before its body ended: the adapter feeds each
+    /// piece of the body to [`Exchange::on_body_chunk`] before letting it through, and holds
+    /// back the last [`Exchange::body_pending`] bytes until it has seen what follows.
+    pub fn streams_body(&self) -> bool {
+        matches!(&self.phase, Phase::Forwarded(p) if p.body_scan.is_some())
+    }
+
+    /// The next piece of a body that streams through ([`Exchange::streams_body`]). `Some` is
+    /// the refusal: the piece (with everything held back) must not be let through.
+    pub fn on_body_chunk(&mut self, bp: &Blueprint, chunk: &[u8]) -> Option<Step> {
+        let Phase::Forwarded(p) = &mut self.phase else {
+            return None;
+        };
+        let scan = p.body_scan.as_mut()?;
+        if !scan.feed(chunk) {
+            return None;
+        }
+        let subject = p.grant.subject.clone();
+        Some(self.refuse(bp, token_elsewhere().about(&subject), None))
+    }
+
+    /// How many bytes at the end of the body streamed so far could begin a vault token: they
+    /// wait for the next piece (or the end of the body) before they go.
+    pub fn body_pending(&self) -> usize {
+        match &self.phase {
+            Phase::Forwarded(p) => p.body_scan.as_ref().map_or(0, TokenScan::pending),
+            _ => 0,
         }
     }
 
@@ -780,8 +827,17 @@ impl Exchange {
             reservation,
             status: None,
             response: ResponseRead::Status,
+            body_scan: None,
         }));
         Step::Forward { slot }
+    }
+
+    /// The request just forwarded goes before its body has ended: scan the body as it
+    /// streams.
+    fn stream_body(&mut self) {
+        if let Phase::Forwarded(p) = &mut self.phase {
+            p.body_scan = Some(TokenScan::default());
+        }
     }
 
     fn refuse(&mut self, bp: &Blueprint, denial: Denial, retry_after: Option<u64>) -> Step {
@@ -816,6 +872,14 @@ impl Exchange {
     fn take_phase(&mut self) -> Phase {
         std::mem::replace(&mut self.phase, Phase::Refused(Box::default()))
     }
+}
+
+/// A vault token in a request body, which would reach the vendor.
+fn token_elsewhere() -> Denial {
+    Denial::new(
+        Reason::CredentialAmbiguous,
+        "A vault token may appear only in the credential header, never in the request body.",
+    )
 }
 
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {

@@ -695,3 +695,77 @@ fn configuration_problems_name_the_field_or_variable_and_never_a_secret() {
     let e = err(Some(config.as_bytes()), &|_| None);
     assert!(e.contains("BRIDLE_KEYRING"), "{e}");
 }
+
+/// `bvt_` and the rest of the token, percent-encoded.
+fn encoded_token() -> String {
+    token().bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn a_vault_token_in_a_body_bridle_reads_is_refused() {
+    let run = Run::new(blueprint_with(true, "deny", true));
+    // Costed: before any price or reservation.
+    for body in [
+        format!("amount=100&currency=usd&description={}", token()),
+        format!("amount=100&currency=usd&description={}", encoded_token()),
+    ] {
+        let (mut x, step) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+        assert!(matches!(step, Step::ReadBody));
+        let reply = refused(x.on_body(&run.bp, &run.counter, Body::Complete(body.as_bytes())));
+        assert_eq!(reply.reason, Reason::CredentialAmbiguous);
+        assert!(
+            !reply.response.body.contains("bvt_"),
+            "{}",
+            reply.response.body
+        );
+        let done = x.finish(Vendor::Stripe, Some(400));
+        assert!(done.settle.is_none());
+        assert_eq!(done.audit.reason, Reason::CredentialAmbiguous);
+    }
+    // Free, read for the loop breaker: the same.
+    let json = format!("{{\"description\": \"\\u0062vt_{}\"}}", &token()[4..]);
+    let (mut x, _) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    let reply = refused(x.on_body(&run.bp, &run.counter, Body::Complete(json.as_bytes())));
+    assert_eq!(reply.reason, Reason::CredentialAmbiguous);
+}
+
+#[test]
+fn a_streamed_body_is_scanned_piece_by_piece_and_its_tail_held_back() {
+    let run = Run::new(blueprint());
+    let (mut x, step) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
+    assert!(x.streams_body());
+    assert!(x.on_body_chunk(&run.bp, b"name=Ada&note=hello").is_none());
+    assert_eq!(x.body_pending(), 0);
+    // A piece that ends where a token could begin is held back.
+    assert!(x.on_body_chunk(&run.bp, b"+world+bv").is_none());
+    assert_eq!(x.body_pending(), 2);
+    assert!(x.on_body_chunk(&run.bp, b"x&city=Paris").is_none());
+    assert_eq!(x.body_pending(), 0);
+    // A token cut across pieces, every character encoded: found when it completes.
+    let t = encoded_token();
+    let (head, tail) = t.split_at(20);
+    assert!(x
+        .on_body_chunk(&run.bp, format!("&k={head}").as_bytes())
+        .is_none());
+    assert!(x.body_pending() >= head.len());
+    let reply = refused(x.on_body_chunk(&run.bp, tail.as_bytes()).unwrap());
+    assert_eq!(reply.reason, Reason::CredentialAmbiguous);
+    assert!(!x.streams_body(), "refused: nothing more goes");
+    let done = x.finish(Vendor::Stripe, Some(400));
+    assert_eq!(done.audit.reason, Reason::CredentialAmbiguous);
+    // A request whose whole body came with its headers streams nothing.
+    let (x, _) = run.begin(&headers("POST", "/v1/customers", &[]), true);
+    assert!(!x.streams_body());
+}
+
+#[test]
+fn a_body_too_large_to_read_streams_on_scanned() {
+    let run = Run::new(blueprint_with(true, "deny", true));
+    let (mut x, step) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(matches!(step, Step::ReadBody));
+    let step = x.on_body(&run.bp, &run.counter, Body::TooLarge);
+    assert!(matches!(step, Step::Forward { .. }), "{step:?}");
+    assert!(x.streams_body());
+    assert!(x.on_body_chunk(&run.bp, token().as_bytes()).is_some());
+}
