@@ -5,6 +5,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapType {
     RequestHeaders = 0,
+    RequestTrailers = 1,
     ResponseHeaders = 2,
     CallResponseHeaders = 6,
 }

@@ -159,6 +159,10 @@ mod glue {
             self.0.on_request_body(&WasmHost, body_size, end_of_stream)
         }
 
+        fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+            self.0.on_request_trailers(&WasmHost, num_trailers)
+        }
+
         fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
             self.0.on_response_headers(&WasmHost, end_of_stream)
         }

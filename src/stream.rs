@@ -128,6 +128,47 @@ impl Stream {
         self.stream_body(host, &plugin, body_size, end_of_stream)
     }
 
+    /// The request's trailers: they end its body. Any trailer is refused; none at all means
+    /// the body is complete, and the decision it waited for is made now. Never `Continue`
+    /// without a decision: that would let Envoy resume a request still held.
+    pub fn on_request_trailers<H: Host>(&mut self, host: &H, num_trailers: usize) -> Action {
+        let (Some(plugin), Some(exchange)) = (self.plugin.clone(), self.exchange.as_mut()) else {
+            // Envoy answered before the filter ran.
+            return Action::Pause;
+        };
+        let bp = &plugin.blueprint;
+        let trailers = if num_trailers == 0 {
+            Vec::new()
+        } else {
+            match host.header_map(MapType::RequestTrailers) {
+                Ok(t) => t,
+                Err(e) => {
+                    let step =
+                        exchange.fail(bp, format!("Could not read the trailers (status {}).", e.0));
+                    return self.perform(host, &plugin, step, false);
+                }
+            }
+        };
+        if let Some(step) = exchange.on_trailers(bp, &trailers) {
+            // A reservation in flight is released; its answer will be ignored.
+            self.call = None;
+            return self.perform(host, &plugin, step, false);
+        }
+        if exchange.awaits_body() {
+            let counter = SharedCounter(host);
+            let step = read_body(host, exchange, bp, &counter, self.held);
+            self.held = 0;
+            return self.perform(host, &plugin, step, false);
+        }
+        if exchange.holds_request() {
+            Action::Pause
+        } else {
+            // Forwarded, its body streamed to the end: whatever was held back can go.
+            self.held = 0;
+            Action::Continue
+        }
+    }
+
     /// Scans the part of a streaming body Envoy holds that was not scanned yet, then lets it
     /// all through, or holds it while its end could begin a vault token.
     fn stream_body<H: Host>(

@@ -299,6 +299,28 @@ fn a_token_cut_across_streamed_pieces_is_refused_before_it_goes() {
     assert_eq!(h.sent().unwrap().status, 500);
 }
 
+#[test]
+fn trailers_after_a_streamed_body_are_refused() {
+    let h = host();
+    let p = plugin(&h);
+    let mut s = streaming(&h, &p);
+    h.set_buffer(BufferType::RequestBody, b"name=Ada");
+    assert_eq!(s.on_request_body(&h, 8, false), Action::Continue);
+    h.set_map(MapType::RequestTrailers, &[("x-amount", b"1")]);
+    assert_eq!(s.on_request_trailers(&h, 1), Action::Pause);
+    assert_eq!(
+        h.sent().unwrap().header("x-bridle-reason"),
+        Some("trailers_not_allowed")
+    );
+    // No trailers: the body has ended, and what was held goes.
+    h.sent.borrow_mut().take();
+    let mut s = streaming(&h, &p);
+    h.set_buffer(BufferType::RequestBody, b"name=b");
+    assert_eq!(s.on_request_body(&h, 6, false), Action::Pause);
+    assert_eq!(s.on_request_trailers(&h, 0), Action::Continue);
+    assert!(h.sent().is_none());
+}
+
 mod ledger_flow {
     use std::rc::Rc;
 
@@ -608,6 +630,51 @@ mod ledger_flow {
         );
         assert!(sent.body.contains("over the $1.00 cap"));
         assert_eq!(h.counter("bridle.stripe.stripe-payments.cap_window"), 1);
+    }
+
+    #[test]
+    fn trailers_never_resume_a_held_request_without_a_decision() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let body = b"amount=100&currency=usd";
+        post(&h, "/v1/payment_intents", body);
+        let mut s = Stream::new(Some(p.clone()));
+        assert_eq!(s.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(s.on_request_body(&h, body.len(), false), Action::Pause);
+        h.set_map(MapType::RequestTrailers, &[("x-amount", b"9999999")]);
+        assert_eq!(s.on_request_trailers(&h, 1), Action::Pause);
+        let sent = h.sent().unwrap();
+        assert_eq!(
+            (sent.status, sent.header("x-bridle-reason")),
+            (400, Some("trailers_not_allowed"))
+        );
+        assert!(h.callouts.borrow().is_empty(), "nothing reserved");
+        assert_eq!(h.resumed.get(), 0);
+        // Empty trailers end the body: it is priced and reserved, and waits for the ledger.
+        h.sent.borrow_mut().take();
+        let mut s = Stream::new(Some(p.clone()));
+        assert_eq!(s.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(s.on_request_body(&h, body.len(), false), Action::Pause);
+        assert_eq!(s.on_request_trailers(&h, 0), Action::Pause);
+        let call = h.callouts.borrow().last().cloned().unwrap();
+        let req: ReserveRequest = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(req.amount, bridle_core::money::Usd::parse("1").unwrap());
+        // Trailers while the ledger answers: refused, and the late grant is ignored.
+        let mut s = Stream::new(Some(p));
+        assert_eq!(s.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(s.on_request_body(&h, body.len(), true), Action::Pause);
+        assert_eq!(s.on_request_trailers(&h, 1), Action::Pause);
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false}),
+        );
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        assert_eq!(h.resumed.get(), 0, "never resumed");
+        assert_eq!(
+            h.sent().unwrap().header("x-bridle-reason"),
+            Some("trailers_not_allowed")
+        );
     }
 
     #[test]

@@ -52,6 +52,9 @@ reasons! {
     // A body sent compressed (any Content-Encoding but identity): Bridle would read one thing
     // and a vendor that inflates it another.
     BodyEncoded => "body_encoded", 400;
+    // Trailers after the body: no vendor SDK sends them, and no one can say what a vendor
+    // makes of them.
+    TrailersNotAllowed => "trailers_not_allowed", 400;
     EndpointNotAllowed => "endpoint_not_allowed", 403;
     MerchantNotAllowed => "merchant_not_allowed", 403;
     HeaderNotAllowed => "header_not_allowed", 403;

@@ -285,3 +285,68 @@ async fn the_vault_token_never_reaches_the_vendor() {
         b"name=Ada&note=hello+bvx&city=Paris"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bodies_are_read_whole_and_trailers_never_skip_the_decision() {
+    let s = stack(&[stripe_pay()]).await;
+    let (token, id) = s.issue("pay").await;
+    let port = s.stripe();
+    let costed = || {
+        h2c::Request::new("POST", "/v1/payment_intents")
+            .bearer(&token)
+            .header("content-type", "application/x-www-form-urlencoded")
+    };
+    // A costed body in pieces, one DATA frame each: priced on the whole of it.
+    let r = costed()
+        .piece("amou")
+        .piece("nt=300&cur")
+        .piece("rency=usd")
+        .send(port)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.mock.requests()[0].body, b"amount=300&currency=usd");
+    assert_eq!(s.spent(&id).await, Usd::parse("3").unwrap());
+    // The same with trailers: refused where it is held, before any reservation, and never
+    // resumed by Envoy without a decision.
+    let r = costed()
+        .piece("amount=100&currency=usd")
+        .trailer("x-amount", "9999999")
+        .send(port)
+        .await;
+    refused(&r, 400, "trailers_not_allowed", "costed, with trailers");
+    // Over the window cap ($5 with $3 spent) and ended by trailers: refused all the same.
+    let r = costed()
+        .piece("amount=450&currency=usd")
+        .trailer("x-note", "1")
+        .send(port)
+        .await;
+    refused(
+        &r,
+        400,
+        "trailers_not_allowed",
+        "over the cap, with trailers",
+    );
+    // A free call whose body streams, then trailers: stopped there.
+    let r = h2c::Request::new("POST", "/v1/customers")
+        .bearer(&token)
+        .piece("name=Ada")
+        .trailer("x-note", "1")
+        .send(port)
+        .await;
+    refused(&r, 400, "trailers_not_allowed", "free, with trailers");
+    let got = s.mock.requests();
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.path == "/v1/payment_intents")
+            .count(),
+        1,
+        "only the first costed call reached the vendor: {got:#?}"
+    );
+    assert_eq!(s.spent(&id).await, Usd::parse("3").unwrap());
+    // A plain HTTP/2 call works.
+    let r = h2c::Request::new("GET", "/v1/charges/ch_1")
+        .bearer(&token)
+        .send(port)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

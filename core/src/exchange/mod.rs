@@ -569,6 +569,38 @@ impl Exchange {
         }
     }
 
+    /// The request's trailers arrived (after the body, which has then ended). Trailers are
+    /// refused wherever the request is: no vendor SDK sends them, and what a vendor makes of
+    /// them (merged into the headers or not) is not Bridle's to guess. `None` when there are
+    /// none, or the request is already refused: the body has simply ended.
+    pub fn on_trailers(&mut self, bp: &Blueprint, trailers: &[(String, Vec<u8>)]) -> Option<Step> {
+        if trailers.is_empty() {
+            return None;
+        }
+        let denial = Denial::new(
+            Reason::TrailersNotAllowed,
+            "Request trailers are refused: send everything in the headers and the body.",
+        );
+        match self.take_phase() {
+            Phase::ReadingBody(held) => {
+                Some(self.refuse(bp, denial.about(&held.grant.subject), None))
+            }
+            // Reserved perhaps, never forwarded: released.
+            Phase::Reserving(held, _) => {
+                let release = Some((self.id.clone(), false));
+                Some(self.refuse_releasing(bp, denial.about(&held.grant.subject), release))
+            }
+            // Forwarded while its body streamed (a costed call only ever goes once its body
+            // and trailers are in): the trailers stop here and the vendor sees a request cut
+            // short. A reservation, were there one, is left to expire into spend.
+            Phase::Forwarded(p) => Some(self.refuse(bp, denial.about(&p.grant.subject), None)),
+            refused @ Phase::Refused(_) => {
+                self.phase = refused;
+                None
+            }
+        }
+    }
+
     /// The rewrite a [`Step::Forward`] asks for.
     pub fn rewrite(&self) -> Option<Rewrite<'_>> {
         match &self.phase {

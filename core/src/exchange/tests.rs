@@ -769,3 +769,49 @@ fn a_body_too_large_to_read_streams_on_scanned() {
     assert!(x.streams_body());
     assert!(x.on_body_chunk(&run.bp, token().as_bytes()).is_some());
 }
+
+#[test]
+fn trailers_are_refused_wherever_the_request_is() {
+    let run = Run::new(blueprint());
+    let trailers = vec![("x-amount".to_string(), b"99999".to_vec())];
+    // While its body is read for a price.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    let reply = refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    assert_eq!(
+        (reply.reason, reply.response.status),
+        (Reason::TrailersNotAllowed, 400)
+    );
+    let done = x.finish(Vendor::Stripe, Some(400));
+    assert_eq!(done.audit.reason, Reason::TrailersNotAllowed);
+    assert!(done.settle.is_none());
+    // While the ledger reserves: the reservation, if made, is released.
+    let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    let step = x.on_reservation(
+        &run.bp,
+        Ok(serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false})
+            .to_string()
+            .as_bytes()),
+    );
+    assert!(
+        !matches!(step, Step::Forward { .. }),
+        "a late grant never forwards"
+    );
+    let done = x.finish(Vendor::Stripe, Some(400));
+    let settle = done.settle.unwrap();
+    assert_eq!(
+        (settle.reservation.as_str(), settle.outcome),
+        (req.request_id.as_str(), SettleOutcome::Release)
+    );
+    // After a free request's headers went on, its body streaming.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(x.on_body_chunk(&run.bp, b"name=Ada").is_none());
+    refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    // No trailers at all: nothing to refuse, the body has simply ended.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    assert!(x.on_trailers(&run.bp, &[]).is_none());
+    assert!(x.awaits_body());
+    // Already refused: nothing more.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/refunds", &[]), false);
+    assert!(x.on_trailers(&run.bp, &trailers).is_none());
+}
