@@ -129,7 +129,8 @@ pub fn extra_cost_policies() -> &'static [CompiledPolicy] {
                 "merchants": { "allow_unscoped": true },
                 "endpoints": [
                     { "method": "POST", "path": "/v1/messages", "cost": {
-                        "fixed": "0.01", "per": "sms_segment", "text_field": "message[text]" } },
+                        "fixed": "0.01", "per": "sms_segment", "text_field": "message[text]",
+                        "mms": "0.02", "template": "0.05" } },
                     { "method": "POST", "path": "/v1/calls", "cost": { "fixed": "0.25" } },
                 ],
             }),
@@ -618,6 +619,22 @@ fn cost_seeds(out: &mut Vec<Seed>) {
         "rack-sniffed.none",
         CT_NONE,
         r#"{"amount": 1, "currency": "usd", "x": "&[amount]=99999"}"#,
+    );
+    // Twilio messages that are not plain SMS.
+    add(
+        "twilio-mms-two-media.form",
+        CT_FORM,
+        "To=%2B15551234567&From=%2B15557654321&Body=hi&MediaUrl=https%3A%2F%2Fexample.com%2Fa.png&MediaUrl=https%3A%2F%2Fexample.com%2Fb.png",
+    );
+    add(
+        "twilio-template.form",
+        CT_FORM,
+        "To=%2B15551234567&ContentSid=HX0123&ContentVariables=%7B%221%22%3A%22x%22%7D&SendAsMms=true",
+    );
+    add(
+        "twilio-whatsapp.form",
+        CT_FORM,
+        "To=whatsapp%3A%2B15551234567&From=whatsapp%3A%2B15557654321&Body=hi",
     );
     add(
         "stripe-payment-intent.json",

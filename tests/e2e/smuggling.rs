@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bridle_core::money::Usd;
 use bridle_core::vendor::Vendor;
 use bridle_e2e::client::{self, Request, Response};
@@ -21,6 +23,9 @@ use bridle_e2e::keys::Keys;
 use bridle_e2e::ledger::Ledger;
 use bridle_e2e::mock::{MockVendor, Recorded, Reply};
 use serde_json::{json, Value};
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const MESSAGES: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
 
 fn stripe_pay() -> Value {
     json!({
@@ -33,6 +38,18 @@ fn stripe_pay() -> Value {
             { "method": "POST", "path": "/v1/customers" },
         ],
         "caps": { "per_transaction": "50", "per_window": "5", "window": "1h" },
+    })
+}
+
+fn twilio(name: &str, prices: Value) -> Value {
+    let mut cost = json!({ "fixed": "0.0079", "per": "sms_segment" });
+    for (k, v) in prices.as_object().unwrap() {
+        cost[k] = v.clone();
+    }
+    json!({
+        "name": name, "vendor": "twilio", "secret_env": "TWILIO_API_KEY", "max_ttl": "1h",
+        "merchants": { "allow": [SID] },
+        "endpoints": [{ "method": "POST", "path": "/2010-04-01/Accounts/*/Messages.json", "cost": cost }],
     })
 }
 
@@ -349,4 +366,47 @@ async fn http2_bodies_are_read_whole_and_trailers_never_skip_the_decision() {
         .send(port)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_media_and_templates_are_priced_by_the_policy() {
+    let s = stack(&[
+        twilio("sms", json!({})),
+        twilio("mms", json!({ "mms": "0.02", "template": "0.05" })),
+    ])
+    .await;
+    let port = s.envoy.port(Vendor::Twilio);
+    let send = |token: &str, body: &str| {
+        Request::new("POST", MESSAGES)
+            .header(
+                "authorization",
+                format!("Basic {}", STANDARD.encode(format!("{SID}:{token}"))),
+            )
+            .form(body)
+    };
+    let mms =
+        "To=%2B15551234567&From=%2B15557654321&Body=hi&MediaUrl=https%3A%2F%2Fexample.com%2Fa.png";
+    let template = "To=%2B15551234567&From=%2B15557654321&ContentSid=HX0123";
+    let as_mms = "To=%2B15551234567&From=%2B15557654321&Body=hi&SendAsMms=true";
+    // A policy that prices SMS segments only: none of these is one segment.
+    let (sms, sms_id) = s.issue("sms").await;
+    for body in [
+        mms,
+        template,
+        as_mms,
+        "To=whatsapp%3A%2B15551234567&Body=hi",
+    ] {
+        let r = send(&sms, body).send(port).await;
+        refused(&r, 400, "cost_undetermined", body);
+    }
+    assert_eq!(s.mock.count(), 0);
+    assert_eq!(s.spent(&sms_id).await, Usd::ZERO);
+    // A policy with their own prices: reserved and committed at those.
+    let (priced, priced_id) = s.issue("mms").await;
+    for body in [mms, template] {
+        let r = send(&priced, body).send(port).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+    }
+    assert_eq!(s.spent(&priced_id).await, Usd::parse("0.07").unwrap());
+    assert_eq!(s.mock.count(), 2);
 }

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::Body;
 use crate::decision::{Denial, Request};
 use crate::path::RequestPath;
 use crate::policy::Merchants;
@@ -64,6 +65,16 @@ pub enum Tenant {
     Unnamed,
 }
 
+/// What a message-sending request sends besides plain text, as its vendor reads the body:
+/// each is priced on its own, never per SMS segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageKind {
+    /// A multimedia message (MMS).
+    pub mms: bool,
+    /// A message rendered from a template stored at the vendor, whose text Bridle cannot see.
+    pub template: bool,
+}
+
 /// One vendor's API, as Bridle needs to know it.
 pub(crate) trait Profile: Sync {
     /// The live API, used when no other upstream is configured.
@@ -114,6 +125,11 @@ pub(crate) trait Profile: Sync {
     /// currencies that differ from two decimals).
     fn minor_unit_exponent(&self, currency: &str) -> u32 {
         stripe::minor_unit_exponent(currency)
+    }
+    /// What a message priced per SMS segment really sends, from its body; `Err` says why it
+    /// cannot be priced as a message at all.
+    fn message_kind(&self, _body: &Body) -> Result<MessageKind, String> {
+        Ok(MessageKind::default())
     }
 }
 
@@ -203,6 +219,11 @@ impl Vendor {
     /// How many decimals an amount's minor unit has in this vendor's API.
     pub fn minor_unit_exponent(self, currency: &str) -> u32 {
         self.profile().minor_unit_exponent(currency)
+    }
+
+    /// What a message priced per SMS segment really sends (MMS, a template), from its body.
+    pub fn message_kind(self, body: &Body) -> Result<MessageKind, String> {
+        self.profile().message_kind(body)
     }
 
     /// The request headers that carry the real secret, computed once at configuration time.
@@ -392,5 +413,33 @@ mod tests {
             let r = v.error_response(Reason::RateLimited, "slow", Some(1));
             assert_eq!(r.status, 429);
         }
+    }
+
+    #[test]
+    fn twilio_messages_say_what_they_send() {
+        let kind = |body: &str| {
+            let b =
+                Body::read(Some(b"application/x-www-form-urlencoded"), body.as_bytes()).unwrap();
+            Vendor::Twilio.message_kind(&b)
+        };
+        assert_eq!(kind("To=%2B1555&Body=hi"), Ok(MessageKind::default()));
+        assert_eq!(
+            kind("To=%2B1555&Body=hi&SendAsMms=FALSE"),
+            Ok(MessageKind::default())
+        );
+        assert!(kind("To=%2B1555&MediaUrl=x").unwrap().mms);
+        assert!(kind("To=%2B1555&SendAsMms=true").unwrap().mms);
+        assert!(
+            kind("To=%2B1555&SendAsMms=false&SendAsMms=true")
+                .unwrap()
+                .mms
+        );
+        assert!(kind("To=%2B1555&ContentSid=HX1").unwrap().template);
+        assert!(kind("To=whatsapp%3A%2B1555").is_err());
+        assert!(kind("From=rcs%3Abrand").is_err());
+        assert!(kind("To=%2B1555&To=%2B1666").is_err());
+        // Only Twilio's bodies carry these.
+        let b = Body::read(Some(b"application/x-www-form-urlencoded"), b"MediaUrl=x").unwrap();
+        assert_eq!(Vendor::Stripe.message_kind(&b), Ok(MessageKind::default()));
     }
 }
