@@ -10,5 +10,7 @@
     )
 )]
 
+pub mod blast_radius;
 pub mod ledger_client;
 pub mod render;
+pub mod stdout;

@@ -24,7 +24,10 @@ pub mod h2c;
 pub mod keys;
 pub mod ledger;
 pub mod mock;
+pub mod postgres;
 pub mod process;
+pub mod python;
+pub mod stack;
 
 use std::path::PathBuf;
 
