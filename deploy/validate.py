@@ -4,7 +4,8 @@
 Every YAML document under deploy/ is one of:
   - a Kubernetes resource: validated strictly (unknown fields are errors) against the
     schemas kubernetes-validate ships, for KUBERNETES_VERSION;
-  - a resource of a known CRD group (Istio) or a Kustomization: no schema ships for it;
+  - a resource of a known CRD group (Istio, the Prometheus operator) or a Kustomization: no
+    schema ships for it;
     listed, and checked structurally by tests/e2e/deploy.rs;
   - a file that is not a resource at all (Envoy's bootstrap, Helm values, a patch): listed
     in NOT_RESOURCES with the reason.
@@ -23,11 +24,17 @@ import yaml
 
 KUBERNETES_VERSION = "1.33.0"
 ROOT = Path(__file__).resolve().parent
-CRD_GROUPS = ("networking.istio.io/", "extensions.istio.io/", "kustomize.config.k8s.io/")
+CRD_GROUPS = (
+    "networking.istio.io/",
+    "extensions.istio.io/",
+    "kustomize.config.k8s.io/",
+    "monitoring.coreos.com/",
+)
 NOT_RESOURCES = {
     "kubernetes/envoy-bootstrap.yaml": "Envoy's bootstrap, loaded by `make validate`'s Envoy",
     "istio/egressgateway-values.yaml": "Helm values for istio/gateway",
     "istio/egressgateway-env-patch.yaml": "a strategic-merge patch for kubectl patch",
+    "observability/prometheus/bridle-rules.yaml": "Prometheus rule groups, for rule_files",
 }
 OVERLAYS = ["kubernetes", "istio", "replicas"]
 
