@@ -384,6 +384,7 @@ impl Gate {
 
         let merchant = check_merchant(req, &path, policy, claims).map_err(|d| d.about(&subject))?;
         check_content_encoding(req).map_err(|d| d.about(&subject))?;
+        crate::idempotency::check_single(req).map_err(|d| d.about(&subject))?;
         let strip_headers = headers_to_strip(req);
         if carries_vault_token_elsewhere(req, &strip_headers) {
             return Err(Denial::new(

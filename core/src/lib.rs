@@ -25,6 +25,7 @@ pub mod decision;
 pub mod duration;
 pub mod exchange;
 pub mod glob;
+pub mod idempotency;
 pub mod issue;
 pub mod ledger_api;
 pub mod loop_breaker;

@@ -62,6 +62,9 @@ reasons! {
     BodyUnreadable => "body_unreadable", 400;
     // An Idempotency-Key already used for a different request by the same token.
     IdempotencyKeyReused => "idempotency_key_reused", 400;
+    // More than one Idempotency-Key (the header twice, or keys joined by a comma): Bridle would
+    // read one and a vendor perhaps another.
+    IdempotencyKeyAmbiguous => "idempotency_key_ambiguous", 400;
     // Money.
     CostUndetermined => "cost_undetermined", 400;
     CurrencyUnknown => "currency_unknown", 400;

@@ -25,6 +25,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use crate::config::{CompiledConfig, FilterConfig, LedgerLink};
 use crate::cost::{AmountField, CostRule, Pricing};
 use crate::decision::{Denial, Gate, Grant, Request, Subject};
+use crate::idempotency::{self, Reserved};
 use crate::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle, SettleOutcome};
 use crate::loop_breaker::{Counter, Verdict};
 use crate::money::Usd;
@@ -40,8 +41,6 @@ use crate::Reason;
 pub const MAX_BODY: usize = 1 << 20;
 /// Largest response body read to settle a call; a larger one settles at the reservation.
 pub const MAX_RESPONSE_BODY: usize = 1 << 20;
-/// Longest idempotency key passed to the ledger (Stripe's own limit).
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest path kept in the audit log.
 const MAX_AUDIT_PATH: usize = 512;
 
@@ -344,7 +343,12 @@ impl Exchange {
         }
         let held = Box::new(Held {
             content_type: header(arrival.headers, "content-type").map(<[u8]>::to_vec),
-            idempotency_key: idempotency_key(bp.vendor(), arrival.headers),
+            idempotency_key: idempotency::key(
+                bp.vendor(),
+                &grant.method,
+                &grant.path,
+                arrival.headers,
+            ),
             raw_path: raw_path.to_vec(),
             grant,
         });
@@ -462,6 +466,19 @@ impl Exchange {
             let denial = Denial::new(Reason::LedgerUnavailable, "No ledger is configured.");
             return self.refuse(bp, denial.about(&held.grant.subject), None);
         }
+        // A key binds to what was reserved: the ledger replays it only for the same digest.
+        let digest = held.idempotency_key.as_ref().map(|_| {
+            Reserved {
+                vendor: bp.vendor(),
+                method: &held.grant.method,
+                path: &held.grant.path,
+                merchant: held.grant.merchant.as_deref(),
+                amount: estimate.reserve,
+                detail: &estimate.detail,
+                body,
+            }
+            .digest()
+        });
         let request = ReserveRequest {
             token: held.grant.credential.clone(),
             request_id: self.id.clone(),
@@ -471,7 +488,7 @@ impl Exchange {
             amount: estimate.reserve,
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
-            digest: None,
+            digest,
         };
         match serde_json::to_vec(&request) {
             Ok(encoded) => {
@@ -721,7 +738,7 @@ impl Exchange {
         };
         // A stream that ended before Bridle decided (the agent went away while its body was
         // read or its reservation made) is audited as the proxy's.
-        let (reason, cost, subject, reservation, settle) = match self.phase {
+        let (reason, cost, subject, reservation, settle, replay) = match self.phase {
             Phase::Forwarded(p) => {
                 let outcome = outcome_for_status(status);
                 let settle = p.reservation.as_ref().map(|r| Settle {
@@ -730,10 +747,13 @@ impl Exchange {
                     amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
                     replay: r.replay,
                 });
+                // A replay counts nothing new: its cost is the original's, audited there.
                 let cost = p
                     .reservation
                     .as_ref()
+                    .filter(|r| !r.replay)
                     .map(|r| r.settled.unwrap_or(r.reserved));
+                let replay = p.reservation.as_ref().is_some_and(|r| r.replay);
                 let reservation = p.reservation.map(|r| r.id);
                 (
                     Reason::Allowed,
@@ -741,6 +761,7 @@ impl Exchange {
                     Some(p.grant.subject),
                     reservation,
                     settle,
+                    replay,
                 )
             }
             // Perhaps reserved, never answered: release.
@@ -752,6 +773,7 @@ impl Exchange {
                     Some(held.grant.subject),
                     None,
                     settle,
+                    false,
                 )
             }
             Phase::ReadingBody(held) => (
@@ -760,11 +782,13 @@ impl Exchange {
                 Some(held.grant.subject),
                 None,
                 None,
+                false,
             ),
             Phase::Refused(r) => {
                 let settle = r.release.as_ref().map(|(id, replay)| release(id, *replay));
+                let replay = r.release.as_ref().is_some_and(|(_, replay)| *replay);
                 let reservation = r.release.map(|(id, _)| id);
-                (r.reason, None, r.subject, reservation, settle)
+                (r.reason, None, r.subject, reservation, settle, replay)
             }
         };
         Finished {
@@ -783,7 +807,7 @@ impl Exchange {
                 cost,
                 reservation,
                 merchant: self.merchant,
-                replay: false,
+                replay,
             },
         }
     }
@@ -923,17 +947,6 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> 
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_slice())
-}
-
-/// The request's idempotency key, if its vendor honours one and it is one the ledger can
-/// keep: printable ASCII, at most [`MAX_IDEMPOTENCY_KEY`] bytes.
-fn idempotency_key(vendor: Vendor, headers: &[(String, Vec<u8>)]) -> Option<String> {
-    let key = header(headers, vendor.idempotency_header()?)?;
-    let key = std::str::from_utf8(key).ok()?;
-    let valid = !key.is_empty()
-        && key.len() <= MAX_IDEMPOTENCY_KEY
-        && key.bytes().all(|b| (0x20..0x7f).contains(&b));
-    valid.then(|| key.to_string())
 }
 
 /// Identifies identical requests for the loop breaker: method, path with query, and body.

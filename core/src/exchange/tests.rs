@@ -457,7 +457,63 @@ fn a_granted_reservation_forwards_and_settles_by_the_vendors_answer() {
     let run = Run::new(blueprint());
     let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=2000&currency=usd", &[]);
     run.granted(&mut x, &req, true);
-    assert!(x.finish(Vendor::Stripe, Some(200)).settle.unwrap().replay);
+    let done = x.finish(Vendor::Stripe, Some(200));
+    assert!(done.settle.unwrap().replay);
+    // Audited as a replay that counts nothing, so the audit log and the spend agree.
+    assert!(done.audit.replay);
+    assert_eq!(done.audit.cost, None);
+    assert_eq!(done.audit.reason, Reason::Allowed);
+}
+
+#[test]
+fn an_idempotency_key_is_bound_to_what_was_reserved() {
+    let run = Run::new(blueprint());
+    let key = [("idempotency-key", "order-42")];
+    let digest = |path: &str, body: &[u8], extra: &[(&str, &str)]| {
+        let (_, req) = run.reserve(path, body, extra);
+        assert_eq!(req.idempotency_key.as_deref(), Some("order-42"));
+        req.digest.unwrap()
+    };
+    let base = digest("/v1/payment_intents", b"amount=100&currency=usd", &key);
+    assert!(crate::ledger_api::check_digest(&base), "{base}");
+    assert_eq!(
+        base,
+        digest("/v1/payment_intents", b"amount=100&currency=usd", &key),
+        "the same request, the same digest"
+    );
+    let merchant = [key[0], ("stripe-account", "acct_1Merchant")];
+    for other in [
+        digest("/v1/payment_intents", b"amount=99999999&currency=usd", &key),
+        digest("/v1/payment_intents", b"amount=100&currency=usd", &merchant),
+        digest(
+            "/v1/payment_intents",
+            b"amount=100&currency=usd&description=x",
+            &key,
+        ),
+        digest("/v1/invoices/in_1/pay", b"", &key),
+    ] {
+        assert_ne!(base, other);
+    }
+    // Without a key there is nothing to bind.
+    let (_, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    assert_eq!((req.idempotency_key, req.digest), (None, None));
+}
+
+#[test]
+fn more_than_one_idempotency_key_is_refused() {
+    let run = Run::new(blueprint());
+    for extra in [
+        &[("idempotency-key", "a"), ("idempotency-key", "b")][..],
+        &[("idempotency-key", "a"), ("idempotency-key", "a")][..],
+        &[("idempotency-key", "a, b")][..],
+    ] {
+        let (x, step) = run.begin(&headers("POST", "/v1/payment_intents", extra), false);
+        let reply = refused(step);
+        assert_eq!(reply.reason, Reason::IdempotencyKeyAmbiguous, "{extra:?}");
+        assert_eq!(reply.response.status, 400);
+        assert!(reply.response.body.contains("idempotency_key_ambiguous"));
+        assert!(x.rewrite().is_none());
+    }
 }
 
 #[test]

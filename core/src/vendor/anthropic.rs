@@ -1,5 +1,9 @@
 //! Anthropic: `x-api-key` (the 2.x SDK may send `Authorization: Bearer`); no tenants;
 //! errors as `{"type": "error", "error": {type, message}}`.
+//!
+//! The Messages API documents no idempotency key, and the official SDKs never send one
+//! (`idempotency_header` is unset): a retry is executed, and billed, again. So every call is
+//! priced afresh, whatever `Idempotency-Key` it carries.
 
 use super::{Presentation, Profile};
 use crate::Reason;

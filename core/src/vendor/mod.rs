@@ -116,9 +116,13 @@ pub(crate) trait Profile: Sync {
     fn status(&self, reason: Reason) -> u16 {
         reason.status()
     }
-    /// The header carrying a retry's idempotency key, if the vendor's API honours one.
-    fn idempotency_header(&self) -> Option<&'static str> {
-        Some("idempotency-key")
+    /// The header whose key makes the vendor answer a retry of `method path` from its first
+    /// execution, if its API does so for that request. Only then does Bridle let a retry under
+    /// the same key count nothing: where the vendor would execute it again, so does the
+    /// ledger count it again. None by default: a vendor honours keys only where its own
+    /// documentation says so.
+    fn idempotency_header(&self, _method: &str, _path: &str) -> Option<&'static str> {
+        None
     }
     /// How many decimals an amount's minor unit has in this vendor's API. Vendors without a
     /// convention of their own are read the way Stripe documents it (ISO 4217 for the
@@ -211,9 +215,10 @@ impl Vendor {
         self.profile().tenant(req, path, rules, policy).map(Some)
     }
 
-    /// The header carrying a retry's idempotency key, if the vendor's API honours one.
-    pub fn idempotency_header(self) -> Option<&'static str> {
-        self.profile().idempotency_header()
+    /// The header carrying a retry's idempotency key, if the vendor's API honours one for
+    /// `method path` (the matched, canonical path).
+    pub fn idempotency_header(self, method: &str, path: &str) -> Option<&'static str> {
+        self.profile().idempotency_header(method, path)
     }
 
     /// How many decimals an amount's minor unit has in this vendor's API.

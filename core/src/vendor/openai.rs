@@ -1,5 +1,9 @@
 //! OpenAI: `Authorization: Bearer`; no tenants Bridle scopes on; errors as `{"error":
 //! {message, type, param, code}}`.
+//!
+//! The API documents no idempotency key, and the official SDK never sends one (its
+//! `_idempotency_header` is unset): a retry is executed, and billed, again. So every call is
+//! priced afresh, whatever `Idempotency-Key` it carries.
 
 use super::{Presentation, Profile};
 use crate::Reason;

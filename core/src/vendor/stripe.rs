@@ -105,6 +105,14 @@ impl Profile for Stripe {
     fn no_retry_headers(&self) -> &'static [(&'static str, &'static str)] {
         &[("stripe-should-retry", "false")]
     }
+
+    /// Stripe's idempotent requests (docs.stripe.com/api/idempotent_requests): every `POST`
+    /// accepts `Idempotency-Key`; a retry under the same key gets the saved result of the
+    /// first, and Stripe errors if its parameters differ. GET and DELETE are idempotent by
+    /// nature and cost nothing.
+    fn idempotency_header(&self, method: &str, _path: &str) -> Option<&'static str> {
+        (method == "POST").then_some("idempotency-key")
+    }
 }
 
 /// Decimals of a currency's minor unit as Stripe counts them: its zero-decimal and

@@ -8,6 +8,10 @@
 //! single MMS message, regardless of the presence of media"); Content Templates, when it has
 //! a `ContentSid` (the text and media come from the template, which Bridle cannot see); and
 //! other channels, when `To` or `From` is a channel address such as `whatsapp:+1555...`.
+//!
+//! Twilio's REST API has no idempotency key: sending a message is not idempotent, and a retry
+//! sends again (its error 20500 says so). `I-Twilio-Idempotency-Token` is a header on Twilio's
+//! webhooks to you, not on requests to Twilio. So every call is priced afresh, key or not.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
