@@ -8,8 +8,6 @@
     clippy::indexing_slicing
 )]
 
-use std::time::{Duration, Instant};
-
 use base64::Engine;
 use bridle_core::vendor::Vendor;
 use bridle_e2e::client::{Request, Response};
@@ -59,18 +57,6 @@ async fn issue(s: &Stack, policy: &str, label: &str) -> (String, String) {
         .await
 }
 
-/// The token's spend once no reservation is open (settles arrive in batches).
-async fn settled(s: &Stack, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let t = s.ledger.token(id).await;
-        if t["spend"]["reserved"] == "0.00" || Instant::now() > deadline {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn intent(token: &str, amount: &str, key: &str) -> Request {
     Request::new("POST", "/v1/payment_intents")
         .bearer(token)
@@ -102,7 +88,7 @@ async fn the_same_request_under_one_key_is_a_replay_counted_once() {
     assert!(got
         .iter()
         .all(|r| r.header("idempotency-key").as_deref() == Some("order-42")));
-    assert_eq!(settled(&s, &id).await["spend"]["window"], "15.00");
+    assert_eq!(s.ledger.settled(&id).await["spend"]["window"], "15.00");
 
     // The audit log agrees with the spend: one call at $15, two replays that count nothing.
     let audit = s.ledger.await_audit(&format!("token_id={id}"), 3).await;
@@ -180,7 +166,7 @@ async fn a_key_reused_for_another_request_or_sent_twice_is_refused() {
         assert_stripe_refusal(&answer, "idempotency_key_ambiguous");
         assert_eq!(s.mock.count(), 2, "{what} reached the vendor");
     }
-    assert_eq!(settled(&s, &id).await["spend"]["window"], "1.00");
+    assert_eq!(s.ledger.settled(&id).await["spend"]["window"], "1.00");
     let audit = s.ledger.await_audit(&format!("token_id={id}"), 10).await;
     let reasons = |code: &str| audit.iter().filter(|a| a["reason"] == code).count();
     assert_eq!(
@@ -219,7 +205,7 @@ async fn vendors_that_do_not_replay_a_key_are_priced_afresh() {
         "{statuses:?}"
     );
     assert_eq!(s.mock.count(), 2, "only granted calls reach the vendor");
-    assert_eq!(settled(&s, &id).await["spend"]["window"], "0.10");
+    assert_eq!(s.ledger.settled(&id).await["spend"]["window"], "0.10");
 
     // Twilio sends an SMS again on a retry: the same key twice is two messages, two prices.
     let (token, id) = issue(&s, "sms", "acme/sms").await;
@@ -237,7 +223,7 @@ async fn vendors_that_do_not_replay_a_key_are_priced_afresh() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(s.mock.count(), 4);
-    assert_eq!(settled(&s, &id).await["spend"]["window"], "0.0158");
+    assert_eq!(s.ledger.settled(&id).await["spend"]["window"], "0.0158");
     let audit = s.ledger.await_audit(&format!("token_id={id}"), 2).await;
     assert!(
         audit

@@ -129,14 +129,7 @@ impl Stack {
 
     /// Waits until the token has no open reservation left (settles arrive in batches).
     async fn settled(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let t = self.ledger.token(id).await;
-            if t["spend"]["reserved"] == "0.00" || Instant::now() > deadline {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.ledger.settled(id).await
     }
 }
 

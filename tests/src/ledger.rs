@@ -229,6 +229,19 @@ impl Ledger {
             .await
     }
 
+    /// The token's view once it has no open reservation left (the filter reports settles in
+    /// batches on its tick), or as it is after 10 s.
+    pub async fn settled(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = self.token(id).await;
+            if t["spend"]["reserved"] == "0.00" || Instant::now() > deadline {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every audit record matching `query` (e.g. `token_id=tok_1`), following pages.
     pub async fn audit(&self, query: &str) -> Vec<Value> {
         let mut out = Vec::new();
