@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_KEYRING_ENV};
+use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_PUBLIC_KEYS_ENV};
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::vendor::Vendor;
 use serde_json::{json, Value};
@@ -84,7 +84,7 @@ pub fn filter_config(
             .map(|p| p.policy.clone())
             .collect(),
         ledger: ledger.cloned(),
-        keyring_env: DEFAULT_KEYRING_ENV.to_string(),
+        public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.to_string(),
     }
 }
 
@@ -107,10 +107,10 @@ pub fn vendors(policies: &[CompiledPolicy]) -> Vec<Vendor> {
     v
 }
 
-/// The environment variables the filter reads: the keyring, each policy's secret, and the
-/// ledger credential. Envoy passes only these to the VM.
+/// The environment variables the filter reads: the token public keys, each policy's secret,
+/// and the ledger credential. Envoy passes only these to the VM.
 pub fn env_keys(policies: &[CompiledPolicy], ledger: Option<&LedgerLink>) -> Vec<String> {
-    let mut keys = vec![DEFAULT_KEYRING_ENV.to_string()];
+    let mut keys = vec![DEFAULT_PUBLIC_KEYS_ENV.to_string()];
     keys.extend(policies.iter().map(|p| p.policy.secret_env.clone()));
     if let Some(l) = ledger {
         keys.push(l.credential_env.clone());

@@ -10,7 +10,7 @@ use bridle_core::policy::{CompiledPolicy, Policy};
 use bridle_core::vendor::Vendor;
 
 use crate::client::Request;
-use crate::keys::{canary_secret, Keys, ENFORCER_KEY, KEYRING_ENV};
+use crate::keys::{canary_secret, Keys, ENFORCER_KEY, PUBLIC_KEYS_ENV};
 use crate::process::Guarded;
 use crate::repo_root;
 
@@ -96,10 +96,11 @@ impl Setup {
         self
     }
 
-    /// The environment Envoy runs with: the keyring, canary secrets, the enforcer key.
+    /// The environment Envoy runs with: the token public keys (never the signing key),
+    /// canary secrets, the enforcer key.
     pub fn environment(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
-            (KEYRING_ENV.into(), self.keys.spec.clone()),
+            (PUBLIC_KEYS_ENV.into(), self.keys.public_spec.clone()),
             ("BRIDLE_ENFORCER_KEY".into(), ENFORCER_KEY.into()),
         ];
         for v in Vendor::ALL {
