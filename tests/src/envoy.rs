@@ -66,6 +66,8 @@ pub struct Setup {
     pub wasm: Option<PathBuf>,
     /// Names from `env` that the Wasm VM may read besides those the policies need.
     pub vm_env: Vec<String>,
+    /// The CA bundle Envoy checks https upstreams against (default: the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Setup {
@@ -80,6 +82,7 @@ impl Setup {
             concurrency: 2,
             wasm: None,
             vm_env: Vec::new(),
+            ca_file: None,
         }
     }
 
@@ -128,6 +131,9 @@ impl Setup {
             envoy_path_hardening: self.envoy_path_hardening,
             ..EnvoyOptions::default()
         };
+        if let Some(ca) = &self.ca_file {
+            opts.ca_file = ca.display().to_string();
+        }
         for v in Vendor::ALL {
             opts.ports.insert(v, 0);
         }

@@ -6,6 +6,8 @@
 //! - [`mock::MockVendor`] is a vendor upstream that records exactly what it receives.
 //! - [`client`] speaks raw HTTP/1.1, so tests can send paths and headers that a URL library
 //!   would normalize or refuse.
+//! - [`tls`] gives a test its own certificate authority, a mock vendor that speaks only TLS,
+//!   and a sink that records what a proxy sends to a port.
 //!
 //! Nothing here skips: a missing Envoy binary or `.wasm` fails the test with the command
 //! that builds it.
@@ -23,6 +25,7 @@ pub mod keys;
 pub mod ledger;
 pub mod mock;
 pub mod process;
+pub mod tls;
 
 use std::path::PathBuf;
 
