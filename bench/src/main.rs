@@ -29,6 +29,7 @@
 
 mod ledger_load;
 mod store_fill;
+mod token_churn;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -445,6 +446,7 @@ async fn proxy_stack(keys: &Keys) -> ProxyStack {
             headers: vec![auth("bench")],
         },
     });
+    scenarios.push(token_churn::scenario(keys, port, bridle.pid()));
     scenarios.push(Scenario {
         name: "bridle_allowed_loop_breaker",
         description: "Bridle: the same with a loop breaker (shared-data compare-and-swap per call)",
@@ -776,6 +778,7 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     json!({
         "ratios": rows,
+        "token_verification": token_churn::summary(proxy),
         "targets": {
             "uncosted throughput / no-op Wasm": { "target": ">= 0.90", "measured": a["throughput_vs_noop_wasm"], "met": f(&a["throughput_vs_noop_wasm"]) >= 0.90 },
             "uncosted Envoy CPU capacity / no-op Wasm (not a target: a second view)": { "target": ">= 0.90", "measured": a["envoy_cpu_capacity_vs_noop_wasm"], "met": f(&a["envoy_cpu_capacity_vs_noop_wasm"]) >= 0.90 },
@@ -822,7 +825,9 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
             q["p99_added_us_vs_no_filter"]
         ));
     }
-    s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n\n");
+    s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n");
+    s.push_str(&token_churn::markdown(&summary["token_verification"]));
+    s.push('\n');
     s.push_str("| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in ledger {
         s.push_str(&format!(
@@ -854,7 +859,7 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     s
 }
 
-/// `bridle-bench profile <allowed|costed|standalone> [seconds]`: drives one Bridle scenario
+/// `bridle-bench profile <allowed|uncached|costed|standalone> [seconds]`: drives one Bridle scenario
 /// with wrk while `perf` samples Envoy.
 async fn profile(scenario: &str, seconds: u64) {
     let keys = Keys::generate();
@@ -880,6 +885,7 @@ async fn profile(scenario: &str, seconds: u64) {
         token(&keys, "bench", "tok_bench_profile".into())
     );
     let load = match scenario {
+        "uncached" => token_churn::load(&keys),
         "costed" => Load {
             method: "POST",
             path: "/v1/payment_intents",
@@ -910,8 +916,10 @@ async fn profile(scenario: &str, seconds: u64) {
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
     let _ = perf.wait();
     eprintln!(
-        "profile: {scenario}: {:.0} req/s; perf report -i {} --no-children --sort dso,sym",
+        "profile: {scenario}: {:.0} req/s ({} non-2xx, {} errors); perf report -i {} --no-children --sort dso,sym",
         w.rps,
+        w.non_2xx,
+        w.errors,
         data.display()
     );
 }
