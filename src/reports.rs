@@ -192,6 +192,7 @@ mod tests {
                 cost: None,
                 reservation: None,
                 merchant: None,
+                replay: false,
             }))
         };
         let settle_item = |n: usize| settle(n).decode().unwrap();

@@ -34,6 +34,7 @@ pub mod policy;
 pub mod policy_files;
 pub mod reason;
 pub mod revocation;
+pub mod settlement;
 pub mod sms;
 pub mod struct_pb;
 pub mod token;

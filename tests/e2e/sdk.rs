@@ -21,7 +21,6 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bridle_core::policy::CompiledPolicy;
@@ -30,6 +29,7 @@ use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys};
 use bridle_e2e::ledger::Ledger;
 use bridle_e2e::mock::{MockVendor, Recorded};
+use bridle_e2e::python;
 use bridle_e2e::repo_root;
 use serde_json::{json, Value};
 
@@ -180,17 +180,6 @@ impl Stack {
     }
 }
 
-/// The project's Python, which `make test` gives the pinned SDKs.
-fn python() -> PathBuf {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make test` (it creates .venv and installs tests/sdk/requirements.txt)",
-        python.display()
-    );
-    python
-}
-
 /// The version tests/sdk/requirements.txt pins for `package`.
 fn pinned(package: &str) -> String {
     let path = repo_root().join("tests/sdk/requirements.txt");
@@ -202,61 +191,9 @@ fn pinned(package: &str) -> String {
         .to_string()
 }
 
-/// Runs `.venv/bin/python <args>` in tests/sdk/ with a clean environment plus `vars`, and
-/// returns its stdout. The SDKs talk only to 127.0.0.1: no proxy applies.
-async fn run_python(args: &[String], vars: &[(&str, String)]) -> String {
-    let python = python();
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.args(args)
-        .current_dir(repo_root().join("tests/sdk"))
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-        )
-        .env(
-            "HOME",
-            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-        )
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .envs(vars.iter().map(|(n, v)| (*n, v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    // A retrying SDK would sleep (Anthropic's and OpenAI's honour Retry-After); a hang here
-    // is a failure, not a wait.
-    let out = tokio::time::timeout(Duration::from_secs(45), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{args:?} did not finish within 45 s"))
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("ModuleNotFoundError"),
-        "the official SDKs are not installed in .venv: run `make test` \
-         (or .venv/bin/pip install -r tests/sdk/requirements.txt):\n{stderr}"
-    );
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    stdout
-}
-
-/// Runs a vendor script and parses the one JSON object it prints.
+/// Runs a vendor script in tests/sdk/ and parses the one JSON object it prints.
 async fn run_script(script: &str, vars: &[(&str, String)]) -> Value {
-    let stdout = run_python(&[script.to_string()], vars).await;
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    eprintln!("{script}: {line}");
-    serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("{script} printed no JSON object ({e}):\n{stdout}"))
+    python::run_json(&repo_root().join("tests/sdk"), script, vars).await
 }
 
 fn assert_version(out: &Value, package: &str) {
@@ -803,32 +740,11 @@ async fn anthropic_sdk() {
     assert_eq!(out["loop"]["error_code"], "repeat_limited");
 }
 
-/// The ```python block in README.md's `## {section}` that starts with `first_line`.
-fn readme_python(section: &str, first_line: &str) -> String {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let heading = format!("\n## {section}\n");
-    let start = readme
-        .find(&heading)
-        .unwrap_or_else(|| panic!("README.md has no section {section:?}"))
-        + heading.len();
-    let body = &readme[start..];
-    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
-    body.split("```python\n")
-        .skip(1)
-        .filter_map(|block| block.split_once("\n```").map(|(code, _)| code))
-        .find(|code| code.starts_with(first_line))
-        .unwrap_or_else(|| {
-            panic!("README.md's {section:?} has no Python block starting {first_line:?}")
-        })
-        .to_string()
-        + "\n"
-}
-
 /// README.md's walkthrough: the Stripe SDK snippet, as written, against the repo's own
 /// policies (`make run`'s), with a token the ledger issued for `stripe-payments`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_snippet_runs_as_written() {
-    let snippet = readme_python("Five-minute walkthrough", "import os, stripe");
+    let snippet = python::readme_python("Five-minute walkthrough", "import os, stripe");
     let ps = bridle_core::policy_files::load(&[repo_root().join("policies")])
         .unwrap_or_else(|e| panic!("policies/: {e:?}"));
     let s = start(ps).await;
@@ -836,14 +752,10 @@ async fn readme_walkthrough_snippet_runs_as_written() {
         .issue(json!({ "policy": "stripe-payments", "label": "demo/agent-1/run-1", "expires_in": "15m" }))
         .await;
     // The snippet names make run's Stripe address; the test's listener stands in for it.
-    let routes = format!("10001={}", s.envoy.port(Vendor::Stripe));
-    let stdout = run_python(
-        &["readme_snippet.py".to_string()],
-        &[
-            ("BRIDLE_SNIPPET", snippet.clone()),
-            ("BRIDLE_ROUTES", routes),
-            ("TOKEN", token),
-        ],
+    let stdout = python::run_readme_snippet(
+        &snippet,
+        &[(10001, s.envoy.port(Vendor::Stripe))],
+        &[("TOKEN", token)],
     )
     .await;
     eprintln!("README snippet printed:\n{stdout}");

@@ -24,7 +24,10 @@ pub mod envoy;
 pub mod keys;
 pub mod ledger;
 pub mod mock;
+pub mod postgres;
 pub mod process;
+pub mod python;
+pub mod stack;
 pub mod tls;
 
 use std::path::PathBuf;

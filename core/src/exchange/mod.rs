@@ -30,6 +30,7 @@ use crate::loop_breaker::{Counter, Verdict};
 use crate::money::Usd;
 use crate::policy::FailureMode;
 use crate::revocation::RevocationSet;
+use crate::settlement::outcome_for_status;
 use crate::token::PublicKeys;
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
@@ -450,6 +451,7 @@ impl Exchange {
             amount: estimate.reserve,
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
+            digest: None,
         };
         match serde_json::to_vec(&request) {
             Ok(encoded) => {
@@ -639,7 +641,7 @@ impl Exchange {
         // read or its reservation made) is audited as the proxy's.
         let (reason, cost, subject, reservation, settle) = match self.phase {
             Phase::Forwarded(p) => {
-                let outcome = SettleOutcome::for_status(status);
+                let outcome = outcome_for_status(status);
                 let settle = p.reservation.as_ref().map(|r| Settle {
                     reservation: r.id.clone(),
                     outcome,
@@ -699,6 +701,7 @@ impl Exchange {
                 cost,
                 reservation,
                 merchant: self.merchant,
+                replay: false,
             },
         }
     }
@@ -727,6 +730,7 @@ impl Exchange {
             cost: None,
             reservation: None,
             merchant: None,
+            replay: false,
         }
     }
 
