@@ -41,6 +41,7 @@ class Reason(str, Enum):
     HEADER_NOT_ALLOWED = ("header_not_allowed", 403)
     BODY_TOO_LARGE = ("body_too_large", 413)
     BODY_UNREADABLE = ("body_unreadable", 400)
+    IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused", 400)
     COST_UNDETERMINED = ("cost_undetermined", 400)
     CURRENCY_UNKNOWN = ("currency_unknown", 400)
     CAP_PER_TRANSACTION = ("cap_per_transaction", 402)
