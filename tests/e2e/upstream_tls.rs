@@ -16,12 +16,11 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Duration;
-
 use bridle_core::vendor::Vendor;
 use bridle_e2e::client::{Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys};
+use bridle_e2e::python;
 use bridle_e2e::repo_root;
 use bridle_e2e::tls::{Connection, RawSink, TestCa, TlsVendor};
 use serde_json::{json, Value};
@@ -257,7 +256,8 @@ async fn an_upstream_that_is_not_the_vendor_fails_closed_in_the_vendors_format()
     // The official SDK: its module-level API retries 5xx twice by default, but not this.
     let before = rq_5xx(&envoy).await;
     let (_, token) = call(&keys, Vendor::Stripe);
-    let out = run_python(
+    let out = python::run_json(
+        &repo_root().join("tests/sdk"),
         "stripe_upstream_down.py",
         &[
             (
@@ -293,50 +293,4 @@ async fn rq_5xx(envoy: &Envoy) -> u64 {
         .get(name)
         .copied()
         .unwrap_or(0)
-}
-
-/// Runs `.venv/bin/python tests/sdk/<script>` with a clean environment plus `vars`, and
-/// returns the JSON object it prints.
-async fn run_python(script: &str, vars: &[(&str, String)]) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make test` (it creates .venv and installs the SDKs)",
-        python.display()
-    );
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(script)
-        .current_dir(repo_root().join("tests/sdk"))
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-        )
-        .env(
-            "HOME",
-            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-        )
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .envs(vars.iter().map(|(n, v)| (*n, v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(45), cmd.output())
-        .await
-        .expect("the SDK script did not finish within 45 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("ModuleNotFoundError"),
-        "the official SDKs are not installed in .venv: run `make test`:\n{stderr}"
-    );
-    assert!(out.status.success(), "{script}: {stdout}\n{stderr}");
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
 }
