@@ -120,7 +120,7 @@ unit: pg-start
 validate: wasm envoy build
 	@for config in envoy/*.yaml; do \
 	  echo "validate $$config"; \
-	  env -i PATH="$$PATH" BRIDLE_KEYRING=$$($(BRIDLE) keygen) BRIDLE_ENFORCER_KEY=validate $(DEV_SECRETS) \
+	  env -i PATH="$$PATH" BRIDLE_PUBLIC_KEYS=$$($(BRIDLE) keygen | $(BRIDLE) pubkey) BRIDLE_ENFORCER_KEY=validate $(DEV_SECRETS) \
 	    $(ENVOY) --mode validate -c $$config --log-level warn >/dev/null; \
 	done
 

@@ -3,9 +3,7 @@
 
 use std::rc::Rc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use bridle_core::token::{Claims, Keyring};
+use bridle_core::token::{Claims, SigningKey};
 use bridle_core::vendor::Vendor;
 use proxy_wasm::types::Action;
 
@@ -17,8 +15,13 @@ use crate::stream::Stream;
 const SECRET: &str = "sk_test_CANARY_secret_value_123";
 const NOW: u64 = 1_700_000_100;
 
+fn signing_key() -> SigningKey {
+    SigningKey::from_seed("k1", &[7u8; 32]).unwrap()
+}
+
+/// What the proxy holds: the public key alone.
 fn keyring_spec() -> String {
-    format!("k1:{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+    signing_key().public_entry()
 }
 
 fn config() -> serde_json::Value {
@@ -43,7 +46,7 @@ fn host() -> FakeHost {
     h.now_secs.set(NOW);
     h.env
         .borrow_mut()
-        .insert("BRIDLE_KEYRING".into(), keyring_spec());
+        .insert("BRIDLE_PUBLIC_KEYS".into(), keyring_spec());
     h.env
         .borrow_mut()
         .insert("STRIPE_SECRET_KEY".into(), SECRET.into());
@@ -67,10 +70,7 @@ fn token() -> String {
         merchants: None,
         caps: Default::default(),
     };
-    Keyring::parse(&keyring_spec())
-        .unwrap()
-        .mint(&claims)
-        .unwrap()
+    signing_key().mint(&claims).unwrap()
 }
 
 fn request(h: &FakeHost, method: &str, path: &str, extra: &[(&str, &[u8])]) {
@@ -230,8 +230,8 @@ fn bad_configuration_is_refused_with_the_reason() {
         "{e}"
     );
     let no_keyring = host();
-    no_keyring.env.borrow_mut().remove("BRIDLE_KEYRING");
-    assert!(err(Some(config().to_string().as_bytes()), &no_keyring).contains("BRIDLE_KEYRING"));
+    no_keyring.env.borrow_mut().remove("BRIDLE_PUBLIC_KEYS");
+    assert!(err(Some(config().to_string().as_bytes()), &no_keyring).contains("BRIDLE_PUBLIC_KEYS"));
 }
 
 // --- the ledger link -----------------------------------------------------------------
@@ -361,7 +361,7 @@ mod ledger_flow {
         h.now_secs.set(NOW);
         h.env
             .borrow_mut()
-            .insert("BRIDLE_KEYRING".into(), keyring_spec());
+            .insert("BRIDLE_PUBLIC_KEYS".into(), keyring_spec());
         h.env
             .borrow_mut()
             .insert("STRIPE_SECRET_KEY".into(), SECRET.into());

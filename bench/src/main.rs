@@ -3,7 +3,8 @@
 //! Proxy scenarios, each against the same fast local upstream (a minimal hyper server):
 //! 1. baselines: Envoy without a Wasm filter, and with a no-op proxy-wasm filter;
 //! 2. an allowed, uncosted call through Bridle (token, allowlist, secret injection), with and
-//!    without a loop breaker;
+//!    without a loop breaker, and with a new token each request, so that every request
+//!    verifies a signature (`token_churn.rs`);
 //! 3. a call Bridle denies;
 //! 4. a costed call (body priced, reserve with the ledger, settle in batches);
 //! 5. the OpenAI path, uncosted and costed, side by side with a peer, LiteLLM's proxy, on the
@@ -42,6 +43,7 @@ mod litellm;
 mod openai_scenarios;
 mod store_fill;
 mod tail;
+mod token_churn;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -485,6 +487,7 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
             headers: vec![auth("bench")],
         },
     });
+    scenarios.push(token_churn::scenario(keys, port, bridle.pid()));
     scenarios.push(Scenario {
         name: "bridle_allowed_loop_breaker",
         description: "Bridle: the same with a loop breaker (shared-data compare-and-swap per call)",
@@ -921,6 +924,7 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     json!({
         "ratios": rows,
+        "token_verification": token_churn::summary(proxy),
         "peer": openai_scenarios::summarize(proxy),
         "tail": tail,
         "flatness": flatness,
@@ -975,6 +979,10 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
             q["p99_added_us_vs_no_filter"]
         ));
     }
+    s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n");
+    s.push_str(&token_churn::markdown(&summary["token_verification"]));
+    s.push('\n');
+    s.push_str("| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds. \"vs no filter\" and \"added\" are against Envoy without a filter sending the same request (`no_filter`, or `openai_no_filter` for the OpenAI rows); the no-op filter was measured on the Stripe-shaped request only. Proxy CPU: Envoy's, or LiteLLM's for `litellm_proxy`.\n");
     s.push_str(&openai_scenarios::markdown(
         &summary["peer"],
@@ -1013,7 +1021,7 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     s
 }
 
-/// `bridle-bench profile <allowed|costed|standalone> [seconds]`: drives one Bridle scenario
+/// `bridle-bench profile <allowed|uncached|costed|standalone> [seconds]`: drives one Bridle scenario
 /// with wrk while `perf` samples Envoy.
 async fn profile(scenario: &str, seconds: u64) {
     let keys = Keys::generate();
@@ -1039,6 +1047,7 @@ async fn profile(scenario: &str, seconds: u64) {
         token(&keys, "bench", "tok_bench_profile".into())
     );
     let load = match scenario {
+        "uncached" => token_churn::load(&keys),
         "costed" => Load {
             method: "POST",
             path: "/v1/payment_intents",
@@ -1069,8 +1078,10 @@ async fn profile(scenario: &str, seconds: u64) {
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
     let _ = perf.wait();
     eprintln!(
-        "profile: {scenario}: {:.0} req/s; perf report -i {} --no-children --sort dso,sym",
+        "profile: {scenario}: {:.0} req/s ({} non-2xx, {} errors); perf report -i {} --no-children --sort dso,sym",
         w.rps,
+        w.non_2xx,
+        w.errors,
         data.display()
     );
 }

@@ -14,7 +14,7 @@ use bridle_core::issue::{claims_for, IssueRequest};
 use bridle_core::money::Usd;
 use bridle_core::policy::{CapsNarrowing, CompiledPolicy};
 use bridle_core::policy_files;
-use bridle_core::token::Keyring;
+use bridle_core::token::{PublicKeys, SigningKey};
 use bridle_core::vendor::Vendor;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
@@ -56,7 +56,7 @@ enum Command {
     /// Render policies into deployable configuration.
     #[command(subcommand)]
     Render(Render),
-    /// Mint a vault token offline from the signing keyring (development and tests; in
+    /// Mint a vault token offline with the signing key (development and tests; in
     /// production the ledger issues tokens).
     Mint(MintArgs),
     /// Issue a vault token from the ledger; prints the token.
@@ -71,11 +71,15 @@ enum Command {
     /// caps, TTL, the most it can spend and call, how fast a revocation reaches the proxies.
     /// With --diff, what a policy change widens.
     BlastRadius(bridle_cli::blast_radius::command::BlastRadiusArgs),
-    /// Generate a signing key as a keyring entry, `kid:base64url`.
+    /// Generate a token signing key (Ed25519), `kid:base64url`: for the ledger's
+    /// BRIDLE_SIGNING_KEY only. Give the proxies its public key (`bridle pubkey`).
     Keygen {
         #[arg(long, default_value = "k1")]
         kid: String,
     },
+    /// Print the public key of the signing key read from standard input, `kid:base64url`:
+    /// an entry of BRIDLE_PUBLIC_KEYS, which proxies verify tokens with.
+    Pubkey,
 }
 
 #[derive(Args)]
@@ -178,8 +182,9 @@ struct MintArgs {
     policies: PolicyArgs,
     #[command(flatten)]
     grant: Grant,
-    #[arg(long, env = "BRIDLE_KEYRING", hide_env_values = true)]
-    keyring: String,
+    /// The token signing key, `kid:base64url` (`bridle keygen`).
+    #[arg(long, env = "BRIDLE_SIGNING_KEY", hide_env_values = true)]
+    signing_key: String,
 }
 
 /// Where the ledger is and the admin credential.
@@ -389,10 +394,20 @@ fn run(cli: Cli) -> Result<(), Errors> {
             Ok(())
         }
         Command::Keygen { kid } => {
-            let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(|e| one(format!("no randomness: {e}")))?;
-            let entry = Keyring::encode_entry(&kid, &key);
-            Keyring::parse(&entry).map_err(one)?;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| one(format!("no randomness: {e}")))?;
+            let key = SigningKey::from_seed(&kid, &seed).map_err(|e| one(format!("--kid: {e}")))?;
+            outln!("{}", key.encode());
+            Ok(())
+        }
+        Command::Pubkey => {
+            let mut spec = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut spec)
+                .map_err(|e| one(format!("standard input: {e}")))?;
+            let key = SigningKey::parse(spec.trim())
+                .map_err(|e| one(format!("the signing key on standard input: {e}")))?;
+            let entry = key.public_entry();
+            PublicKeys::parse(&entry).map_err(one)?;
             outln!("{entry}");
             Ok(())
         }
@@ -500,11 +515,12 @@ fn mint(args: MintArgs) -> Result<(), Errors> {
                 request.policy, args.policies.paths
             ))
         })?;
-    let keyring = Keyring::parse(&args.keyring).map_err(|e| one(format!("BRIDLE_KEYRING: {e}")))?;
+    let key = SigningKey::parse(&args.signing_key)
+        .map_err(|e| one(format!("BRIDLE_SIGNING_KEY: {e}")))?;
     let id = format!("tok_{}", random_hex(12)?);
     let claims = claims_for(policy, &request, id, now())
         .map_err(|es| es.into_iter().map(|e| e.to_string()).collect::<Errors>())?;
-    outln!("{}", keyring.mint(&claims).map_err(one)?);
+    outln!("{}", key.mint(&claims).map_err(one)?);
     Ok(())
 }
 

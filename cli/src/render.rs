@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_KEYRING_ENV};
+use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_PUBLIC_KEYS_ENV};
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::vendor::Vendor;
+use bridle_core::Reason;
 use serde_json::{json, Value};
 
 pub const LEDGER_CLUSTER: &str = "bridle_ledger";
@@ -84,7 +85,7 @@ pub fn filter_config(
             .map(|p| p.policy.clone())
             .collect(),
         ledger: ledger.cloned(),
-        keyring_env: DEFAULT_KEYRING_ENV.to_string(),
+        public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.to_string(),
     }
 }
 
@@ -107,10 +108,10 @@ pub fn vendors(policies: &[CompiledPolicy]) -> Vec<Vendor> {
     v
 }
 
-/// The environment variables the filter reads: the keyring, each policy's secret, and the
-/// ledger credential. Envoy passes only these to the VM.
+/// The environment variables the filter reads: the token public keys, each policy's secret,
+/// and the ledger credential. Envoy passes only these to the VM.
 pub fn env_keys(policies: &[CompiledPolicy], ledger: Option<&LedgerLink>) -> Vec<String> {
-    let mut keys = vec![DEFAULT_KEYRING_ENV.to_string()];
+    let mut keys = vec![DEFAULT_PUBLIC_KEYS_ENV.to_string()];
     keys.extend(policies.iter().map(|p| p.policy.secret_env.clone()));
     if let Some(l) = ledger {
         keys.push(l.credential_env.clone());
@@ -323,6 +324,53 @@ pub fn wasm_filter(
     }))
 }
 
+/// Envoy's own answers when the vendor cannot be reached (connection refused, a TLS or
+/// certificate failure, a timeout, a reset before the answer), rewritten into the vendor's
+/// error format with a Bridle reason, so that the SDK raises its own exception and does not
+/// retry. Matched by Envoy's response flags, which the filter's own refusals never carry.
+pub fn upstream_failure_replies(vendor: Vendor) -> Value {
+    let mapper = |flags: &[&str], reason: Reason, message: &str| {
+        let reply = vendor.error_response(reason, message, None);
+        let headers: Vec<Value> = reply
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != "content-type")
+            .map(|(name, value)| {
+                json!({
+                    "header": { "key": name, "value": value },
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                })
+            })
+            .collect();
+        json!({
+            "filter": { "response_flag_filter": { "flags": flags } },
+            "status_code": reply.status,
+            "headers_to_add": headers,
+            "body": { "inline_string": reply.body },
+            "body_format_override": {
+                "text_format_source": { "inline_string": "%LOCAL_REPLY_BODY%" },
+                "content_type": "application/json",
+            },
+        })
+    };
+    json!({
+        "mappers": [
+            // No connection, no healthy host, or the circuit breaker: nothing was sent.
+            mapper(
+                &["UF", "UH", "UO"],
+                Reason::UpstreamUnavailable,
+                &format!("could not reach {vendor} securely (no connection, or its TLS certificate was refused); the request was not sent."),
+            ),
+            // A timeout or a reset after the request went out: it may have been acted on.
+            mapper(
+                &["UT", "UC", "UR", "URX"],
+                Reason::UpstreamFailed,
+                &format!("the connection to {vendor} failed before it answered; the request may have reached it, so check before repeating it."),
+            ),
+        ],
+    })
+}
+
 fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstream) -> Value {
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -335,6 +383,7 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
         "use_remote_address": true,
         "skip_xff_append": true,
         "internal_address_config": {},
+        "local_reply_config": upstream_failure_replies(vendor),
         "route_config": {
             "name": format!("bridle_{vendor}"),
             "virtual_hosts": [{

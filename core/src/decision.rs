@@ -14,7 +14,7 @@ use crate::glob::EndpointPattern;
 use crate::path::{self, RequestPath};
 use crate::policy::{CompiledEndpoint, CompiledPolicy};
 use crate::revocation::RevocationSet;
-use crate::token::{self, Claims, Keyring};
+use crate::token::{self, Claims, PublicKeys};
 use crate::token_cache::TokenCache;
 use crate::token_scan;
 use crate::vendor::{Presentation, Tenant, Vendor};
@@ -236,15 +236,15 @@ pub fn find_credential(req: &Request<'_>, vendor: Vendor) -> Result<Credential, 
 /// Everything the filter needs to decide on request headers.
 pub struct Gate {
     config: CompiledConfig,
-    keyring: Keyring,
+    keys: PublicKeys,
     cache: TokenCache<VerifiedToken>,
 }
 
 impl Gate {
-    pub fn new(config: CompiledConfig, keyring: Keyring) -> Gate {
+    pub fn new(config: CompiledConfig, keys: PublicKeys) -> Gate {
         Gate {
             config,
-            keyring,
+            keys,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
         }
     }
@@ -260,7 +260,7 @@ impl Gate {
     fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, Denial> {
         self.cache.get_or_verify(token, |token| {
             let claims = self
-                .keyring
+                .keys
                 .verify(token)
                 .map_err(|e| Denial::new(e.reason(), format!("{e}.")))?;
             let endpoints = match &claims.endpoints {
@@ -547,7 +547,7 @@ mod tests {
     use crate::config::FilterConfig;
     use crate::policy::Policy;
     use crate::revocation::{RevocationEntry, RevocationFeed, RevocationKind};
-    use crate::token::tests::keyring;
+    use crate::token::tests::{keyring, public_keys};
 
     const NOW: u64 = 1_700_000_100;
 
@@ -558,7 +558,7 @@ mod tests {
     }
 
     fn gate_for(config: FilterConfig) -> Gate {
-        Gate::new(config.compile().unwrap(), keyring())
+        Gate::new(config.compile().unwrap(), public_keys())
     }
 
     fn gate() -> Gate {
@@ -1007,7 +1007,7 @@ mod tests {
             vendor: Vendor::Twilio,
             policies: vec![policy],
             ledger: None,
-            keyring_env: "K".into(),
+            public_keys_env: "K".into(),
         })
     }
 

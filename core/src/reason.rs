@@ -5,7 +5,8 @@
 //!
 //! HTTP status: 401 the credential is not good; 403 a good credential asked for something
 //! outside its scope; 400 the request is ambiguous or unpriceable; 402 money; 429 loop
-//! breaker; 503 Bridle cannot decide safely, so it refuses.
+//! breaker; 503 Bridle cannot decide safely, so it refuses; 502 the vendor could not be
+//! reached (Envoy's own answer, rendered in the vendor's format).
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,12 @@ reasons! {
     Internal => "internal", 500;
     // Envoy refused the request before Bridle saw it (a malformed path, say); audited too.
     ProxyRejected => "proxy_rejected", 400;
+    // The vendor could not be reached: no connection, or its TLS certificate did not check
+    // out. The request was not sent.
+    UpstreamUnavailable => "upstream_unavailable", 502;
+    // The connection to the vendor failed after the request went out (a timeout, a reset
+    // before the answer): the vendor may have acted on it.
+    UpstreamFailed => "upstream_failed", 502;
 }
 
 impl Reason {

@@ -1,6 +1,6 @@
 //! Configuration in the real Envoy: what the repository ships is what the policies render
-//! to, and a bad policy, a missing secret or keyring makes Envoy refuse to start, with a
-//! log line that says what is wrong.
+//! to, and a bad policy, a missing secret or bad public keys makes Envoy refuse to start,
+//! with a log line that says what is wrong.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -89,7 +89,7 @@ async fn bad_configuration_is_refused_by_envoy_with_the_reason() {
         "{log}"
     );
 
-    // A missing secret or keyring is refused too, and the log never shows a secret.
+    // A missing secret or bad public keys are refused too, and the log never shows a secret.
     let no_secret = setup.clone().env("STRIPE_SECRET_KEY", "");
     let mut env = no_secret.environment();
     env.retain(|(n, _)| n != "STRIPE_SECRET_KEY");
@@ -102,15 +102,27 @@ async fn bad_configuration_is_refused_by_envoy_with_the_reason() {
         "{log}"
     );
 
-    let bad_keyring = setup.clone().env("BRIDLE_KEYRING", "k1:c2hvcnQ");
-    let log = match Envoy::start(&bad_keyring).await {
+    let bad_keys = setup.clone().env("BRIDLE_PUBLIC_KEYS", "k1:c2hvcnQ");
+    let log = match Envoy::start(&bad_keys).await {
         Ok(_) => panic!("started with a short key"),
         Err(log) => log,
     };
     assert!(
-        log.contains("BRIDLE_KEYRING: keyring entry 1 (k1): key is 5 bytes"),
+        log.contains("BRIDLE_PUBLIC_KEYS: entry 1 (k1): key is 5 bytes"),
         "{log}"
     );
+    // The signing key where the public keys go: a proxy must never hold it, so Envoy
+    // refuses to start, and says why without showing the key.
+    let private = setup.clone().env("BRIDLE_PUBLIC_KEYS", &keys.spec);
+    let log = match Envoy::start(&private).await {
+        Ok(_) => panic!("started with the signing key"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("is a private signing key: a proxy must hold only public keys"),
+        "{log}"
+    );
+    assert!(!log.contains(keys.spec.split_once(':').unwrap().1), "{log}");
 }
 
 /// Istio delivers `pluginConfig` as JSON text in a StringValue; a hand-written bootstrap

@@ -10,7 +10,7 @@ use bridle_core::policy::{CompiledPolicy, Policy};
 use bridle_core::vendor::Vendor;
 
 use crate::client::Request;
-use crate::keys::{canary_secret, Keys, ENFORCER_KEY, KEYRING_ENV};
+use crate::keys::{canary_secret, Keys, ENFORCER_KEY, PUBLIC_KEYS_ENV};
 use crate::process::Guarded;
 use crate::repo_root;
 
@@ -71,6 +71,8 @@ pub struct Setup {
     /// Envoy trusts clients on 127.0.0.0/8 as internal and so obeys their `x-envoy-*`
     /// control headers, as a mesh that trusts its own network does: the filter stands alone.
     pub trust_local_clients: bool,
+    /// The CA bundle Envoy checks https upstreams against (default: the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Setup {
@@ -87,6 +89,7 @@ impl Setup {
             wasm: None,
             vm_env: Vec::new(),
             trust_local_clients: false,
+            ca_file: None,
         }
     }
 
@@ -103,10 +106,11 @@ impl Setup {
         self
     }
 
-    /// The environment Envoy runs with: the keyring, canary secrets, the enforcer key.
+    /// The environment Envoy runs with: the token public keys (never the signing key),
+    /// canary secrets, the enforcer key.
     pub fn environment(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
-            (KEYRING_ENV.into(), self.keys.spec.clone()),
+            (PUBLIC_KEYS_ENV.into(), self.keys.public_spec.clone()),
             ("BRIDLE_ENFORCER_KEY".into(), ENFORCER_KEY.into()),
         ];
         for v in Vendor::ALL {
@@ -139,6 +143,9 @@ impl Setup {
             envoy_path_hardening: self.envoy_path_hardening,
             ..EnvoyOptions::default()
         };
+        if let Some(ca) = &self.ca_file {
+            opts.ca_file = ca.display().to_string();
+        }
         for v in Vendor::ALL {
             opts.ports.insert(v, 0);
         }

@@ -10,7 +10,7 @@ use bridle_core::policy::CompiledPolicy;
 use serde_json::Value;
 
 use crate::client::{Request, Response};
-use crate::keys::{Keys, ADMIN_KEY, ENFORCER_KEY};
+use crate::keys::{Keys, ADMIN_KEY, ENFORCER_KEY, PUBLIC_KEYS_ENV, SIGNING_KEY_ENV};
 use crate::process::Guarded;
 use crate::workspace_binary;
 
@@ -133,7 +133,8 @@ impl Ledger {
             .arg(self.dir.path().join("policies"))
             .args(&self.extra_args)
             .env_clear()
-            .env("BRIDLE_KEYRING", &self.keys.spec)
+            .env(SIGNING_KEY_ENV, &self.keys.spec)
+            .env(PUBLIC_KEYS_ENV, &self.keys.public_spec)
             .env("BRIDLE_ADMIN_KEY", ADMIN_KEY)
             .env("BRIDLE_ENFORCER_KEY", ENFORCER_KEY)
             .env("BRIDLE_LOG", "info")

@@ -7,6 +7,8 @@
 //! - [`client`] speaks raw HTTP/1.1, so tests can send paths and headers that a URL library
 //!   would normalize or refuse; [`h2c`] speaks HTTP/2 frame by frame (bodies in pieces,
 //!   trailers).
+//! - [`tls`] gives a test its own certificate authority, a mock vendor that speaks only TLS,
+//!   and a sink that records what a proxy sends to a port.
 //!
 //! Nothing here skips: a missing Envoy binary or `.wasm` fails the test with the command
 //! that builds it.
@@ -28,6 +30,7 @@ pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod stack;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -88,13 +88,21 @@ impl MockVendor {
     }
 
     pub async fn start_on(bind: &str, verbose: bool) -> MockVendor {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        MockVendor::serve(listener, verbose)
+    }
+
+    /// The same vendor behind any listener (a TLS one: `crate::tls::TlsVendor`).
+    pub fn serve<L>(listener: L, verbose: bool) -> MockVendor
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let state = Arc::new(Mutex::new(MockState {
             verbose,
             ..Default::default()
         }));
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let app = Router::new().fallback(handle).with_state(state.clone());
         tokio::spawn(async move {

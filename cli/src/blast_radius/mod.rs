@@ -44,7 +44,7 @@ pub struct TokenFacts {
     pub id: String,
     pub label: String,
     pub expires_at: u64,
-    /// Its signature was checked against the keyring (or the ledger issued it).
+    /// Its signature was checked against the public keys (or the ledger issued it).
     pub verified: bool,
     /// Why it can do nothing at all, if so: expired, revoked, or refused by its policy.
     #[serde(skip_serializing_if = "Option::is_none")]

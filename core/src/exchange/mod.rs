@@ -32,7 +32,7 @@ use crate::money::Usd;
 use crate::policy::FailureMode;
 use crate::revocation::RevocationSet;
 use crate::settlement::outcome_for_status;
-use crate::token::Keyring;
+use crate::token::PublicKeys;
 use crate::token_scan::{self, TokenScan};
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
@@ -44,15 +44,15 @@ pub const MAX_RESPONSE_BODY: usize = 1 << 20;
 /// Longest path kept in the audit log.
 const MAX_AUDIT_PATH: usize = 512;
 
-/// Everything fixed for one listener: the checked policies with their secrets, the keyring,
-/// and the ledger link. Built once per configuration; every exchange reads it.
+/// Everything fixed for one listener: the checked policies with their secrets, the public
+/// keys that verify tokens, and the ledger link. Built once per configuration; every exchange reads it.
 pub struct Blueprint {
     gate: Gate,
 }
 
 impl Blueprint {
     /// Builds the blueprint from the plugin configuration and the filter's environment (the
-    /// keyring and each policy's vendor secret). Any problem refuses the whole configuration,
+    /// token public keys and each policy's vendor secret). Any problem refuses the whole configuration,
     /// with a message that names the field or variable at fault and never a secret.
     pub fn configure(
         bytes: Option<&[u8]>,
@@ -67,17 +67,14 @@ impl Blueprint {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        let keyring_spec = env(&compiled.keyring_env).ok_or_else(|| {
-            format!(
-                "environment variable {} (the signing keyring) is not set",
-                compiled.keyring_env
-            )
+        let keys_env = &compiled.public_keys_env;
+        let spec = env(keys_env).ok_or_else(|| {
+            format!("environment variable {keys_env} (the token public keys) is not set")
         })?;
-        let keyring =
-            Keyring::parse(&keyring_spec).map_err(|e| format!("{}: {e}", compiled.keyring_env))?;
+        let keys = PublicKeys::parse(&spec).map_err(|e| format!("{keys_env}: {e}"))?;
         let compiled = compiled.with_secrets(env)?;
         Ok(Blueprint {
-            gate: Gate::new(compiled, keyring),
+            gate: Gate::new(compiled, keys),
         })
     }
 

@@ -1,8 +1,5 @@
 //! The request path without any host: every rule of the exchange, step by step.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-
 use super::*;
 use crate::ledger_api::ReserveRequest;
 use crate::loop_breaker::MemoryCounter;
@@ -12,7 +9,7 @@ const NOW_MS: u64 = 1_700_000_100_000;
 const SECRET: &str = "sk_test_CANARY_exchange_secret";
 
 fn keyring_spec() -> String {
-    format!("k1:{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+    crate::token::tests::public_spec()
 }
 
 /// A Stripe listener: a free endpoint, a costed one that settles from the response, and a
@@ -47,7 +44,7 @@ fn blueprint_with(loop_breaker: bool, on_unavailable: &str, ledger: bool) -> Blu
         config["ledger"] = serde_json::json!({ "cluster": "bridle_ledger" });
     }
     let env = |name: &str| match name {
-        "BRIDLE_KEYRING" => Some(keyring_spec()),
+        "BRIDLE_PUBLIC_KEYS" => Some(keyring_spec()),
         "STRIPE_SECRET_KEY" => Some(SECRET.to_string()),
         _ => None,
     };
@@ -59,8 +56,7 @@ fn blueprint() -> Blueprint {
 }
 
 fn token() -> String {
-    Keyring::parse(&keyring_spec())
-        .unwrap()
+    crate::token::tests::signing_key()
         .mint(&Claims {
             v: 1,
             id: "tok_abc".into(),
@@ -731,7 +727,7 @@ fn configuration_problems_name_the_field_or_variable_and_never_a_secret() {
         Blueprint::configure(bytes, env).err().unwrap()
     };
     let full = |name: &str| match name {
-        "BRIDLE_KEYRING" => Some(keyring_spec()),
+        "BRIDLE_PUBLIC_KEYS" => Some(keyring_spec()),
         "STRIPE_SECRET_KEY" => Some("has space".to_string()),
         _ => None,
     };
@@ -749,7 +745,7 @@ fn configuration_problems_name_the_field_or_variable_and_never_a_secret() {
         "{e}"
     );
     let e = err(Some(config.as_bytes()), &|_| None);
-    assert!(e.contains("BRIDLE_KEYRING"), "{e}");
+    assert!(e.contains("BRIDLE_PUBLIC_KEYS"), "{e}");
 }
 
 /// `bvt_` and the rest of the token, percent-encoded.

@@ -59,6 +59,8 @@ class Reason(str, Enum):
     REVOCATION_STALE = ("revocation_stale", 503)
     INTERNAL = ("internal", 500)
     PROXY_REJECTED = ("proxy_rejected", 400)
+    UPSTREAM_UNAVAILABLE = ("upstream_unavailable", 502)
+    UPSTREAM_FAILED = ("upstream_failed", 502)
 
     def __str__(self) -> str:
         return self.value
