@@ -26,6 +26,7 @@ pub mod exchange;
 pub mod glob;
 pub mod issue;
 pub mod ledger_api;
+pub mod llm;
 pub mod loop_breaker;
 pub mod money;
 pub mod path;

@@ -52,6 +52,11 @@ reasons! {
     EndpointNotAllowed => "endpoint_not_allowed", 403;
     MerchantNotAllowed => "merchant_not_allowed", 403;
     HeaderNotAllowed => "header_not_allowed", 403;
+    // LLM calls priced by tokens: a model outside the policy's list, one without a price, and
+    // an output maximum above the policy's.
+    ModelNotAllowed => "model_not_allowed", 403;
+    ModelUnpriced => "model_unpriced", 400;
+    MaxTokensNotAllowed => "max_tokens_not_allowed", 403;
     BodyTooLarge => "body_too_large", 413;
     BodyUnreadable => "body_unreadable", 400;
     // Money.
