@@ -976,6 +976,7 @@ mod tests {
             policies: vec![policy],
             ledger: None,
             keyring_env: "K".into(),
+            prices: Vec::new(),
         })
     }
 

@@ -33,6 +33,8 @@ pub mod path;
 pub mod policy;
 #[cfg(feature = "files")]
 pub mod policy_files;
+#[cfg(feature = "files")]
+pub mod price_files;
 pub mod reason;
 pub mod revocation;
 pub mod sms;

@@ -46,6 +46,9 @@ pub struct Policy {
     /// Exchange rates to USD for costs read in other currencies.
     #[serde(default, skip_serializing_if = "FxTable::is_empty")]
     pub fx: FxTable,
+    /// For endpoints priced by tokens: the models calls may name, and their limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<crate::llm::Models>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +234,8 @@ pub struct CompiledPolicy {
     pub policy: Policy,
     /// In the policy's order: the first that matches a request is the one that applies.
     pub endpoints: Vec<Arc<CompiledEndpoint>>,
+    /// The `models` section, ready to match.
+    pub models: Option<Arc<crate::llm::CompiledModels>>,
 }
 
 /// One endpoint of a policy, ready to match: its pattern, and what a call to it costs.
@@ -401,6 +406,35 @@ impl Policy {
                 fail("caps.window", "must be at most a year".into());
             }
         }
+        if let Some(models) = &self.models {
+            for e in models.check(self.vendor) {
+                fail(&format!("models.{}", e.field), e.message);
+            }
+        }
+        for (i, api) in self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.cost.as_ref()?.tokens?)))
+        {
+            if api.vendor() != self.vendor {
+                fail(
+                    &format!("endpoints[{i}].cost.tokens"),
+                    format!(
+                        "{} is an API of {}, not {}",
+                        api.name(),
+                        api.vendor(),
+                        self.vendor
+                    ),
+                );
+            }
+            if self.models.is_none() {
+                fail(
+                    &format!("endpoints[{i}].cost.tokens"),
+                    "calls priced by tokens need a models section: the models they may name".into(),
+                );
+            }
+        }
         for currency in self.fx.0.keys() {
             if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase()) {
                 fail(
@@ -414,6 +448,7 @@ impl Policy {
             Ok(CompiledPolicy {
                 policy: self.clone(),
                 endpoints,
+                models: self.models.as_ref().map(|m| Arc::new(m.compile())),
             })
         } else {
             Err(errors)

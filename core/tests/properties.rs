@@ -461,6 +461,7 @@ fn policy(vendor: Vendor) -> impl Strategy<Value = Policy> {
                 loop_breaker: None,
                 on_ledger_unavailable: Default::default(),
                 fx: Default::default(),
+                models: None,
             }
         })
 }
@@ -627,6 +628,7 @@ fn scope_case(p: &Policy, n: &Narrowing, probes: &[Probe]) -> Result<(), TestCas
             policies: vec![p.clone()],
             ledger: None,
             keyring_env: "K".into(),
+            prices: Vec::new(),
         }
         .compile()
         .unwrap(),

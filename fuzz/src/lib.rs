@@ -14,7 +14,8 @@ use base64::Engine;
 use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_KEYRING_ENV};
 use bridle_core::money::Usd;
 use bridle_core::policy::{CapsNarrowing, CompiledPolicy, Policy};
-use bridle_core::policy_files;
+use bridle_core::llm::PriceEntry;
+use bridle_core::{policy_files, price_files};
 use bridle_core::token::{Claims, Keyring};
 use bridle_core::vendor::Vendor;
 use hmac::{Hmac, KeyInit, Mac};
@@ -167,17 +168,50 @@ pub fn ledger_link() -> LedgerLink {
     }
 }
 
-/// The filter configuration `bridle render` makes for one vendor's policies.
+/// The repository's price tables, as files.
+pub const PRICE_FILES: [(&str, &str); 2] = [
+    (
+        "anthropic.yaml",
+        include_str!("../../policies/prices/anthropic.yaml"),
+    ),
+    (
+        "openai.yaml",
+        include_str!("../../policies/prices/openai.yaml"),
+    ),
+];
+
+/// A vendor's shipped price table (empty for vendors without one).
+pub fn shipped_prices(vendor: Vendor) -> Vec<PriceEntry> {
+    PRICE_FILES
+        .iter()
+        .map(|(name, text)| {
+            price_files::parse(Path::new(name), text)
+                .unwrap_or_else(|e| panic!("policies/prices/{name} does not load: {e:?}"))
+        })
+        .find(|t| t.vendor == vendor)
+        .map(|t| t.models)
+        .unwrap_or_default()
+}
+
+/// The filter configuration `bridle render` makes for one vendor's policies: the vendor's
+/// price table goes with it when a policy prices calls by tokens.
 pub fn filter_config(vendor: Vendor, policies: &[&Policy]) -> FilterConfig {
+    let policies: Vec<Policy> = policies
+        .iter()
+        .filter(|p| p.vendor == vendor)
+        .map(|p| (*p).clone())
+        .collect();
+    let priced = policies.iter().any(|p| p.models.is_some());
     FilterConfig {
         vendor,
-        policies: policies
-            .iter()
-            .filter(|p| p.vendor == vendor)
-            .map(|p| (*p).clone())
-            .collect(),
+        policies,
         ledger: Some(ledger_link()),
         keyring_env: DEFAULT_KEYRING_ENV.into(),
+        prices: if priced {
+            shipped_prices(vendor)
+        } else {
+            Vec::new()
+        },
     }
 }
 

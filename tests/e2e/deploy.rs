@@ -341,7 +341,14 @@ fn kustomizations_list_existing_files_and_every_policy_but_no_secret() {
 
 #[test]
 fn istio_wasmplugins_are_the_rendering_of_the_policies() {
-    let docs = render::istio(&policies(), FILTER_IMAGE, ISTIO_NAMESPACE, &ledger()).unwrap();
+    let docs = render::istio(
+        &policies(),
+        &bridle_e2e::shipped_prices(),
+        FILTER_IMAGE,
+        ISTIO_NAMESPACE,
+        &ledger(),
+    )
+    .unwrap();
     let rendered = render::to_yaml(&docs).unwrap();
     let shipped = read("deploy/istio/wasmplugins.yaml");
     assert!(
@@ -363,6 +370,7 @@ fn kubernetes_envoy_bootstrap_is_the_rendering_of_the_policies() {
         wasm: ENVOY_WASM.to_string(),
         listen: ENVOY_LISTEN.to_string(),
         ledger: Some(ledger()),
+        prices: bridle_e2e::shipped_prices(),
         ..EnvoyOptions::default()
     };
     let rendered =

@@ -66,6 +66,8 @@ pub struct Setup {
     pub wasm: Option<PathBuf>,
     /// Names from `env` that the Wasm VM may read besides those the policies need.
     pub vm_env: Vec<String>,
+    /// Price tables for calls priced by tokens: the shipped ones unless a test changes them.
+    pub prices: bridle_cli::render::Prices,
 }
 
 impl Setup {
@@ -80,6 +82,7 @@ impl Setup {
             concurrency: 2,
             wasm: None,
             vm_env: Vec::new(),
+            prices: crate::shipped_prices(),
         }
     }
 
@@ -125,6 +128,7 @@ impl Setup {
             admin_port: 0,
             ledger: self.ledger.as_deref().map(|u| Upstream::parse(u).unwrap()),
             envoy_path_hardening: self.envoy_path_hardening,
+            prices: self.prices.clone(),
             ..EnvoyOptions::default()
         };
         for v in Vendor::ALL {

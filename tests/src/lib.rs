@@ -34,6 +34,12 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The price tables the repository ships (`policies/prices/`), as `bridle render` reads them.
+pub fn shipped_prices() -> bridle_cli::render::Prices {
+    bridle_core::price_files::load(&repo_root().join("policies/prices"))
+        .unwrap_or_else(|e| panic!("policies/prices: {e:?}"))
+}
+
 /// A binary built by `cargo build` in this workspace (debug profile unless
 /// `BRIDLE_PROFILE=release`).
 pub fn workspace_binary(name: &str) -> PathBuf {

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use wildmatch::WildMatch;
 
-use crate::llm::prices::{check_entries, check_model_name, PriceEntry, PriceList};
+use crate::llm::prices::{check_entries, check_model_name, resolve, Found, PriceEntry, PriceList};
 use crate::policy::ConfigError;
 use crate::vendor::Vendor;
 
@@ -103,6 +103,13 @@ impl CompiledModels {
             .iter()
             .filter(|(_, glob)| glob.is_none())
             .map(|(name, _)| name.as_str())
+    }
+
+    /// The models allowed by name that neither the policy nor `shipped` prices: every call
+    /// to one would be refused. (What globs allow cannot be listed ahead.)
+    pub fn unpriced<'a>(&'a self, shipped: &'a PriceList) -> impl Iterator<Item = &'a str> + 'a {
+        self.literal_names()
+            .filter(move |name| !matches!(resolve(name, &self.prices, shipped), Found::Priced(_)))
     }
 }
 
