@@ -192,6 +192,14 @@ mod tests {
                 cost: None,
                 reservation: None,
                 merchant: None,
+                model: Some("gpt-4o-mini".into()),
+                usage: Some(bridle_core::llm::TokenUsage {
+                    input: n,
+                    output: 7,
+                    ..Default::default()
+                }),
+                usage_missing: None,
+                over_reservation: n.is_multiple_of(2),
             }))
         };
         let settle_item = |n: usize| settle(n).decode().unwrap();

@@ -118,6 +118,20 @@ pub struct AuditRecord {
     pub reservation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merchant: Option<String>,
+    /// For a call priced by tokens: the model it named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// For a call priced by tokens: the usage the vendor reported, which `cost` is the price of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::llm::TokenUsage>,
+    /// For a call priced by tokens that the vendor accepted but whose usage was never read
+    /// (a stream cut short, the agent gone): why. It settled at its whole reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_missing: Option<String>,
+    /// The usage cost more than the reservation, which is meant to be an upper bound: the
+    /// actual cost was committed all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub over_reservation: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -423,6 +423,10 @@ fn record(id: u64, at_ms: u64, token: &str, label: &str) -> AuditRecord {
         cost: None,
         reservation: None,
         merchant: None,
+        model: None,
+        usage: None,
+        usage_missing: None,
+        over_reservation: false,
     }
 }
 

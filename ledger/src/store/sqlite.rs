@@ -519,6 +519,10 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         cost: r.get::<_, Option<i64>>(10)?.and_then(Usd::from_micros),
         reservation: r.get(11)?,
         merchant: r.get(12)?,
+        model: None,
+        usage: None,
+        usage_missing: None,
+        over_reservation: false,
     })
 }
 
