@@ -21,8 +21,10 @@ pub mod client;
 pub mod envoy;
 pub mod keys;
 pub mod ledger;
+pub mod llm_mock;
 pub mod mock;
 pub mod process;
+pub mod python;
 
 use std::path::PathBuf;
 
