@@ -162,10 +162,19 @@ wrk:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y --no-install-recommends wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends wrk; }; }
 
-# Bridle's cost in the request path, side by side with baselines: see BENCHMARKS.md.
-# Writes target/bench/summary.json and target/bench/results.md.
+# The peer `make bench` runs beside Bridle: LiteLLM's proxy from PyPI, in a virtualenv of the
+# benchmark's own, never in $(VENV); every package it pulls in is pinned by the constraints.
+LITELLM_VENV := target/bench/litellm-venv
+LITELLM := $(LITELLM_VENV)/bin/litellm
+$(LITELLM): bench/litellm/requirements.txt bench/litellm/constraints.txt
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/litellm/requirements.txt -c bench/litellm/constraints.txt
+	@touch $(LITELLM)
+
+# Bridle's cost in the request path, side by side with baselines and LiteLLM: see
+# BENCHMARKS.md. Writes target/bench/summary.json and target/bench/results.md.
 .PHONY: bench
-bench: wasm-target envoy wrk
+bench: wasm-target envoy wrk $(LITELLM)
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter -p bridle-noop-filter
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter --features ablation --target-dir target/ablation
 	$(CARGO) build --release -p bridle-ledger -p bridle-bench
