@@ -195,7 +195,9 @@ impl PriceEntry {
     /// The most `input_tokens` and `output_tokens` can cost, when the input's tokens are of
     /// `class`; `None` if a needed price is missing or the amount is past the limit.
     pub fn bound(&self, input_tokens: u64, class: InputClass, output_tokens: u64) -> Option<Usd> {
-        let mut input_price = self.input;
+        // Cached input is cheaper at every vendor Bridle knows, but a policy's own price need
+        // not be: the bound holds whatever the prices are.
+        let mut input_price = self.input.max(self.cached_input.unwrap_or(self.input));
         if let InputClass::CacheWrites { one_hour } = class {
             input_price = input_price.max(self.cache_write_5m?);
             if one_hour {

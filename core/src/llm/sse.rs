@@ -85,6 +85,11 @@ impl SseParser {
         }
     }
 
+    /// How many bytes of the stream the parser holds now: never more than its bound.
+    pub fn held(&self) -> usize {
+        self.line.len() + self.data.len() + self.kind.len()
+    }
+
     /// Whether the stream, were it to end now, would end between events: no partial line
     /// or event is pending.
     pub fn at_boundary(&self) -> bool {
@@ -95,7 +100,7 @@ impl SseParser {
         if self.line_overflow {
             return;
         }
-        if self.line.len() + self.data.len() + bytes.len() > self.max_event {
+        if self.held() + bytes.len() > self.max_event {
             self.line_overflow = true;
             self.line.clear();
             return;
@@ -125,7 +130,7 @@ impl SseParser {
             match field {
                 b"event" => self.kind = String::from_utf8_lossy(value).into_owned(),
                 b"data" if !self.overflow => {
-                    if self.data.len() + value.len() + 1 > self.max_event {
+                    if self.data.len() + self.kind.len() + value.len() + 1 > self.max_event {
                         self.overflow = true;
                         self.data.clear();
                     } else {
@@ -250,7 +255,7 @@ mod tests {
         }
         let mut p = SseParser::with_limit(limit);
         p.feed(b"data: 0123456789abcdefghijklmnop", &mut |_| {});
-        assert!(p.line.len() + p.data.len() <= limit);
+        assert!(p.held() <= limit);
         assert!(!p.at_boundary());
         p.feed(b"\n\n", &mut |_| {});
         assert!(p.at_boundary());
