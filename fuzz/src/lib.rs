@@ -6,6 +6,8 @@
 //! `write_or_check_seeds` test below compares them (or rewrites them with
 //! `BRIDLE_WRITE_SEEDS=1`, which `make fuzz-seeds` sets).
 
+pub mod llm;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -721,6 +723,7 @@ pub fn seeds() -> Vec<Seed> {
     policy_seeds(&mut out);
     path_seeds(&mut out);
     cost_seeds(&mut out);
+    llm::seeds(&mut out);
     out
 }
 
@@ -735,7 +738,7 @@ mod tests {
         let write = std::env::var_os("BRIDLE_WRITE_SEEDS").is_some();
         let seeds = seeds();
         let mut stale = Vec::new();
-        for target in ["token", "policy", "path", "cost"] {
+        for target in ["token", "policy", "path", "cost", "sse", "usage"] {
             let dir = root.join(target);
             let wanted: Vec<&Seed> = seeds.iter().filter(|s| s.target == target).collect();
             if write {
