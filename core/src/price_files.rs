@@ -50,25 +50,7 @@ pub fn load(dir: &Path) -> Result<Prices, Vec<FileError>> {
     if !dir.exists() {
         return Ok(prices);
     }
-    let files = match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
-                })
-                .collect();
-            files.sort();
-            files
-        }
-        Err(e) => {
-            return Err(vec![FileError {
-                file: dir.to_path_buf(),
-                message: format!("cannot read: {e}"),
-            }])
-        }
-    };
+    let files = crate::policy_files::yaml_files(dir).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     for file in files {
         let text = match std::fs::read_to_string(&file) {
