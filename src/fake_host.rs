@@ -40,6 +40,8 @@ pub struct FakeHost {
     pub logs: RefCell<Vec<(Level, String)>>,
     pub metric_names: RefCell<Vec<String>>,
     pub metric_values: RefCell<Vec<i64>>,
+    /// Every value recorded into a histogram, by metric id.
+    pub histograms: RefCell<HashMap<u32, Vec<u64>>>,
     pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     pub callouts: RefCell<Vec<Callout>>,
     pub resumed: Cell<u32>,
@@ -259,6 +261,12 @@ impl Host for FakeHost {
         self.define_counter(name)
     }
 
+    fn define_histogram(&self, name: &str) -> Result<u32, HostError> {
+        let id = self.define_counter(name)?;
+        self.histograms.borrow_mut().insert(id, Vec::new());
+        Ok(id)
+    }
+
     fn increment(&self, metric: u32, by: i64) {
         if let Some(v) = self.metric_values.borrow_mut().get_mut(metric as usize) {
             *v += by;
@@ -266,6 +274,9 @@ impl Host for FakeHost {
     }
 
     fn record(&self, metric: u32, value: u64) {
+        if let Some(h) = self.histograms.borrow_mut().get_mut(&metric) {
+            h.push(value);
+        }
         if let Some(v) = self.metric_values.borrow_mut().get_mut(metric as usize) {
             *v = value as i64;
         }

@@ -86,6 +86,7 @@ pub trait Host {
 
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
     fn define_gauge(&self, name: &str) -> Result<u32, HostError>;
+    fn define_histogram(&self, name: &str) -> Result<u32, HostError>;
     fn increment(&self, metric: u32, by: i64);
     fn record(&self, metric: u32, value: u64);
 
@@ -219,6 +220,10 @@ mod wasm {
 
         fn define_gauge(&self, name: &str) -> Result<u32, HostError> {
             abi::define_metric(1, name).map_err(e)
+        }
+
+        fn define_histogram(&self, name: &str) -> Result<u32, HostError> {
+            abi::define_metric(2, name).map_err(e)
         }
 
         fn increment(&self, metric: u32, by: i64) {

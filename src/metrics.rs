@@ -1,7 +1,9 @@
 //! Envoy stats. Decisions: one counter per policy and reason, defined up front so the request
 //! path only increments, shown as `wasmcustom.bridle.<vendor>.<policy>.<reason>`; denials
 //! before a genuine token names a policy count under `_unattributed`. The ledger link:
-//! `wasmcustom.bridle.ledger.*`, shared by every plugin in the VM.
+//! `wasmcustom.bridle.ledger.*`, shared by every plugin in the VM, including how long
+//! revocations take to arrive (`revocation_propagation_ms`, a histogram) and how old the
+//! revocation set is (`revocation_age_ms`).
 
 use bridle_core::ledger_api::AuditRecord;
 use bridle_core::vendor::Vendor;
@@ -40,6 +42,10 @@ pub struct LedgerMetrics {
     pub items_dropped: u32,
     pub revocations: u32,
     pub reserve_failed: u32,
+    /// From a revoke committed in the ledger to this worker enforcing it, per entry.
+    pub revocation_propagation_ms: u32,
+    /// Since the last good poll of the revocation feed, as of the last tick.
+    pub revocation_age_ms: u32,
 }
 
 impl Metrics {
@@ -65,6 +71,9 @@ impl Metrics {
             items_dropped: c("report_items_dropped")?,
             revocations: host.define_gauge("bridle.ledger.revocations")?,
             reserve_failed: c("reserve_failed")?,
+            revocation_propagation_ms: host
+                .define_histogram("bridle.ledger.revocation_propagation_ms")?,
+            revocation_age_ms: host.define_gauge("bridle.ledger.revocation_age_ms")?,
         };
         let l = |name: &str| host.define_counter(&format!("bridle.llm.{vendor}.{name}"));
         let llm = LlmMetrics {

@@ -11,6 +11,7 @@ use crate::host::{Host, Level};
 use crate::ids::Ids;
 use crate::ledger_link::Ledger;
 use crate::metrics::Metrics;
+use crate::revocations;
 
 pub struct Plugin {
     pub blueprint: Blueprint,
@@ -31,8 +32,9 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// The tick period: the fastest of the revocation poll and the report flush.
-pub const TICK_MS: u32 = 100;
+/// The tick period, defined in the core so that `bridle blast-radius` computes revocation
+/// reach from the same number.
+pub use bridle_core::config::TICK_MS;
 
 impl Plugin {
     pub fn configure<H: Host>(host: &H, bytes: Option<&[u8]>) -> Result<Plugin, String> {
@@ -69,6 +71,15 @@ impl Plugin {
             .collect();
         let metrics = Metrics::define(host, blueprint.vendor(), &names)
             .map_err(|e| format!("could not define stats counters (status {})", e.0))?;
+        if let Some(mut cache) = ledger
+            .as_ref()
+            .and_then(|l| l.revocations.try_borrow_mut().ok())
+        {
+            cache.metrics = Some(revocations::CacheMetrics {
+                propagation_ms: metrics.ledger.revocation_propagation_ms,
+                age_ms: metrics.ledger.revocation_age_ms,
+            });
+        }
         Ok(Plugin {
             blueprint,
             metrics,

@@ -200,6 +200,7 @@ mod tests {
                 }),
                 usage_missing: None,
                 over_reservation: n.is_multiple_of(2),
+                replay: false,
             }))
         };
         let settle_item = |n: usize| settle(n).decode().unwrap();

@@ -6,6 +6,9 @@
 //! so the request path reads plain memory. A set whose last good poll is older than
 //! `max_staleness_ms` is stale: costed requests still ask the ledger (which checks
 //! revocation itself), uncosted ones follow the policy's `on_ledger_unavailable`.
+//!
+//! Each copy also measures: the age of the set on every tick, and, for every entry it
+//! picks up, how long after the ledger committed it ([`Cache::measure`]).
 
 use bridle_core::revocation::{RevocationFeed, RevocationSet};
 
@@ -43,6 +46,15 @@ fn read_u64<H: Host>(host: &H, key: &str) -> Result<(u64, u32), HostError> {
     Ok((value, cas))
 }
 
+/// Where a cache records what it measures.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheMetrics {
+    /// A histogram: milliseconds from commit in the ledger to this copy, per entry.
+    pub propagation_ms: u32,
+    /// A gauge: milliseconds since the last good poll.
+    pub age_ms: u32,
+}
+
 /// This plugin's copy of the shared set.
 #[derive(Debug, Default)]
 pub struct Cache {
@@ -50,12 +62,23 @@ pub struct Cache {
     version: u64,
     /// When some worker last heard from the ledger, unix milliseconds.
     pub fresh_at_ms: u64,
+    pub metrics: Option<CacheMetrics>,
+    /// Entries committed at or before this (unix ms) have been measured, or were committed
+    /// before this copy first looked: a proxy that starts late did not delay them.
+    measured_through_ms: u64,
 }
 
 impl Cache {
     /// Pulls the shared set when another worker has changed it, and the freshness stamp.
     pub fn refresh<H: Host>(&mut self, host: &H, keys: &Keys) -> Result<(), HostError> {
         self.fresh_at_ms = read_u64(host, &keys.fresh)?.0;
+        let now_ms = host.now_nanos().map_or(0, |n| n / 1_000_000);
+        if self.measured_through_ms == 0 {
+            self.measured_through_ms = now_ms;
+        }
+        if let Some(m) = self.metrics {
+            host.record(m.age_ms, now_ms.saturating_sub(self.fresh_at_ms));
+        }
         let (version, _) = read_u64(host, &keys.version)?;
         if version == self.version {
             return Ok(());
@@ -68,7 +91,24 @@ impl Cache {
         set.apply(&feed);
         self.set = set;
         self.version = version;
+        self.measure(host, &feed, now_ms);
         Ok(())
+    }
+
+    /// Records, for each entry this copy has not seen before, how long ago the ledger
+    /// committed it: from then on this worker refuses what it covers. Entries without a
+    /// commit time (an older ledger) are not measured. The difference spans two hosts'
+    /// clocks, so it includes their offset (clamped at zero).
+    fn measure<H: Host>(&mut self, host: &H, feed: &RevocationFeed, now_ms: u64) {
+        let Some(m) = self.metrics else { return };
+        let mut newest = self.measured_through_ms;
+        for e in &feed.entries {
+            if e.at_ms > self.measured_through_ms {
+                host.record(m.propagation_ms, now_ms.saturating_sub(e.at_ms));
+                newest = newest.max(e.at_ms);
+            }
+        }
+        self.measured_through_ms = newest;
     }
 
     pub fn is_fresh(&self, now_ms: u64, max_staleness_ms: u64) -> bool {

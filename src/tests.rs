@@ -641,6 +641,7 @@ mod ledger_flow {
                 value: "tok_abc".into(),
                 at: NOW,
                 until: NOW + 3600,
+                at_ms: 0,
             }],
             reset: false,
         };
@@ -665,6 +666,80 @@ mod ledger_flow {
             h.sent().unwrap().header("x-bridle-reason"),
             Some("token_revoked")
         );
+    }
+
+    /// Every value recorded into the histogram `name`, by any plugin.
+    fn recorded(h: &FakeHost, name: &str) -> Vec<u64> {
+        let names = h.metric_names.borrow();
+        let histograms = h.histograms.borrow();
+        let mut out = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            if n == name {
+                out.extend(histograms.get(&(i as u32)).into_iter().flatten());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_worker_measures_revocation_propagation_and_the_sets_age() {
+        let h = host();
+        let p = plugin(&h, "deny"); // its copy first looked at NOW
+        let entry = |seq: u64, id: &str, at_ms: u64| RevocationEntry {
+            seq,
+            kind: RevocationKind::Token,
+            value: id.into(),
+            at: at_ms / 1000,
+            until: NOW + 3600,
+            at_ms,
+        };
+        let mut ticker = Ticker::default();
+        h.now_secs.set(NOW + 2);
+        ticker.on_tick(&h, &p);
+        let feed = RevocationFeed {
+            seq: 3,
+            entries: vec![
+                // Committed before this proxy first looked: its start, not propagation.
+                entry(1, "tok_old", NOW * 1000 - 5000),
+                entry(2, "tok_new", NOW * 1000 + 1500),
+                // From a ledger that does not say when: not measured.
+                entry(3, "tok_unknown", 0),
+            ],
+            reset: false,
+        };
+        let n = answer(&h, "200", &serde_json::to_value(&feed).unwrap());
+        ticker.on_call_response(&h, &p, h.callouts.borrow().len() as u32, n);
+        let name = "bridle.ledger.revocation_propagation_ms";
+        assert_eq!(recorded(&h, name), [500]);
+        // Picked up again on later ticks, it is not measured twice.
+        h.now_secs.set(NOW + 3);
+        ticker.on_tick(&h, &p);
+        assert_eq!(recorded(&h, name), [500]);
+        assert_eq!(h.counter("bridle.ledger.revocation_age_ms"), 1000);
+
+        // A worker that starts later takes the set as it finds it: what was committed
+        // before it first looked is not its propagation.
+        h.now_secs.set(NOW + 4);
+        let other =
+            Rc::new(Plugin::configure(&h, Some(config("deny").to_string().as_bytes())).unwrap());
+        let mut other_ticker = Ticker::default();
+        h.callouts.borrow_mut().clear();
+        other_ticker.on_tick(&h, &other);
+        assert_eq!(recorded(&h, name), [500]);
+        // A later revocation: the worker whose poll brings it measures it at once, the other
+        // on its next tick.
+        let feed = RevocationFeed {
+            seq: 4,
+            entries: vec![entry(4, "tok_later", (NOW + 4) * 1000 + 250)],
+            reset: false,
+        };
+        h.now_secs.set(NOW + 5);
+        let n = answer(&h, "200", &serde_json::to_value(&feed).unwrap());
+        let poll = h.callouts.borrow().len() as u32;
+        other_ticker.on_call_response(&h, &other, poll, n);
+        assert_eq!(recorded(&h, name), [500, 750]);
+        ticker.on_tick(&h, &p);
+        assert_eq!(recorded(&h, name), [500, 750, 750]);
     }
 
     #[test]

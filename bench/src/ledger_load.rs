@@ -2,7 +2,8 @@
 //!
 //! Each of `concurrency` clients reserves in a loop; settles go to a flusher that sends them
 //! in report batches, as the filter does. A pair counts once the ledger has acknowledged its
-//! settle, that is, once both halves are committed to disk.
+//! settle, that is, once both halves are committed to disk. With several replicas (ports)
+//! the clients are spread over them, as Envoy's ledger cluster spreads calls.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,7 +56,7 @@ async fn post(client: &HttpClient, url: &str, key: &str, body: Vec<u8>) -> Resul
 }
 
 pub async fn run(
-    port: u16,
+    ports: &[u16],
     enforcer_key: &str,
     tokens: &[String],
     concurrency: usize,
@@ -66,8 +67,14 @@ pub async fn run(
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency + 4)
         .build(connector);
-    let reserve_url = format!("http://127.0.0.1:{port}/v1/enforce/reserve");
-    let report_url = format!("http://127.0.0.1:{port}/v1/enforce/report");
+    let reserve_urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/v1/enforce/reserve"))
+        .collect();
+    let report_urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/v1/enforce/report"))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel::<Settle>();
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
@@ -88,7 +95,7 @@ pub async fn run(
     for w in 0..concurrency {
         let (client, url, key, tx, stop) = (
             client.clone(),
-            reserve_url.clone(),
+            reserve_urls[w % reserve_urls.len()].clone(),
             enforcer_key.to_string(),
             tx.clone(),
             stop.clone(),
@@ -113,6 +120,7 @@ pub async fn run(
                     amount: Usd::from_cents(1).unwrap_or_default(),
                     detail: "bench".into(),
                     idempotency_key: None,
+                    digest: None,
                 };
                 let body = serde_json::to_vec(&request).unwrap_or_default();
                 let t = Instant::now();
@@ -147,10 +155,11 @@ pub async fn run(
     drop(tx);
 
     let flusher = {
-        let (client, url, key) = (client.clone(), report_url.clone(), enforcer_key.to_string());
+        let (client, urls, key) = (client.clone(), report_urls, enforcer_key.to_string());
         let errors = errors.clone();
         tokio::spawn(async move {
             let mut settled = 0u64;
+            let mut flushes = 0usize;
             let mut batch: Vec<Settle> = Vec::new();
             loop {
                 let open = match tokio::time::timeout(Duration::from_millis(5), rx.recv()).await {
@@ -173,9 +182,12 @@ pub async fn run(
                         audit: Vec::new(),
                     };
                     let n = report.settles.len() as u64;
+                    // Reports take turns over the replicas, as the filter's would.
+                    flushes += 1;
+                    let url = &urls[flushes % urls.len()];
                     match post(
                         &client,
-                        &url,
+                        url,
                         &key,
                         serde_json::to_vec(&report).unwrap_or_default(),
                     )

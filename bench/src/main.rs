@@ -39,6 +39,7 @@
 mod compare;
 mod flatness;
 mod ledger_load;
+mod ledger_replicas;
 mod litellm;
 mod openai_scenarios;
 mod sse_upstream;
@@ -756,7 +757,7 @@ async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
                 // A ledger just resumed first serves unmeasured load: its timers catch up and
                 // its caches warm before anything is counted.
                 ledger_load::run(
-                    ledger.port,
+                    &[ledger.port],
                     ENFORCER_KEY,
                     minted,
                     c,
@@ -764,7 +765,7 @@ async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
                 )
                 .await;
                 let r = ledger_load::run(
-                    ledger.port,
+                    &[ledger.port],
                     ENFORCER_KEY,
                     minted,
                     c,
@@ -1103,7 +1104,7 @@ async fn profile_ledger(calls: usize, tokens: usize, seconds: u64) {
         .spawn()
         .expect("perf (Debian's linux-perf)");
     let r = ledger_load::run(
-        ledger.port,
+        &[ledger.port],
         ENFORCER_KEY,
         &minted,
         64,
@@ -1179,6 +1180,21 @@ fn main() -> ExitCode {
             });
             return ExitCode::SUCCESS;
         }
+        // `bridle-bench ledger-replicas [--quick]`: only the PostgreSQL replica figures.
+        Some("ledger-replicas") => {
+            let plan = if args.iter().any(|a| a == "--quick") {
+                QUICK
+            } else {
+                FULL
+            };
+            let results = rt.block_on(ledger_replicas::run(
+                plan.rounds,
+                plan.ledger_s,
+                &Keys::generate(),
+            ));
+            println!("{}", ledger_replicas::markdown(&results));
+            return ExitCode::SUCCESS;
+        }
         Some("profile-ledger") => {
             rt.block_on(profile_ledger(
                 n(2, 10_000) as usize,
@@ -1203,6 +1219,7 @@ fn main() -> ExitCode {
         let (proxy, peer) = proxy_benchmarks(plan, &keys, Selection::All).await;
         let ledger = ledger_benchmarks(plan, &keys).await;
         let streamed = streaming::run(plan, &keys).await;
+        let replicas = ledger_replicas::run(plan.rounds, plan.ledger_s, &keys).await;
         let steal_after = steal_ticks();
         let steal_percent = 100.0 * (steal_after.0 - steal_before.0) as f64 / (steal_after.1 - steal_before.1).max(1) as f64;
         let summary = summarize(&proxy, &ledger);
@@ -1216,11 +1233,12 @@ fn main() -> ExitCode {
             "steal_percent": round3(steal_percent),
             "proxy": proxy,
             "ledger": ledger,
+            "ledger_replicas": replicas,
             "summary": summary,
             "streamed": streamed,
             "seconds": started.elapsed().as_secs(),
         });
-        let md = markdown(&doc, &proxy, &ledger);
+        let md = markdown(&doc, &proxy, &ledger) + &ledger_replicas::markdown(&replicas);
         std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         std::fs::write(out.join("results.md"), &md).unwrap();
         println!("{md}");

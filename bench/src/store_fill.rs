@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-const SCHEMA: &str = include_str!("../../ledger/src/store/schema.sql");
+const SCHEMA: &str = include_str!("../../ledger/src/store/sqlite/schema.sql");
 /// Recorded calls are spread over the last week, as history accumulates.
 const SPREAD_MS: u64 = 7 * 24 * 3600 * 1000;
 

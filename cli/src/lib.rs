@@ -10,5 +10,6 @@
     )
 )]
 
+pub mod blast_radius;
 pub mod ledger_client;
 pub mod render;

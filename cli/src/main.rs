@@ -57,6 +57,10 @@ enum Command {
     Tokens(TokensArgs),
     /// Read the audit log.
     Audit(AuditArgs),
+    /// What a token of each policy (or one token) could do if stolen: endpoints, merchants,
+    /// caps, TTL, the most it can spend and call, how fast a revocation reaches the proxies.
+    /// With --diff, what a policy change widens.
+    BlastRadius(bridle_cli::blast_radius::command::BlastRadiusArgs),
     /// Generate a signing key as a keyring entry, `kid:base64url`.
     Keygen {
         #[arg(long, default_value = "k1")]
@@ -132,7 +136,8 @@ struct EnvoyArgs {
     /// Defaults to BRIDLE_UPSTREAM_<VENDOR> from the environment, then the live API.
     #[arg(long = "upstream", value_name = "VENDOR=URL")]
     upstreams: Vec<String>,
-    /// The ledger's URL, or `none` to run the filter standalone (development only).
+    /// The ledger's URL, or several replicas of one ledger separated by commas (balanced,
+    /// health-checked), or `none` to run the filter standalone (development only).
     #[arg(long, default_value = "http://127.0.0.1:8181")]
     ledger: String,
     #[arg(long, default_value = render::DEFAULT_CA_FILE)]
@@ -424,6 +429,15 @@ fn run(cli: Cli) -> Result<(), Errors> {
         Command::Revoke(args) => revoke(args),
         Command::Tokens(args) => tokens(args),
         Command::Audit(args) => audit(args),
+        Command::BlastRadius(args) => {
+            use bridle_cli::blast_radius::command;
+            if command::run(args)? {
+                // Something widens and --exit-code asked to say so: a pipeline gate.
+                std::io::Write::flush(&mut std::io::stdout()).map_err(one)?;
+                std::process::exit(command::WIDENS_EXIT.into());
+            }
+            Ok(())
+        }
         Command::Keygen { kid } => {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| one(format!("no randomness: {e}")))?;
@@ -474,13 +488,15 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
             Upstream::parse(&url).map_err(|e| one(format!("--upstream {v}: {e}")))?,
         );
     }
+    let ledgers = render::parse_ledgers(&args.ledger).map_err(|e| one(format!("--ledger: {e}")))?;
     let opts = EnvoyOptions {
         wasm: args.wasm,
         listen: args.listen,
         admin_port: args.admin_port,
         ports,
         upstreams,
-        ledger: ledger_url(&args.ledger)?,
+        ledger: ledgers.as_ref().map(|(first, _)| first.clone()),
+        ledger_replicas: ledgers.map(|(_, rest)| rest).unwrap_or_default(),
         ca_file: args.ca_file,
         envoy_path_hardening: !args.no_envoy_path_hardening,
         prices,

@@ -140,6 +140,9 @@ pub struct EnvoyOptions {
     pub ports: BTreeMap<Vendor, u16>,
     pub upstreams: BTreeMap<Vendor, Upstream>,
     pub ledger: Option<Upstream>,
+    /// More replicas of the same ledger (on one PostgreSQL database): the ledger cluster
+    /// balances costed calls over all of them and routes around one that fails.
+    pub ledger_replicas: Vec<Upstream>,
     pub ca_file: String,
     /// Envoy's own path normalization and escaped-slash rejection: a second line of defence
     /// in front of the filter's strict matching. Tests turn it off to prove the filter holds
@@ -162,6 +165,7 @@ impl Default for EnvoyOptions {
                 host: "127.0.0.1".into(),
                 port: 8181,
             }),
+            ledger_replicas: Vec::new(),
             ca_file: DEFAULT_CA_FILE.to_string(),
             envoy_path_hardening: true,
             prices: Prices::new(),
@@ -221,6 +225,82 @@ fn cluster(name: &str, up: &Upstream, ca_file: &str, timeout: &str) -> Value {
         }
     }
     c
+}
+
+/// Parses `--ledger`: one URL, or several replicas of one ledger separated by commas.
+/// `none` is no ledger. Replicas share a scheme, and with TLS a host name (one SNI).
+pub fn parse_ledgers(s: &str) -> Result<Option<(Upstream, Vec<Upstream>)>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let all = s
+        .split(',')
+        .map(|u| Upstream::parse(u.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((first, rest)) = all.split_first() else {
+        return Err("no ledger URL".into());
+    };
+    if let Some(odd) = rest
+        .iter()
+        .find(|u| u.tls != first.tls || (u.tls && u.host != first.host))
+    {
+        return Err(format!(
+            "ledger replicas must share a scheme (and, with https, a host name): {}:{} vs {}:{}",
+            first.host, first.port, odd.host, odd.port
+        ));
+    }
+    Ok(Some((first.clone(), rest.to_vec())))
+}
+
+/// The ledger cluster. With replicas, each is an endpoint: calls are balanced over them,
+/// one that stops answering health checks (`/healthz` asks its database) or fails three
+/// calls in a row is taken out of rotation, and a call routed to a dead one fails fast
+/// (connection refused) and is denied, never hung.
+fn ledger_cluster(
+    primary: &Upstream,
+    replicas: &[Upstream],
+    ca_file: &str,
+) -> Result<Value, String> {
+    let mut c = cluster(LEDGER_CLUSTER, primary, ca_file, "1s");
+    if replicas.is_empty() {
+        return Ok(c);
+    }
+    let all: Vec<&Upstream> = std::iter::once(primary).chain(replicas).collect();
+    let endpoints: Vec<Value> = all
+        .iter()
+        .map(|u| json!({ "endpoint": { "address": socket(&u.host, u.port) } }))
+        .collect();
+    let o = c
+        .as_object_mut()
+        .ok_or_else(|| "cluster is not an object".to_string())?;
+    if all.iter().any(|u| !u.is_ip()) {
+        o.insert("type".into(), json!("STRICT_DNS"));
+    }
+    o.insert(
+        "load_assignment".into(),
+        json!({ "cluster_name": LEDGER_CLUSTER, "endpoints": [{ "lb_endpoints": endpoints }] }),
+    );
+    o.insert("lb_policy".into(), json!("ROUND_ROBIN"));
+    o.insert(
+        "health_checks".into(),
+        json!([{
+            "timeout": "0.5s",
+            "interval": "1s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "http_health_check": { "path": "/healthz" },
+        }]),
+    );
+    o.insert(
+        "outlier_detection".into(),
+        json!({
+            "consecutive_5xx": 3,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        }),
+    );
+    Ok(c)
 }
 
 /// The Bridle filter entry of an HTTP filter chain.
@@ -309,6 +389,20 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
     })
 }
 
+/// Envoy's tag extraction for the filter's decision counters: in Prometheus,
+/// `wasmcustom.bridle.<vendor>.<policy>.<reason>` becomes
+/// `bridle{vendor="...",policy="...",reason="..."}`, so dashboards and alerts select and
+/// sum by label. `/stats` keeps the full names.
+pub fn stats_tags() -> Value {
+    let vendors = Vendor::ALL.map(|v| v.name()).join("|");
+    let prefix = r"^wasmcustom\.bridle\.";
+    json!([
+        { "tag_name": "vendor", "regex": format!(r"{prefix}(({vendors})\.)") },
+        { "tag_name": "policy", "regex": format!(r"{prefix}(?:{vendors})\.(([a-z0-9_-]+)\.)[a-z_]+$") },
+        { "tag_name": "reason", "regex": format!(r"{prefix}(?:{vendors})\.[a-z0-9_-]+(\.([a-z_]+))$") },
+    ])
+}
+
 /// A complete Envoy bootstrap: one listener per vendor with policies, its vendor cluster,
 /// and the ledger cluster.
 pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Result<Value, String> {
@@ -332,10 +426,15 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
         return Err("no policies to render".into());
     }
     if let Some(ledger) = &opts.ledger {
-        clusters.push(cluster(LEDGER_CLUSTER, ledger, &opts.ca_file, "1s"));
+        clusters.push(ledger_cluster(
+            ledger,
+            &opts.ledger_replicas,
+            &opts.ca_file,
+        )?);
     }
     Ok(json!({
         "admin": { "address": socket(&opts.listen, opts.admin_port) },
+        "stats_config": { "stats_tags": stats_tags() },
         "static_resources": { "listeners": listeners, "clusters": clusters },
     }))
 }
@@ -414,5 +513,40 @@ mod tests {
         assert!(Upstream::parse("https://api.stripe.com/v1").is_err());
         assert!(Upstream::parse("ftp://x").is_err());
         assert!(Upstream::parse("api.stripe.com").is_err());
+    }
+
+    #[test]
+    fn several_ledger_replicas_are_one_balanced_health_checked_cluster() {
+        let (first, rest) =
+            parse_ledgers("http://127.0.0.1:1,http://127.0.0.1:2, http://ledger-c:3")
+                .unwrap()
+                .unwrap();
+        assert_eq!(rest.len(), 2);
+        let c = ledger_cluster(&first, &rest, DEFAULT_CA_FILE).unwrap();
+        let ports: Vec<u64> = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["endpoint"]["address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ports, [1, 2, 3]);
+        assert_eq!(c["type"], "STRICT_DNS", "a host name among them");
+        assert_eq!(
+            c["health_checks"][0]["http_health_check"]["path"],
+            "/healthz"
+        );
+        assert!(c["outlier_detection"].is_object());
+        // One endpoint renders as before.
+        assert_eq!(
+            ledger_cluster(&first, &[], DEFAULT_CA_FILE).unwrap(),
+            cluster(LEDGER_CLUSTER, &first, DEFAULT_CA_FILE, "1s")
+        );
+        assert_eq!(parse_ledgers("none").unwrap(), None);
+        assert!(parse_ledgers("http://a:1,https://a:2").is_err());
+        assert!(parse_ledgers("https://a:1,https://b:2").is_err());
     }
 }

@@ -12,6 +12,11 @@ use crate::vendor::Vendor;
 
 pub const DEFAULT_KEYRING_ENV: &str = "BRIDLE_KEYRING";
 
+/// The filter's tick: how often each worker copies the shared revocation set, takes the poll
+/// lease when it is due, and flushes reports. The fastest of the revocation poll and the
+/// report flush.
+pub const TICK_MS: u32 = 100;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
@@ -70,6 +75,22 @@ fn default_poll_ms() -> u64 {
 }
 fn default_staleness_ms() -> u64 {
     3_000
+}
+
+impl LedgerLink {
+    /// The longest a revocation committed in the ledger takes to reach every worker of a
+    /// proxy that can reach the ledger, for calls the filter decides alone (costed calls are
+    /// checked by the ledger at reserve, from the commit on). The poll that just missed it
+    /// started at most `revocation_poll_ms` before the next is due, which a tick notices
+    /// within `TICK_MS`; that poll's answer takes at most `timeout_ms`; the other workers
+    /// copy the merged set on their next tick.
+    pub fn revocation_reach_ms(&self) -> u64 {
+        let tick = u64::from(TICK_MS);
+        self.revocation_poll_ms
+            .saturating_add(tick)
+            .saturating_add(self.timeout_ms)
+            .saturating_add(tick)
+    }
 }
 
 /// A checked configuration, ready for the request path.

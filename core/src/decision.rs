@@ -783,6 +783,7 @@ mod tests {
                 value: "tok_123".into(),
                 at: NOW,
                 until: NOW + 3600,
+                at_ms: 0,
             }],
             reset: false,
         });

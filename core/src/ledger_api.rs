@@ -40,6 +40,10 @@ pub struct ReserveRequest {
     /// The vendor's `Idempotency-Key`: a retry with the same key maps to the same reservation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// SHA-256 (64 lowercase hex digits) of what was reserved. The same key with another
+    /// digest (or with a digest on one side only) is a different request, and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,19 +69,6 @@ pub enum SettleOutcome {
     Release,
     /// 5xx, timeout or reset: the vendor may have acted, so the reservation stays spent.
     Hold,
-}
-
-impl SettleOutcome {
-    /// What the vendor's answer means for the money reserved for a call it received: 2xx
-    /// commits; 4xx releases, because the vendor refused and spent nothing; anything else
-    /// (5xx, no response, a reset) holds, because the vendor may have acted.
-    pub fn for_status(status: Option<u16>) -> SettleOutcome {
-        match status {
-            Some(200..=299) => SettleOutcome::Commit,
-            Some(400..=499) => SettleOutcome::Release,
-            _ => SettleOutcome::Hold,
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +123,9 @@ pub struct AuditRecord {
     /// actual cost was committed all the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub over_reservation: bool,
+    /// The reservation was an idempotent replay: this call counted nothing new.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,12 +144,19 @@ pub struct ReportResponse {
     pub audited: usize,
 }
 
+/// A reserve's digest: exactly 64 lowercase hex digits (SHA-256).
+pub fn check_digest(digest: &str) -> bool {
+    digest.len() == 64 && is_lower_hex(digest)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Request ids (and so reservation ids): 16-64 lowercase hex digits.
 pub fn check_request_id(id: &str) -> bool {
-    (16..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    (16..=64).contains(&id.len()) && is_lower_hex(id)
 }
 
 #[cfg(test)]
@@ -183,25 +184,6 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<ReserveResponse>(r#"{"decision":"maybe"}"#).is_err());
-    }
-
-    #[test]
-    fn vendor_statuses_settle_as_commit_release_or_hold() {
-        for (status, want) in [
-            (Some(200), SettleOutcome::Commit),
-            (Some(201), SettleOutcome::Commit),
-            (Some(299), SettleOutcome::Commit),
-            (Some(400), SettleOutcome::Release),
-            (Some(402), SettleOutcome::Release),
-            (Some(499), SettleOutcome::Release),
-            (Some(500), SettleOutcome::Hold),
-            (Some(503), SettleOutcome::Hold),
-            (Some(302), SettleOutcome::Hold),
-            (Some(100), SettleOutcome::Hold),
-            (None, SettleOutcome::Hold),
-        ] {
-            assert_eq!(SettleOutcome::for_status(status), want, "{status:?}");
-        }
     }
 
     #[test]

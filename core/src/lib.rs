@@ -37,6 +37,7 @@ pub mod policy_files;
 pub mod price_files;
 pub mod reason;
 pub mod revocation;
+pub mod settlement;
 pub mod sms;
 pub mod struct_pb;
 pub mod token;

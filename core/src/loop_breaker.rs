@@ -16,7 +16,8 @@ use crate::policy::LoopBreaker;
 pub const BUCKETS: u64 = 1024;
 pub const ENTRIES_PER_BUCKET: usize = 4;
 pub const FINGERPRINTS_PER_ENTRY: usize = 4;
-const WINDOW_SECS: u64 = 60;
+/// The loop breaker counts per calendar minute: every count starts again on the minute.
+pub const WINDOW_SECS: u64 = 60;
 const ENTRY_BYTES: usize = 8 + 8 + 4 + FINGERPRINTS_PER_ENTRY * 12;
 
 /// A stable 64-bit hash: the same on every worker (std's SipHash with its fixed default key).

@@ -69,8 +69,7 @@ pub(crate) fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
 /// and policy names must be unique across files (tokens, stats and the ledger key on them).
 pub fn load(paths: &[PathBuf]) -> Result<Vec<CompiledPolicy>, Vec<FileError>> {
     let mut errors = Vec::new();
-    let mut policies = Vec::new();
-    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    let mut texts = Vec::new();
     for path in paths {
         let files = match files(path) {
             Ok(f) => f,
@@ -80,32 +79,49 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<CompiledPolicy>, Vec<FileError>> {
             }
         };
         for file in files {
-            let text = match std::fs::read_to_string(&file) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(FileError {
-                        file,
-                        message: format!("cannot read: {e}"),
-                    });
-                    continue;
-                }
-            };
-            match parse(&file, &text) {
-                Ok(p) => {
-                    if let Some(first) = seen.insert(p.policy.name.clone(), file.clone()) {
-                        errors.push(FileError {
-                            file: file.clone(),
-                            message: format!(
-                                "name: policy {:?} is already defined in {}",
-                                p.policy.name,
-                                first.display()
-                            ),
-                        });
-                    }
-                    policies.push(p);
-                }
-                Err(es) => errors.extend(es),
+            match std::fs::read_to_string(&file) {
+                Ok(t) => texts.push((file, t)),
+                Err(e) => errors.push(FileError {
+                    file,
+                    message: format!("cannot read: {e}"),
+                }),
             }
+        }
+    }
+    match parse_all(texts) {
+        Ok(policies) if errors.is_empty() => Ok(policies),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
+
+/// Parses and checks policy files already read (from disk, or from a git revision), with
+/// names unique across them.
+pub fn parse_all(
+    files: impl IntoIterator<Item = (PathBuf, String)>,
+) -> Result<Vec<CompiledPolicy>, Vec<FileError>> {
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for (file, text) in files {
+        match parse(&file, &text) {
+            Ok(p) => {
+                if let Some(first) = seen.insert(p.policy.name.clone(), file.clone()) {
+                    errors.push(FileError {
+                        file: file.clone(),
+                        message: format!(
+                            "name: policy {:?} is already defined in {}",
+                            p.policy.name,
+                            first.display()
+                        ),
+                    });
+                }
+                policies.push(p);
+            }
+            Err(es) => errors.extend(es),
         }
     }
     if errors.is_empty() {

@@ -59,6 +59,8 @@ reasons! {
     MaxTokensNotAllowed => "max_tokens_not_allowed", 403;
     BodyTooLarge => "body_too_large", 413;
     BodyUnreadable => "body_unreadable", 400;
+    // An Idempotency-Key already used for a different request by the same token.
+    IdempotencyKeyReused => "idempotency_key_reused", 400;
     // Money.
     CostUndetermined => "cost_undetermined", 400;
     CurrencyUnknown => "currency_unknown", 400;

@@ -32,6 +32,14 @@ pub struct RevocationEntry {
     pub at: u64,
     /// After this, nothing it covers is alive; the entry can be dropped.
     pub until: u64,
+    /// When the ledger committed it, unix milliseconds: what proxies measure revocation
+    /// propagation from. 0 when unknown (written by an older ledger).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A page of the feed: entries after the caller's `since`, in order.
@@ -46,13 +54,18 @@ pub struct RevocationFeed {
     pub reset: bool,
 }
 
-/// The set the filter checks on every request.
+/// The set the filter checks on every request. Each entry keeps its commit time (`at_ms`)
+/// so that the set, shared between Envoy workers as a feed, still says when each entry was
+/// committed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevocationSet {
     seq: u64,
-    tokens: HashMap<String, u64>,
-    prefixes: Vec<(String, u64, u64)>,
-    policies: HashMap<String, (u64, u64)>,
+    /// id -> (until, at_ms)
+    tokens: HashMap<String, (u64, u64)>,
+    /// (prefix, at, until, at_ms)
+    prefixes: Vec<(String, u64, u64, u64)>,
+    /// policy -> (at, until, at_ms)
+    policies: HashMap<String, (u64, u64, u64)>,
 }
 
 impl RevocationSet {
@@ -75,18 +88,20 @@ impl RevocationSet {
         for e in &feed.entries {
             match e.kind {
                 RevocationKind::Token => {
-                    self.tokens.insert(e.value.clone(), e.until);
+                    self.tokens.insert(e.value.clone(), (e.until, e.at_ms));
                 }
                 RevocationKind::LabelPrefix => {
-                    self.prefixes.retain(|(p, _, _)| p != &e.value);
-                    self.prefixes.push((e.value.clone(), e.at, e.until));
+                    self.prefixes.retain(|(p, _, _, _)| p != &e.value);
+                    self.prefixes
+                        .push((e.value.clone(), e.at, e.until, e.at_ms));
                 }
                 RevocationKind::Policy => {
-                    let at = self
+                    let (at, at_ms) = self
                         .policies
                         .get(&e.value)
-                        .map_or(e.at, |(old, _)| e.at.max(*old));
-                    self.policies.insert(e.value.clone(), (at, e.until));
+                        .filter(|(old, _, _)| *old > e.at)
+                        .map_or((e.at, e.at_ms), |(old, _, old_ms)| (*old, *old_ms));
+                    self.policies.insert(e.value.clone(), (at, e.until, at_ms));
                 }
             }
         }
@@ -95,9 +110,9 @@ impl RevocationSet {
 
     /// Drops entries that can no longer match a live token.
     pub fn prune(&mut self, now: u64) {
-        self.tokens.retain(|_, until| *until >= now);
-        self.prefixes.retain(|(_, _, until)| *until >= now);
-        self.policies.retain(|_, (_, until)| *until >= now);
+        self.tokens.retain(|_, (until, _)| *until >= now);
+        self.prefixes.retain(|(_, _, until, _)| *until >= now);
+        self.policies.retain(|_, (_, until, _)| *until >= now);
     }
 
     pub fn revokes(&self, claims: &Claims) -> bool {
@@ -105,41 +120,44 @@ impl RevocationSet {
             || self
                 .prefixes
                 .iter()
-                .any(|(p, at, _)| claims.iat <= *at && claims.label.starts_with(p.as_str()))
+                .any(|(p, at, _, _)| claims.iat <= *at && claims.label.starts_with(p.as_str()))
             || self
                 .policies
                 .get(&claims.policy)
-                .is_some_and(|(at, _)| claims.iat <= *at)
+                .is_some_and(|(at, _, _)| claims.iat <= *at)
     }
 
     /// The set as a feed, for sharing between Envoy workers.
     pub fn to_feed(&self) -> RevocationFeed {
         let mut entries = Vec::with_capacity(self.len());
-        for (id, until) in &self.tokens {
+        for (id, (until, at_ms)) in &self.tokens {
             entries.push(RevocationEntry {
                 seq: 0,
                 kind: RevocationKind::Token,
                 value: id.clone(),
                 at: 0,
                 until: *until,
+                at_ms: *at_ms,
             });
         }
-        for (p, at, until) in &self.prefixes {
+        for (p, at, until, at_ms) in &self.prefixes {
             entries.push(RevocationEntry {
                 seq: 0,
                 kind: RevocationKind::LabelPrefix,
                 value: p.clone(),
                 at: *at,
                 until: *until,
+                at_ms: *at_ms,
             });
         }
-        for (name, (at, until)) in &self.policies {
+        for (name, (at, until, at_ms)) in &self.policies {
             entries.push(RevocationEntry {
                 seq: 0,
                 kind: RevocationKind::Policy,
                 value: name.clone(),
                 at: *at,
                 until: *until,
+                at_ms: *at_ms,
             });
         }
         RevocationFeed {
@@ -162,6 +180,7 @@ mod tests {
             value: value.into(),
             at,
             until: at + 3600,
+            at_ms: at * 1000 + 250,
         }
     }
 
@@ -237,7 +256,10 @@ mod tests {
         });
         let mut copy = RevocationSet::default();
         copy.apply(&set.to_feed());
-        assert_eq!(copy, set);
+        assert_eq!(copy, set, "commit times survive the round trip too");
+        let mut times: Vec<u64> = set.to_feed().entries.iter().map(|e| e.at_ms).collect();
+        times.sort();
+        assert_eq!(times, [100_250, 5_000_250, 5_000_250]);
         set.prune(4000);
         assert_eq!(set.len(), 2);
         let mut reset = set.clone();

@@ -14,13 +14,20 @@
 pub mod accounts;
 pub mod alerts;
 pub mod api;
+pub mod cap_alerts;
+pub mod caps;
 pub mod clock;
+pub mod idempotency;
 pub mod metrics;
+pub mod policies;
+pub mod records;
+pub mod revocations;
 pub mod store;
+pub mod views;
+pub mod window;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +38,7 @@ use crate::api::App;
 use crate::clock::{SharedClock, SystemClock};
 use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -39,8 +47,9 @@ pub const MIN_KEY_LEN: usize = 16;
 
 pub struct Config {
     pub listen: SocketAddr,
-    /// The SQLite database; `None` keeps everything in memory (tests only: nothing survives).
-    pub db: Option<PathBuf>,
+    /// A SQLite file, or a PostgreSQL URL (`postgres://...`) for several replicas on one
+    /// database; `None` keeps everything in memory (tests only: nothing survives).
+    pub db: Option<String>,
     pub policies: Vec<CompiledPolicy>,
     pub keyring: Keyring,
     pub admin_key: String,
@@ -79,7 +88,17 @@ pub async fn run(config: Config) -> Result<(), String> {
     let clock: SharedClock = Arc::new(SystemClock);
     let ttl_ms = config.reservation_ttl.as_millis() as u64;
     match config.db.clone() {
+        Some(url) if store::postgres::is_url(&url) => {
+            let store = PostgresStore::open(&url, &config.policies, ttl_ms, clock.clone())
+                .await
+                .map_err(|e| format!("the PostgreSQL database: {e}"))?;
+            tracing::info!(
+                "store: postgresql (batched transactions; the database is the authority)"
+            );
+            serve(config, store, clock).await
+        }
         Some(path) => {
+            let path = std::path::PathBuf::from(path);
             let store = SqliteStore::open(&path, &config.policies, ttl_ms, clock.clone())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             tracing::info!(db = %path.display(), "store: sqlite (WAL, synchronous=FULL, group commit)");

@@ -18,9 +18,16 @@ use clap::Parser;
 struct Args {
     #[arg(long, env = "BRIDLE_LEDGER_LISTEN", default_value = "127.0.0.1:8181")]
     listen: SocketAddr,
-    /// The SQLite database file, created if missing.
-    #[arg(long, env = "BRIDLE_LEDGER_DB", default_value = "ledger.db")]
-    db: PathBuf,
+    /// The SQLite database file (created if missing), or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/database`) to run several replicas on one
+    /// database. Give a URL holding a password through the environment, not the command line.
+    #[arg(
+        long,
+        env = "BRIDLE_LEDGER_DB",
+        default_value = "ledger.db",
+        hide_env_values = true
+    )]
+    db: String,
     /// Keep everything in memory instead (tests only: nothing survives a restart).
     #[arg(long, conflicts_with = "db")]
     memory: bool,

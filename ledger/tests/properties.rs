@@ -32,12 +32,16 @@
 //!   commit can no longer land on it, so a retry must be reserved (and capped) afresh rather
 //!   than let through uncounted. A key whose reservation is final and older than every window
 //!   and the 24-hour retention may have been forgotten, and then a fresh reserve is fine too.
+//! - **A key is bound to its request.** The same key with another digest (or a digest on
+//!   one side only) is refused as `idempotency_key_reused`, whatever the state of the
+//!   reservation holding it, unless that one may have been forgotten.
 //! - **A request id belongs to one token**: another token sending it is refused, and the
 //!   same request sent again is the same reservation.
 //!
 //! `Accounts` (the state machine every backend wraps) takes the heavy random search; the
 //! same sequences also run, with fewer cases, through the `Store` trait against the memory
-//! and SQLite backends, the latter with restarts from disk mixed in.
+//! and SQLite backends, the latter with restarts from disk mixed in, and against two
+//! PostgreSQL replicas on one database, switching between them mid-sequence.
 //!
 //! Case counts: `PROPTEST_CASES` sets the `Accounts` count; the store runs take a tenth of it.
 #![allow(
@@ -59,12 +63,14 @@ use bridle_core::policy::{Caps, CapsNarrowing, CompiledPolicy, Policy};
 use bridle_core::token::Claims;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
+use bridle_e2e::postgres::TestDb;
 use bridle_ledger::accounts::{
     Accounts, PolicyView, Reservation, ReservationState, RevokeOutcome, RevokeRequest, TokenRecord,
     TokenView, IDEMPOTENCY_RETENTION_MS,
 };
 use bridle_ledger::clock::{ManualClock, SharedClock};
 use bridle_ledger::store::memory::MemoryStore;
+use bridle_ledger::store::postgres::PostgresStore;
 use bridle_ledger::store::sqlite::SqliteStore;
 use bridle_ledger::store::Store;
 use proptest::prelude::*;
@@ -123,12 +129,27 @@ enum SettleAmount {
     Over(i64),
 }
 
+/// An `Idempotency-Key` and the digest of the request sent under it (few values of each,
+/// so that keys are reused, with the same request and with another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    key: u8,
+    digest: Option<u8>,
+}
+
+fn key(key: u8) -> Option<Key> {
+    Some(Key {
+        key,
+        digest: Some(0),
+    })
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Reserve {
         token: usize,
         amount: i64,
-        key: Option<u8>,
+        key: Option<Key>,
     },
     /// The same request (same id, key and amount) sent again.
     Resend {
@@ -231,8 +252,12 @@ fn op(reopen: bool) -> impl Strategy<Value = Op> {
         1 => Just(IDEMPOTENCY_RETENTION_MS + 1),
     ];
     prop_oneof![
-        10 => (0usize..8, amount(), prop::option::weighted(0.5, 0u8..4))
-            .prop_map(|(token, amount, key)| Op::Reserve { token, amount, key }),
+        10 => (0usize..8, amount(), prop::option::weighted(0.5, (0u8..4, prop::option::weighted(0.85, 0u8..2))))
+            .prop_map(|(token, amount, key)| Op::Reserve {
+                token,
+                amount,
+                key: key.map(|(key, digest)| Key { key, digest }),
+            }),
         2 => any::<usize>().prop_map(|pick| Op::Resend { pick }),
         1 => (any::<usize>(), 0usize..8).prop_map(|(pick, token)| Op::Steal { pick, token }),
         8 => (prop::option::weighted(0.9, any::<usize>()), outcome, settle_amount, prop::bool::weighted(0.2))
@@ -312,9 +337,13 @@ impl Backend for AccountsBackend {
 struct StoreBackend<S: Store> {
     rt: tokio::runtime::Runtime,
     store: Option<S>,
+    /// A second replica on the same database: `Reopen` switches to it (nothing is
+    /// forgotten: the database holds everything).
+    spare: Option<S>,
     clock: ManualClock,
     reopen: Option<Box<dyn Fn(SharedClock) -> S>>,
     _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDb>,
 }
 
 impl<S: Store> StoreBackend<S> {
@@ -358,6 +387,10 @@ impl<S: Store> Backend for StoreBackend<S> {
         None
     }
     fn reopen(&mut self) -> bool {
+        if self.spare.is_some() {
+            std::mem::swap(&mut self.store, &mut self.spare);
+            return false;
+        }
         let Some(open) = &self.reopen else {
             return false;
         };
@@ -365,6 +398,31 @@ impl<S: Store> Backend for StoreBackend<S> {
         self.store = None;
         self.store = Some(open(Arc::new(self.clock.clone())));
         true
+    }
+}
+
+fn postgres_backend(setup: &Setup) -> StoreBackend<PostgresStore> {
+    let clock = ManualClock::at(T0);
+    let rt = runtime();
+    let db = rt.block_on(TestDb::create());
+    let open = || {
+        rt.block_on(PostgresStore::open(
+            &db.url,
+            &[policy(setup)],
+            setup.ttl_ms,
+            Arc::new(clock.clone()),
+        ))
+        .unwrap()
+    };
+    let (active, spare) = (open(), open());
+    StoreBackend {
+        rt,
+        store: Some(active),
+        spare: Some(spare),
+        clock,
+        reopen: None,
+        _dir: None,
+        _db: Some(db),
     }
 }
 
@@ -411,8 +469,10 @@ fn memory_backend(setup: &Setup) -> StoreBackend<MemoryStore> {
             Arc::new(clock.clone()),
         )),
         clock,
+        spare: None,
         reopen: None,
         _dir: None,
+        _db: None,
     }
 }
 
@@ -427,8 +487,10 @@ fn sqlite_backend(setup: &Setup) -> StoreBackend<SqliteStore> {
         rt: runtime(),
         store: Some(open(Arc::new(clock.clone()))),
         clock,
+        spare: None,
         reopen: Some(Box::new(open)),
         _dir: Some(dir),
+        _db: None,
     }
 }
 
@@ -466,7 +528,7 @@ struct MRes {
     reserved: i64,
     counted: i64,
     state: St,
-    key: Option<u8>,
+    key: Option<Key>,
     /// Left behind by a restart: too old to be loaded again, so nothing can change it.
     forgotten: bool,
 }
@@ -479,6 +541,7 @@ struct Model {
     policy_cap: Option<i64>,
     res: Vec<MRes>,
     by_id: HashMap<String, usize>,
+    /// (token, key) -> the reservation holding the key (the latest made under it).
     keys: HashMap<(usize, u8), usize>,
     revoked: Vec<bool>,
     /// The ledger's record of the token says revoked: it knew the token when revoking it.
@@ -613,7 +676,7 @@ impl Model {
         &self,
         t: usize,
         request_id: &str,
-        key: Option<u8>,
+        key: Option<Key>,
         amount: i64,
         now: u64,
     ) -> Vec<Expect> {
@@ -624,9 +687,16 @@ impl Model {
             return vec![Expect::Denied(vec![Reason::TokenRevoked])];
         }
         let mut out = Vec::new();
-        if let Some(&i) = key.and_then(|k| self.keys.get(&(t, k))) {
+        if let Some((k, &i)) = key.and_then(|k| Some((k, self.keys.get(&(t, k.key))?))) {
             let r = &self.res[i];
-            if r.state != St::Released {
+            let held_digest = r.key.and_then(|h| h.digest);
+            if held_digest != k.digest {
+                // Another request under a key already used: refused, never replayed.
+                out.push(Expect::Denied(vec![Reason::IdempotencyKeyReused]));
+                if !self.evictable(r, now) {
+                    return out;
+                }
+            } else if r.state != St::Released {
                 out.push(Expect::Replay(r.id.clone()));
                 if !self.evictable(r, now) {
                     return out;
@@ -807,7 +877,7 @@ fn check<B: Backend>(b: &mut B, m: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn request(id: String, amount: i64, key: Option<u8>) -> ReserveRequest {
+fn request(id: String, amount: i64, key: Option<Key>) -> ReserveRequest {
     ReserveRequest {
         token: String::new(),
         request_id: id,
@@ -816,7 +886,8 @@ fn request(id: String, amount: i64, key: Option<u8>) -> ReserveRequest {
         merchant: None,
         amount: usd(amount),
         detail: String::new(),
-        idempotency_key: key.map(|k| format!("key-{k}")),
+        idempotency_key: key.map(|k| format!("key-{}", k.key)),
+        digest: key.and_then(|k| k.digest).map(|d| format!("{d:064x}")),
     }
 }
 
@@ -826,7 +897,7 @@ fn do_reserve<B: Backend>(
     m: &mut Model,
     t: usize,
     id: String,
-    key: Option<u8>,
+    key: Option<Key>,
     amount: i64,
     restarted: bool,
 ) -> Result<(), TestCaseError> {
@@ -894,7 +965,7 @@ fn do_reserve<B: Backend>(
             });
             m.by_id.insert(reservation, i);
             if let Some(k) = key {
-                m.keys.insert((t, k), i);
+                m.keys.insert((t, k.key), i);
             }
         }
         ReserveResponse::Granted {
@@ -1115,6 +1186,14 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(cases(24, 10)))]
+    #[test]
+    fn postgres_replicas_interleavings_keep_every_cap((setup, ops) in scenario(50, true)) {
+        run(&mut postgres_backend(&setup), &setup, &ops)?;
+    }
+}
+
 // --- regressions: what these properties found, pinned as fixed sequences ------------------
 
 fn plain_setup(caps: [Option<i64>; 4], window_ms: u64) -> Setup {
@@ -1135,6 +1214,7 @@ fn on_every_backend(setup: &Setup, ops: &[Op]) {
     run(&mut accounts_backend(setup), setup, ops).unwrap();
     run(&mut memory_backend(setup), setup, ops).unwrap();
     run(&mut sqlite_backend(setup), setup, ops).unwrap();
+    run(&mut postgres_backend(setup), setup, ops).unwrap();
 }
 
 /// A retry under the idempotency key of a released reservation was granted as a replay of
@@ -1146,7 +1226,7 @@ fn regression_a_released_reservations_key_is_reserved_afresh() {
     let reserve = |amount| Op::Reserve {
         token: 0,
         amount,
-        key: Some(0),
+        key: key(0),
     };
     on_every_backend(
         &setup,
@@ -1164,7 +1244,7 @@ fn regression_a_released_reservations_key_is_reserved_afresh() {
             Op::Reserve {
                 token: 0,
                 amount: M,
-                key: Some(1),
+                key: key(1),
             },
             Op::Reopen,
             reserve(10 * M),

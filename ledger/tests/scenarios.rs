@@ -1,6 +1,7 @@
-//! Storage scenarios, each run against every backend by `scenarios!`: caps of every kind,
-//! rolling windows, two-phase settles, idempotency, expiry, revocation, audit, alerts and
-//! concurrency. Durability across a reopen is SQLite's alone and is tested below.
+//! Storage scenarios, each run against every backend (memory, SQLite, PostgreSQL) by
+//! `scenarios!`: caps of every kind, rolling windows, two-phase settles, idempotency (with
+//! digests), expiry, revocation, audit, alerts and concurrency. Durability across a reopen
+//! is tested below for SQLite and for PostgreSQL (there with two replicas on one database).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,9 +20,11 @@ use bridle_core::policy::{CapsNarrowing, CompiledPolicy, Policy};
 use bridle_core::token::Claims;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
+use bridle_e2e::postgres::TestDb;
 use bridle_ledger::accounts::{CapKind, RevokeRequest, TokenRecord};
 use bridle_ledger::clock::{ManualClock, SharedClock};
 use bridle_ledger::store::memory::MemoryStore;
+use bridle_ledger::store::postgres::PostgresStore;
 use bridle_ledger::store::sqlite::SqliteStore;
 use bridle_ledger::store::{AuditQuery, Store, TokenQuery};
 
@@ -43,19 +46,21 @@ struct Fixture<S> {
     store: Arc<S>,
     clock: ManualClock,
     _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDb>,
 }
 
-fn memory() -> Fixture<MemoryStore> {
+async fn memory() -> Fixture<MemoryStore> {
     let clock = ManualClock::at(T0);
     let shared: SharedClock = Arc::new(clock.clone());
     Fixture {
         store: Arc::new(MemoryStore::new(&policies(), TTL_MS, shared)),
         clock,
         _dir: None,
+        _db: None,
     }
 }
 
-fn sqlite() -> Fixture<SqliteStore> {
+async fn sqlite() -> Fixture<SqliteStore> {
     let clock = ManualClock::at(T0);
     let shared: SharedClock = Arc::new(clock.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -65,6 +70,22 @@ fn sqlite() -> Fixture<SqliteStore> {
         store: Arc::new(store),
         clock,
         _dir: Some(dir),
+        _db: None,
+    }
+}
+
+async fn postgres() -> Fixture<PostgresStore> {
+    let clock = ManualClock::at(T0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let db = TestDb::create().await;
+    let store = PostgresStore::open(&db.url, &policies(), TTL_MS, shared)
+        .await
+        .unwrap();
+    Fixture {
+        store: Arc::new(store),
+        clock,
+        _dir: None,
+        _db: Some(db),
     }
 }
 
@@ -100,6 +121,7 @@ fn req(amount: &str) -> ReserveRequest {
         amount: usd(amount),
         detail: format!("${amount}"),
         idempotency_key: None,
+        digest: None,
     }
 }
 
@@ -289,6 +311,70 @@ async fn idempotency_keys_never_count_twice<S: Store>(f: Fixture<S>) {
     );
 }
 
+/// From issue 12: a key is bound to the request it was first used for, by its digest.
+async fn idempotency_keys_are_bound_to_their_request<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_d", "acme/d");
+    let keyed = |amount: &str, key: &str, digest: Option<&str>| {
+        let mut r = req(amount);
+        r.idempotency_key = Some(key.into());
+        r.digest = digest.map(|d| d.repeat(64));
+        r
+    };
+    let first = granted(
+        &s.reserve(a.clone(), keyed("10", "k1", Some("a")))
+            .await
+            .unwrap(),
+    );
+    // The same request again: a replay, counting nothing.
+    assert_eq!(
+        s.reserve(a.clone(), keyed("10", "k1", Some("a")))
+            .await
+            .unwrap(),
+        ReserveResponse::Granted {
+            reservation: first.clone(),
+            replay: true
+        }
+    );
+    // Another request under the same key, or a digest on one side only: refused.
+    for digest in [Some("b"), None] {
+        assert_eq!(
+            denied(
+                &s.reserve(a.clone(), keyed("10", "k1", digest))
+                    .await
+                    .unwrap()
+            ),
+            Reason::IdempotencyKeyReused
+        );
+    }
+    let bare = granted(&s.reserve(a.clone(), keyed("5", "k2", None)).await.unwrap());
+    assert_eq!(
+        denied(
+            &s.reserve(a.clone(), keyed("5", "k2", Some("a")))
+                .await
+                .unwrap()
+        ),
+        Reason::IdempotencyKeyReused
+    );
+    assert_eq!(window_spend(s, "tok_d").await, usd("15"));
+    // A released key is reserved afresh by the same request, and still refused to another.
+    assert_eq!(
+        settle(s, &bare, SettleOutcome::Release, None, false).await,
+        1
+    );
+    assert_eq!(
+        denied(
+            &s.reserve(a.clone(), keyed("5", "k2", Some("c")))
+                .await
+                .unwrap()
+        ),
+        Reason::IdempotencyKeyReused
+    );
+    let again = granted(&s.reserve(a.clone(), keyed("5", "k2", None)).await.unwrap());
+    assert_ne!(again, bare);
+    assert_eq!(window_spend(s, "tok_d").await, usd("15"));
+}
+
 async fn unsettled_reservations_expire_into_spend<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
     let a = claims("tok_e", "acme/e");
@@ -427,6 +513,7 @@ fn record(id: u64, at_ms: u64, token: &str, label: &str) -> AuditRecord {
         usage: None,
         usage_missing: None,
         over_reservation: false,
+        replay: id.is_multiple_of(5),
     }
 }
 
@@ -455,7 +542,9 @@ async fn audit_is_deduplicated_filtered_and_paged<S: Store>(f: Fixture<S>) {
         })
         .await
         .unwrap();
-    assert_eq!(all.records.len(), 25);
+    // Every field comes back as sent, `replay` too.
+    assert_eq!(all.records, batch);
+    assert!(all.records.iter().any(|r| r.replay));
     assert_eq!(all.next, None);
     let by_token = s
         .audit(AuditQuery {
@@ -619,11 +708,15 @@ macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
             use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(memory()).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(memory().await).await } )*
         }
         mod sqlite_backend {
             use super::*;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(sqlite()).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(sqlite().await).await } )*
+        }
+        mod postgres_backend {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(postgres().await).await } )*
         }
     };
 }
@@ -633,6 +726,7 @@ scenarios!(
     token_narrowing_lowers_caps,
     settles_move_spend_and_are_idempotent,
     idempotency_keys_never_count_twice,
+    idempotency_keys_are_bound_to_their_request,
     unsettled_reservations_expire_into_spend,
     revocations_by_id_prefix_and_policy,
     audit_is_deduplicated_filtered_and_paged,
@@ -721,4 +815,95 @@ async fn sqlite_state_survives_a_reopen() {
         .unwrap()
         .unwrap();
     assert_eq!(out.revocation.seq, 2);
+}
+
+/// Two replicas on one database are one ledger: they start together safely, a cap spans both, a revoke through one is
+/// refused by the other at once, they serve the same feed, alerts fire once and are handed
+/// to one deliverer, expiry run by both expires each reservation once, and all of it is
+/// still there for a replica started afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_share_one_ledger() {
+    let clock = ManualClock::at(T0);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let db = TestDb::create().await;
+    let ps = policies();
+    let open = || PostgresStore::open(&db.url, &ps, TTL_MS, shared.clone());
+    // Started together on an empty database: they take turns migrating.
+    let (a, b) = tokio::join!(open(), open());
+    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+    // 8 tokens, 400 reserves of $3.33 spread over both replicas: the $250 policy cap holds.
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .reserve(claims(&format!("tok_r{}", i % 8), "acme/r"), req("3.33"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut granted_micros = 0;
+    for t in tasks {
+        if let ReserveResponse::Granted { replay: false, .. } = t.await.unwrap() {
+            granted_micros += usd("3.33").micros();
+        }
+    }
+    assert!(granted_micros <= usd("250").micros());
+    assert!(granted_micros > usd("250").micros() - usd("3.33").micros());
+    for s in [&a, &b] {
+        assert_eq!(
+            s.policies().await.unwrap()[0].window_spend.micros(),
+            granted_micros
+        );
+    }
+    // The 80% and 100% policy alerts fired once, and one deliverer gets each.
+    let (due_a, due_b) = tokio::join!(a.due_alerts(100), b.due_alerts(100));
+    let due: Vec<_> = due_a.unwrap().into_iter().chain(due_b.unwrap()).collect();
+    let policy_alerts: Vec<u8> = due
+        .iter()
+        .filter(|o| o.alert.cap == CapKind::PolicyPerWindow)
+        .map(|o| o.alert.threshold)
+        .collect();
+    assert_eq!(policy_alerts.len(), 2, "{due:?}");
+    assert!(policy_alerts.contains(&80) && policy_alerts.contains(&100));
+    // A revoke through one replica: the other refuses at once, and serves the same feed.
+    // (The policy cap is reached: a $0 call still reserves.)
+    let t = claims("tok_v", "acme/v");
+    granted(&reserve(&*b, &t, "0").await);
+    a.revoke(RevokeRequest {
+        token_id: None,
+        label_prefix: Some("acme/v".into()),
+        policy: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(denied(&reserve(&*b, &t, "0").await), Reason::TokenRevoked);
+    assert_eq!(
+        a.revocations(0).await.unwrap(),
+        b.revocations(0).await.unwrap()
+    );
+    let second = b
+        .revoke(RevokeRequest {
+            token_id: Some("tok_r1".into()),
+            label_prefix: None,
+            policy: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.revocation.seq, 2, "numbers come from the database");
+    // Expiry from both at once: every open reservation expires exactly once.
+    clock.advance(TTL_MS + 1);
+    let (x, y) = tokio::join!(a.maintain(), b.maintain());
+    let unsettled = (granted_micros / usd("3.33").micros()) as usize + 1;
+    assert_eq!(x.unwrap() + y.unwrap(), unsettled);
+    // A third replica, started now, sees it all.
+    let c = open().await.unwrap();
+    assert_eq!(c.revocations(0).await.unwrap().entries.len(), 2);
+    assert_eq!(
+        c.policies().await.unwrap()[0].window_spend.micros(),
+        granted_micros
+    );
+    assert_eq!(denied(&reserve(&c, &t, "0").await), Reason::TokenRevoked);
 }

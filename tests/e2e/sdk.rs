@@ -29,7 +29,7 @@ use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys};
 use bridle_e2e::ledger::Ledger;
 use bridle_e2e::mock::{MockVendor, Recorded};
-use bridle_e2e::python::{assert_version, run_python, run_script};
+use bridle_e2e::python::{self, assert_version, run_script};
 use bridle_e2e::repo_root;
 use serde_json::{json, Value};
 
@@ -716,32 +716,11 @@ async fn anthropic_sdk() {
     assert_eq!(out["loop"]["error_code"], "repeat_limited");
 }
 
-/// The ```python block in README.md's `## {section}` that starts with `first_line`.
-fn readme_python(section: &str, first_line: &str) -> String {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let heading = format!("\n## {section}\n");
-    let start = readme
-        .find(&heading)
-        .unwrap_or_else(|| panic!("README.md has no section {section:?}"))
-        + heading.len();
-    let body = &readme[start..];
-    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
-    body.split("```python\n")
-        .skip(1)
-        .filter_map(|block| block.split_once("\n```").map(|(code, _)| code))
-        .find(|code| code.starts_with(first_line))
-        .unwrap_or_else(|| {
-            panic!("README.md's {section:?} has no Python block starting {first_line:?}")
-        })
-        .to_string()
-        + "\n"
-}
-
 /// README.md's walkthrough: the Stripe SDK snippet, as written, against the repo's own
 /// policies (`make run`'s), with a token the ledger issued for `stripe-payments`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_snippet_runs_as_written() {
-    let snippet = readme_python("Five-minute walkthrough", "import os, stripe");
+    let snippet = python::readme_python("Five-minute walkthrough", "import os, stripe");
     let ps = bridle_core::policy_files::load(&[repo_root().join("policies")])
         .unwrap_or_else(|e| panic!("policies/: {e:?}"));
     let s = start(ps).await;
@@ -749,14 +728,10 @@ async fn readme_walkthrough_snippet_runs_as_written() {
         .issue(json!({ "policy": "stripe-payments", "label": "demo/agent-1/run-1", "expires_in": "15m" }))
         .await;
     // The snippet names make run's Stripe address; the test's listener stands in for it.
-    let routes = format!("10001={}", s.envoy.port(Vendor::Stripe));
-    let stdout = run_python(
-        &["readme_snippet.py".to_string()],
-        &[
-            ("BRIDLE_SNIPPET", snippet.clone()),
-            ("BRIDLE_ROUTES", routes),
-            ("TOKEN", token),
-        ],
+    let stdout = python::run_readme_snippet(
+        &snippet,
+        &[(10001, s.envoy.port(Vendor::Stripe))],
+        &[("TOKEN", token)],
     )
     .await;
     eprintln!("README snippet printed:\n{stdout}");

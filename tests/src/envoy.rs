@@ -58,6 +58,8 @@ pub struct Setup {
     pub policies: Vec<CompiledPolicy>,
     pub upstreams: BTreeMap<Vendor, String>,
     pub ledger: Option<String>,
+    /// More replicas of the same ledger, in the same cluster.
+    pub ledger_replicas: Vec<String>,
     pub envoy_path_hardening: bool,
     pub keys: Keys,
     /// Added to (or replacing) the environment Envoy gets.
@@ -76,6 +78,7 @@ impl Setup {
             policies,
             upstreams: BTreeMap::new(),
             ledger: None,
+            ledger_replicas: Vec::new(),
             envoy_path_hardening: true,
             keys: keys.clone(),
             env: Vec::new(),
@@ -127,6 +130,11 @@ impl Setup {
             listen: "127.0.0.1".into(),
             admin_port: 0,
             ledger: self.ledger.as_deref().map(|u| Upstream::parse(u).unwrap()),
+            ledger_replicas: self
+                .ledger_replicas
+                .iter()
+                .map(|u| Upstream::parse(u).unwrap())
+                .collect(),
             envoy_path_hardening: self.envoy_path_hardening,
             prices: self.prices.clone(),
             ..EnvoyOptions::default()

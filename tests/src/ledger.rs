@@ -1,5 +1,6 @@
 //! The real ledger process: the `bridle-ledger` binary with a SQLite file in a temporary
-//! folder, restartable (after `kill -9` too) on the same port and database.
+//! folder, or on a PostgreSQL database (one of several replicas), restartable (after
+//! `kill -9` too) on the same port and database.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -20,6 +21,8 @@ pub struct Ledger {
     keys: Keys,
     extra_args: Vec<String>,
     starts: u32,
+    /// A PostgreSQL URL instead of the SQLite file.
+    database: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -44,11 +47,38 @@ impl Ledger {
         Ledger::start_prefilled(policies, keys, extra_args, |_| {}).await
     }
 
+    /// Starts a ledger replica on a PostgreSQL database (several may share one).
+    pub async fn start_on_database(
+        policies: &[CompiledPolicy],
+        keys: &Keys,
+        database: &str,
+        extra_args: &[&str],
+    ) -> Ledger {
+        Ledger::start_full(
+            policies,
+            keys,
+            extra_args,
+            Some(database.to_string()),
+            |_| {},
+        )
+        .await
+    }
+
     /// Starts a ledger on a database that `fill` writes first (benchmarks grow the store).
     pub async fn start_prefilled(
         policies: &[CompiledPolicy],
         keys: &Keys,
         extra_args: &[&str],
+        fill: impl FnOnce(&std::path::Path),
+    ) -> Ledger {
+        Ledger::start_full(policies, keys, extra_args, None, fill).await
+    }
+
+    async fn start_full(
+        policies: &[CompiledPolicy],
+        keys: &Keys,
+        extra_args: &[&str],
+        database: Option<String>,
         fill: impl FnOnce(&std::path::Path),
     ) -> Ledger {
         let dir = tempfile::tempdir().unwrap();
@@ -67,6 +97,7 @@ impl Ledger {
             keys: keys.clone(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
+            database,
         };
         ledger.launch().await;
         ledger
@@ -98,8 +129,6 @@ impl Ledger {
         let mut cmd = Command::new(workspace_binary("bridle-ledger"));
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--db")
-            .arg(self.db())
             .arg("--policies")
             .arg(self.dir.path().join("policies"))
             .args(&self.extra_args)
@@ -108,6 +137,12 @@ impl Ledger {
             .env("BRIDLE_ADMIN_KEY", ADMIN_KEY)
             .env("BRIDLE_ENFORCER_KEY", ENFORCER_KEY)
             .env("BRIDLE_LOG", "info")
+            .env(
+                "BRIDLE_LEDGER_DB",
+                self.database
+                    .clone()
+                    .unwrap_or_else(|| self.db().display().to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -23,8 +23,10 @@ pub mod keys;
 pub mod ledger;
 pub mod llm_mock;
 pub mod mock;
+pub mod postgres;
 pub mod process;
 pub mod python;
+pub mod stack;
 
 use std::path::PathBuf;
 

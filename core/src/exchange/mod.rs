@@ -36,6 +36,7 @@ use crate::loop_breaker::{Counter, Verdict};
 use crate::money::Usd;
 use crate::policy::FailureMode;
 use crate::revocation::RevocationSet;
+use crate::settlement::outcome_for_status;
 use crate::token::Keyring;
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
@@ -498,6 +499,7 @@ impl Exchange {
             amount: estimate.reserve,
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
+            digest: None,
         };
         match serde_json::to_vec(&request) {
             Ok(encoded) => {
@@ -763,7 +765,7 @@ impl Exchange {
         let mut llm = tokens::Audited::default();
         let (reason, cost, subject, reservation, settle) = match self.phase {
             Phase::Forwarded(mut p) => {
-                let outcome = SettleOutcome::for_status(status);
+                let outcome = outcome_for_status(status);
                 if let (Some(call), Some(r)) = (p.tokens.take(), p.reservation.as_mut()) {
                     llm = call.audited(outcome, r);
                 }
@@ -830,6 +832,7 @@ impl Exchange {
                 usage: llm.usage,
                 usage_missing: llm.missing,
                 over_reservation: llm.over_reservation,
+                replay: false,
             },
         }
     }
@@ -862,6 +865,7 @@ impl Exchange {
             usage: None,
             usage_missing: None,
             over_reservation: false,
+            replay: false,
         }
     }
 

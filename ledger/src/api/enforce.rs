@@ -7,8 +7,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bridle_core::ledger_api::{
-    check_request_id, Report, ReportResponse, ReserveRequest, ReserveResponse, Settle,
-    DEADLINE_HEADER,
+    check_digest, check_request_id, Report, ReportResponse, ReserveRequest, ReserveResponse,
+    Settle, DEADLINE_HEADER,
 };
 use bridle_core::Reason;
 use serde::Deserialize;
@@ -35,6 +35,11 @@ pub async fn reserve<S: Store>(
     if !check_request_id(&req.request_id) {
         return Err(ApiError::bad_request(
             "request_id must be 16-64 lowercase hex digits",
+        ));
+    }
+    if req.digest.as_deref().is_some_and(|d| !check_digest(d)) {
+        return Err(ApiError::bad_request(
+            "digest must be 64 lowercase hex digits (SHA-256)",
         ));
     }
     let deadline = headers
@@ -65,11 +70,15 @@ pub async fn reserve<S: Store>(
             } else {
                 let policy = claims.policy.clone();
                 let amount = req.amount;
+                let started = std::time::Instant::now();
                 let r = app
                     .store
                     .reserve(claims, req)
                     .await
                     .map_err(ApiError::store)?;
+                app.metrics
+                    .reserve_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let (decision, reason) = match &r {
                     ReserveResponse::Granted { replay: false, .. } => {
                         let usd = amount.micros() as f64 / 1e6;

@@ -4,7 +4,7 @@
 //! - Enforcement (`BRIDLE_ENFORCER_KEY`, held only by the filter): reserve, settle and
 //!   report, and the revocation feed.
 //!
-//! `/healthz` and `/metrics` need no credential and reveal no secret.
+//! `/healthz`, `/livez` and `/metrics` need no credential and reveal no secret.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,6 +98,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(enforce)
         .route("/healthz", get(healthz::<S>))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics::<S>))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such endpoint.")
@@ -113,10 +114,12 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .with_state(app)
 }
 
-/// Healthy when the store answers: a stopped writer makes this fail.
+/// Healthy when the store can serve: its database answers and (embedded) its writer runs.
+/// Never waits behind reservations.
 async fn healthz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
-    match app.store.policies().await {
-        Ok(p) => Json(serde_json::json!({ "status": "ok", "policies": p.len() })).into_response(),
+    match app.store.health().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ok", "policies": app.policies.len() }))
+            .into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -126,8 +129,30 @@ async fn healthz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     }
 }
 
+/// Alive: serving HTTP, whatever the database is doing (restarting a replica does not bring
+/// a shared database back).
+async fn livez() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
 async fn metrics<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     let policies = app.store.policies().await.unwrap_or_default();
+    let active = crate::store::TokenQuery {
+        status: Some("active".into()),
+        limit: Some(crate::store::MAX_PAGE),
+        ..Default::default()
+    };
+    if let Ok(tokens) = app.store.tokens(active).await {
+        app.metrics.set_tokens(&tokens);
+    }
+    let last_minute = crate::store::AuditQuery {
+        since_ms: Some(app.now_ms().saturating_sub(60_000)),
+        limit: Some(crate::store::MAX_PAGE),
+        ..Default::default()
+    };
+    if let Ok(page) = app.store.audit(last_minute).await {
+        app.metrics.set_refusals(&page.records);
+    }
     match app.metrics.encode(&policies) {
         Ok(text) => (
             [(

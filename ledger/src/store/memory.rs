@@ -8,7 +8,9 @@ use bridle_core::policy::CompiledPolicy;
 use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
 
-use super::{AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery};
+use super::{
+    AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery, ALERT_LEASE_MS,
+};
 use crate::accounts::{
     Accounts, Change, PolicyView, RevokeOutcome, RevokeRequest, TokenRecord, TokenView,
 };
@@ -116,21 +118,14 @@ impl Store for MemoryStore {
 
     async fn tokens(&self, query: TokenQuery) -> StoreResult<Vec<TokenView>> {
         self.with(|i, now| {
-            let mut out: Vec<TokenView> = i
+            let out: Vec<TokenView> = i
                 .accounts
                 .token_ids()
                 .into_iter()
                 .filter_map(|id| i.accounts.token_view(now, &id))
                 .filter(|v| query.matches(v))
                 .collect();
-            out.sort_by(|a, b| (b.record.iat, &b.record.id).cmp(&(a.record.iat, &a.record.id)));
-            out.truncate(
-                query
-                    .limit
-                    .unwrap_or(super::DEFAULT_PAGE)
-                    .clamp(1, super::MAX_PAGE),
-            );
-            out
+            query.page(out)
         })
     }
 
@@ -163,10 +158,13 @@ impl Store for MemoryStore {
     async fn due_alerts(&self, limit: usize) -> StoreResult<Vec<OutboxAlert>> {
         self.with(|i, now| {
             i.outbox
-                .iter()
+                .iter_mut()
                 .filter(|o| !o.done && o.next_attempt_ms <= now)
                 .take(limit)
-                .map(|o| o.alert.clone())
+                .map(|o| {
+                    o.next_attempt_ms = now.saturating_add(ALERT_LEASE_MS);
+                    o.alert.clone()
+                })
                 .collect()
         })
     }
@@ -186,5 +184,9 @@ impl Store for MemoryStore {
                 }
             }
         })
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.with(|_, _| ())
     }
 }

@@ -1,12 +1,15 @@
 //! Storage behind the API. A backend must make `reserve` one atomic check-and-reserve, and
-//! must not answer a mutation before it is durable. The API layer knows only this trait, so
-//! a shared-database backend for several ledger replicas slots in beside these two.
+//! must not answer a mutation before it is durable. The API layer knows only this trait.
+//! Read-only views must not wait behind reservations.
 //!
 //! - [`sqlite::SqliteStore`]: the default. One writer thread owns the connection and the
 //!   in-memory accounts; it takes a batch of commands, applies them, commits once (WAL,
 //!   `synchronous=FULL`), then answers them all: one fsync carries many requests.
 //! - [`memory::MemoryStore`]: the same accounts under a lock, nothing persisted. For tests of
-//!   the API layer and as the reference the scenario tests hold the SQLite store to.
+//!   the API layer and as the reference the scenario tests hold the others to.
+//! - [`postgres::PostgresStore`]: several replicas on one PostgreSQL database, which is the
+//!   authority: reserves and settles run in batched transactions that lock the sums they
+//!   check, in a fixed order.
 
 use std::future::Future;
 
@@ -15,9 +18,12 @@ use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{Alert, PolicyView, RevokeOutcome, RevokeRequest, TokenRecord, TokenView};
+use crate::accounts::Alert;
+use crate::records::{RevokeOutcome, RevokeRequest, TokenRecord};
+use crate::views::{sort_tokens, PolicyView, TokenView};
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +63,10 @@ pub struct AuditQuery {
     /// The `next` of a previous page.
     pub after: Option<String>,
 }
+
+/// How long a deliverer owns the alerts `due_alerts` handed it: until it records an
+/// attempt, or this passes (it died), no other deliverer gets them.
+pub const ALERT_LEASE_MS: u64 = 60_000;
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 10_000;
@@ -118,7 +128,44 @@ pub struct OutboxAlert {
     pub attempts: u32,
 }
 
+/// The audit record's fields beyond the indexed ones, stored as JSON so that a field can be
+/// added without a new column.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditExtra {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+}
+
+impl AuditExtra {
+    pub fn of(r: &AuditRecord) -> AuditExtra {
+        AuditExtra { replay: r.replay }
+    }
+
+    /// `None` when there is nothing beyond the defaults.
+    pub fn to_json(&self) -> StoreResult<Option<String>> {
+        if *self == AuditExtra::default() {
+            return Ok(None);
+        }
+        serde_json::to_string(self)
+            .map(Some)
+            .map_err(|e| StoreError(format!("audit record: {e}")))
+    }
+
+    /// Unreadable extras read as the defaults: an audit reader still gets the record.
+    pub fn from_json(s: Option<&str>) -> AuditExtra {
+        s.and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+}
+
 impl TokenQuery {
+    /// Sorts views newest first and keeps one page.
+    pub fn page(&self, mut views: Vec<TokenView>) -> Vec<TokenView> {
+        sort_tokens(&mut views);
+        views.truncate(self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE));
+        views
+    }
+
     pub fn matches(&self, v: &TokenView) -> bool {
         self.policy.as_ref().is_none_or(|p| &v.record.policy == p)
             && self
@@ -156,7 +203,8 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, query: AuditQuery) -> impl Future<Output = StoreResult<AuditPage>> + Send;
     /// Expires unsettled reservations into spend and forgets what nothing needs any more.
     fn maintain(&self) -> impl Future<Output = StoreResult<usize>> + Send;
-    /// Alerts due for (re)delivery.
+    /// Claims alerts due for (re)delivery, for [`ALERT_LEASE_MS`]: several deliverers (one
+    /// per replica) never get the same alert at once.
     fn due_alerts(
         &self,
         limit: usize,
@@ -168,4 +216,6 @@ pub trait Store: Send + Sync + 'static {
         delivered: bool,
         next_attempt_ms: Option<u64>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Whether the store can serve: its database answers (and, embedded, its writer runs).
+    fn health(&self) -> impl Future<Output = StoreResult<()>> + Send;
 }

@@ -13,27 +13,69 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use bridle_core::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle};
-use bridle_core::money::Usd;
-use bridle_core::policy::{CapsNarrowing, CompiledPolicy};
-use bridle_core::revocation::{RevocationEntry, RevocationFeed, RevocationKind};
+use bridle_core::policy::CompiledPolicy;
+use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
-use bridle_core::vendor::Vendor;
-use bridle_core::Reason;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
+use rusqlite::{params, Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
-use super::{AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery};
-use crate::accounts::{
-    token_status, Accounts, Alert, Change, PolicyView, Reservation, ReservationState,
-    RevokeOutcome, RevokeRequest, SpendView, TokenRecord, TokenView, IDEMPOTENCY_RETENTION_MS,
+use super::{
+    AuditExtra, AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery,
+    ALERT_LEASE_MS,
 };
+use crate::accounts::{Accounts, Alert, Change};
 use crate::clock::SharedClock;
+use crate::policies::{Policies, IDEMPOTENCY_RETENTION_MS};
+use crate::records::{
+    Narrowing, Reservation, ReservationState, RevokeOutcome, RevokeRequest, TokenRecord,
+};
+use crate::revocations::kind_str;
+use crate::views::{PolicyView, TokenView};
+
+mod reads;
+
+use reads::token_from_row;
 
 /// Most commands one commit carries.
 pub const MAX_BATCH: usize = 2048;
 
 const SCHEMA: &str = include_str!("schema.sql");
+
+/// Changes to the schema after `schema.sql`'s first shape, in order; `PRAGMA user_version`
+/// counts how many a database has. Append only: a database applies the ones it lacks.
+const MIGRATIONS: &[&str] = &[
+    // 1: the digest bound to an idempotency key; the audit record's less-queried fields as
+    // JSON (e.g. `replay`), so that adding one needs no new column.
+    // Views read sums from the file: by token and by policy over time.
+    "ALTER TABLE reservations ADD COLUMN digest TEXT;
+     ALTER TABLE audit ADD COLUMN extra TEXT;
+     CREATE INDEX IF NOT EXISTS reservations_token_at ON reservations (token_id, at_ms);
+     CREATE INDEX IF NOT EXISTS reservations_policy_at ON reservations (policy, at_ms, counted);",
+    // 2: when each revocation was committed, in milliseconds, served in the feed so that
+    // proxies can measure how long it took to reach them (0 for older entries: unmeasured).
+    "ALTER TABLE revocations ADD COLUMN at_ms INTEGER NOT NULL DEFAULT 0;",
+];
+
+/// Applies the schema and whatever migrations the database lacks, each in its own
+/// transaction with its version.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch(SCHEMA).map_err(sql)?;
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    for (i, m) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= applied {
+            continue;
+        }
+        let tx = conn.transaction().map_err(sql)?;
+        tx.execute_batch(m).map_err(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+    }
+    Ok(())
+}
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -44,11 +86,8 @@ enum Cmd {
     Settle(Vec<Settle>, Reply<usize>),
     Audit(Vec<AuditRecord>, Reply<usize>),
     Revoke(RevokeRequest, Reply<Result<RevokeOutcome, String>>),
-    Feed(u64, Reply<RevocationFeed>),
-    Token(String, Reply<Option<TokenView>>),
-    Tokens(TokenQuery, Reply<Vec<TokenView>>),
-    Policies(Reply<Vec<PolicyView>>),
     Maintain(Reply<usize>),
+    ClaimAlerts(usize, Reply<Vec<OutboxAlert>>),
     AlertAttempted {
         id: String,
         delivered: bool,
@@ -57,9 +96,15 @@ enum Cmd {
     },
 }
 
+/// Reader connections: views never wait for the writer, nor (mostly) for each other.
+const READERS: usize = 3;
+
 pub struct SqliteStore {
     tx: Mutex<Sender<Cmd>>,
-    reader: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    writer: std::thread::JoinHandle<()>,
+    policies: Arc<Policies>,
     clock: SharedClock,
 }
 
@@ -76,13 +121,6 @@ fn respond<T: Send + 'static>(reply: Reply<T>, value: T) -> Done {
     })
 }
 
-#[derive(Serialize, Deserialize)]
-struct Narrowing {
-    endpoints: Option<Vec<String>>,
-    merchants: Option<Vec<String>>,
-    caps: CapsNarrowing,
-}
-
 impl SqliteStore {
     pub fn open(
         path: &Path,
@@ -90,30 +128,37 @@ impl SqliteStore {
         reservation_ttl_ms: u64,
         clock: SharedClock,
     ) -> StoreResult<SqliteStore> {
-        let conn = Connection::open(path).map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
+        let mut conn = Connection::open(path).map_err(sql)?;
+        migrate(&mut conn)?;
         let mut accounts = Accounts::new(policies, reservation_ttl_ms);
         load(&conn, &mut accounts, clock.now_ms(), reservation_ttl_ms)?;
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql)?;
-        reader
-            .busy_timeout(std::time::Duration::from_secs(5))
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
             .map_err(sql)?;
-        reader
-            .execute_batch("PRAGMA cache_size = -65536")
-            .map_err(sql)?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(sql)?;
+            reader
+                .execute_batch("PRAGMA cache_size = -65536")
+                .map_err(sql)?;
+            readers.push(Mutex::new(reader));
+        }
         let (tx, rx) = mpsc::channel();
         let writer_clock = clock.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || writer(conn, accounts, rx, writer_clock))
             .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             tx: Mutex::new(tx),
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(readers),
+            next_reader: Default::default(),
+            writer,
+            policies: Arc::new(Policies::new(policies)),
             clock,
         })
     }
@@ -134,11 +179,22 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
+        let first = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .map_err(|_| StoreError("reader lock poisoned".into()))?;
+            // A free reader if there is one, else wait for this call's turn.
+            let n = readers.len().max(1);
+            let free = (0..n).find_map(|i| readers.get((first + i) % n)?.try_lock().ok());
+            let conn = match free {
+                Some(c) => c,
+                None => readers
+                    .get(first % n)
+                    .ok_or_else(|| StoreError("no reader connection".into()))?
+                    .lock()
+                    .map_err(|_| StoreError("reader lock poisoned".into()))?,
+            };
             f(&conn)
         })
         .await
@@ -193,8 +249,8 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
         Cmd::Audit(records, reply) => {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO audit (id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    "INSERT OR IGNORE INTO audit (id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant, extra)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .map_err(sql)?;
             let mut added = 0;
@@ -213,32 +269,14 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
                         r.reason.code(),
                         r.cost.map(|c| c.micros()),
                         r.reservation,
-                        r.merchant
+                        r.merchant,
+                        AuditExtra::of(r).to_json()?
                     ])
                     .map_err(sql)?;
             }
             respond(reply, added)
         }
         Cmd::Revoke(request, reply) => respond(reply, accounts.revoke(now, &request)),
-        Cmd::Feed(since, reply) => respond(reply, accounts.revocations_since(since)),
-        Cmd::Token(id, reply) => respond(reply, accounts.token_view(now, &id)),
-        Cmd::Tokens(query, reply) => {
-            let mut out: Vec<TokenView> = accounts
-                .token_ids()
-                .into_iter()
-                .filter_map(|id| accounts.token_view(now, &id))
-                .filter(|v| query.matches(v))
-                .collect();
-            out.sort_by(|a, b| (b.record.iat, &b.record.id).cmp(&(a.record.iat, &a.record.id)));
-            out.truncate(
-                query
-                    .limit
-                    .unwrap_or(super::DEFAULT_PAGE)
-                    .clamp(1, super::MAX_PAGE),
-            );
-            respond(reply, out)
-        }
-        Cmd::Policies(reply) => respond(reply, accounts.policy_views(now)),
         Cmd::Maintain(reply) => {
             let expired = accounts.expire(now);
             // Written before eviction, which may forget the very reservations that expired.
@@ -246,6 +284,49 @@ fn apply(tx: &Transaction<'_>, accounts: &mut Accounts, cmd: Cmd, now: u64) -> S
             persist(tx, accounts, changes)?;
             accounts.evict(now);
             respond(reply, expired)
+        }
+        Cmd::ClaimAlerts(limit, reply) => {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE alerts SET next_attempt_ms = ?2
+                     WHERE id IN (SELECT id FROM alerts
+                                  WHERE delivered_at_ms IS NULL AND failed = 0 AND next_attempt_ms <= ?1
+                                  ORDER BY at_ms LIMIT ?3)
+                     RETURNING body, attempts, at_ms",
+                )
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        now as i64,
+                        now.saturating_add(ALERT_LEASE_MS) as i64,
+                        limit as i64
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(0)?,
+                            r.get::<_, u32>(1)?,
+                        ))
+                    },
+                )
+                .map_err(sql)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql)?;
+            let mut claimed: Vec<(i64, OutboxAlert)> = rows
+                .into_iter()
+                .filter_map(|(at, body, attempts)| {
+                    Some((
+                        at,
+                        OutboxAlert {
+                            alert: serde_json::from_str(&body).ok()?,
+                            attempts,
+                        },
+                    ))
+                })
+                .collect();
+            claimed.sort_by_key(|(at, _)| *at);
+            respond(reply, claimed.into_iter().map(|(_, a)| a).collect())
         }
         Cmd::AlertAttempted {
             id,
@@ -278,12 +359,8 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
     for change in changes {
         match change {
             Change::Token(t) => {
-                let narrowing = serde_json::to_string(&Narrowing {
-                    endpoints: t.endpoints,
-                    merchants: t.merchants,
-                    caps: t.caps,
-                })
-                .map_err(|e| StoreError(e.to_string()))?;
+                let narrowing = serde_json::to_string(&Narrowing::of(&t))
+                    .map_err(|e| StoreError(e.to_string()))?;
                 tx.prepare_cached(
                     "INSERT INTO tokens (id, policy, vendor, label, iat, exp, narrowing, issued, revoked_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -298,8 +375,8 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
                     continue;
                 };
                 tx.prepare_cached(
-                    "INSERT INTO reservations (id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO reservations (id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(sql)?
                 .execute(params![
@@ -314,7 +391,8 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
                     r.method,
                     r.path,
                     r.detail,
-                    r.settled_at_ms.map(|s| s as i64)
+                    r.settled_at_ms.map(|s| s as i64),
+                    r.digest
                 ])
                 .map_err(sql)?;
             }
@@ -328,9 +406,9 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
                     .map_err(sql)?;
             }
             Change::Revocation(e) => {
-                tx.prepare_cached("INSERT INTO revocations (seq, kind, value, at, until) VALUES (?1, ?2, ?3, ?4, ?5)")
+                tx.prepare_cached("INSERT INTO revocations (seq, kind, value, at, until, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                     .map_err(sql)?
-                    .execute(params![e.seq as i64, kind_str(e.kind), e.value, e.at as i64, e.until as i64])
+                    .execute(params![e.seq as i64, kind_str(e.kind), e.value, e.at as i64, e.until as i64, e.at_ms as i64])
                     .map_err(sql)?;
             }
             Change::Alert(a) => {
@@ -343,44 +421,6 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
         }
     }
     Ok(())
-}
-
-fn kind_str(k: RevocationKind) -> &'static str {
-    match k {
-        RevocationKind::Token => "token",
-        RevocationKind::LabelPrefix => "label_prefix",
-        RevocationKind::Policy => "policy",
-    }
-}
-
-fn parse_kind(s: &str) -> Option<RevocationKind> {
-    match s {
-        "token" => Some(RevocationKind::Token),
-        "label_prefix" => Some(RevocationKind::LabelPrefix),
-        "policy" => Some(RevocationKind::Policy),
-        _ => None,
-    }
-}
-
-fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
-    let vendor: String = row.get(2)?;
-    let narrowing: String = row.get(6)?;
-    let n: Narrowing = serde_json::from_str(&narrowing).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(TokenRecord {
-        id: row.get(0)?,
-        policy: row.get(1)?,
-        vendor: Vendor::from_name(&vendor).unwrap_or(Vendor::Stripe),
-        label: row.get(3)?,
-        iat: row.get::<_, i64>(4)? as u64,
-        exp: row.get::<_, i64>(5)? as u64,
-        endpoints: n.endpoints,
-        merchants: n.merchants,
-        caps: n.caps,
-        issued: row.get(7)?,
-        revoked_at: row.get::<_, Option<i64>>(8)?.map(|r| r as u64),
-    })
 }
 
 /// Rebuilds the in-memory accounts from disk: live tokens with their all-time spend, the
@@ -428,7 +468,7 @@ fn load(
     }
     let mut stmt = conn
         .prepare(
-            "SELECT id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms
+            "SELECT id, token_id, policy, at_ms, reserved, counted, state, idempotency_key, method, path, detail, settled_at_ms, digest
              FROM reservations WHERE at_ms > ?1 ORDER BY at_ms",
         )
         .map_err(sql)?;
@@ -448,6 +488,7 @@ fn load(
                 path: r.get(9)?,
                 detail: r.get(10)?,
                 settled_at_ms: r.get::<_, Option<i64>>(11)?.map(|s| s as u64),
+                digest: r.get(12)?,
             })
         })
         .map_err(sql)?;
@@ -460,33 +501,8 @@ fn load(
         })
         .map_err(sql)?;
     accounts.set_next_seq(max_seq as u64 + 1);
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, kind, value, at, until FROM revocations WHERE until >= ?1 ORDER BY seq",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map(params![(now_ms / 1000) as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in rows {
-        let (seq, kind, value, at, until) = row.map_err(sql)?;
-        if let Some(kind) = parse_kind(&kind) {
-            accounts.load_revocation(RevocationEntry {
-                seq: seq as u64,
-                kind,
-                value,
-                at: at as u64,
-                until: until as u64,
-            });
-        }
+    for e in reads::revocation_entries(conn, 0, now_ms / 1000)? {
+        accounts.load_revocation(e);
     }
     let mut stmt = conn
         .prepare("SELECT body FROM alerts WHERE at_ms > ?1")
@@ -500,30 +516,6 @@ fn load(
         }
     }
     Ok(())
-}
-
-fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
-    let vendor: String = r.get(2)?;
-    let reason: String = r.get(9)?;
-    Ok(AuditRecord {
-        id: r.get(0)?,
-        at_ms: r.get::<_, i64>(1)? as u64,
-        vendor: Vendor::from_name(&vendor).unwrap_or(Vendor::Stripe),
-        token_id: r.get(3)?,
-        label: r.get(4)?,
-        policy: r.get(5)?,
-        method: r.get(6)?,
-        path: r.get(7)?,
-        status: r.get(8)?,
-        reason: Reason::from_code(&reason).unwrap_or(Reason::Internal),
-        cost: r.get::<_, Option<i64>>(10)?.and_then(Usd::from_micros),
-        reservation: r.get(11)?,
-        merchant: r.get(12)?,
-        model: None,
-        usage: None,
-        usage_missing: None,
-        over_reservation: false,
-    })
 }
 
 impl Store for SqliteStore {
@@ -553,87 +545,29 @@ impl Store for SqliteStore {
     }
 
     async fn revocations(&self, since: u64) -> StoreResult<RevocationFeed> {
-        self.call(|r| Cmd::Feed(since, r)).await
+        let now = self.clock.now_ms();
+        self.read(move |c| reads::revocations(c, since, now)).await
     }
 
     async fn token(&self, id: String) -> StoreResult<Option<TokenView>> {
-        let live = self
-            .call({
-                let id = id.clone();
-                |r| Cmd::Token(id, r)
-            })
-            .await?;
-        if live.is_some() {
-            return Ok(live);
-        }
-        // Long gone from memory: its record and all-time spend from disk.
-        let now_s = self.clock.now_ms() / 1000;
-        self.read(move |conn| {
-            let record = conn
-                .query_row("SELECT id, policy, vendor, label, iat, exp, narrowing, issued, revoked_at FROM tokens WHERE id = ?1", params![id], token_from_row)
-                .optional()
-                .map_err(sql)?;
-            let Some(record) = record else { return Ok(None) };
-            let lifetime: i64 = conn
-                .query_row("SELECT COALESCE(SUM(counted), 0) FROM reservations WHERE token_id = ?1", params![record.id], |r| r.get(0))
-                .map_err(sql)?;
-            Ok(Some(TokenView {
-                status: token_status(&record, now_s),
-                effective_caps: Default::default(),
-                spend: SpendView { lifetime: Usd::from_micros(lifetime).unwrap_or_default(), ..Default::default() },
-                record,
-            }))
-        })
-        .await
+        let (policies, now) = (self.policies.clone(), self.clock.now_ms());
+        self.read(move |c| reads::token(c, &policies, &id, now))
+            .await
     }
 
     async fn tokens(&self, query: TokenQuery) -> StoreResult<Vec<TokenView>> {
-        self.call(|r| Cmd::Tokens(query, r)).await
+        let (policies, now) = (self.policies.clone(), self.clock.now_ms());
+        self.read(move |c| reads::tokens(c, &policies, &query, now))
+            .await
     }
 
     async fn policies(&self) -> StoreResult<Vec<PolicyView>> {
-        self.call(Cmd::Policies).await
+        let (policies, now) = (self.policies.clone(), self.clock.now_ms());
+        self.read(move |c| reads::policies(c, &policies, now)).await
     }
 
     async fn audit(&self, query: AuditQuery) -> StoreResult<AuditPage> {
-        self.read(move |conn| {
-            let limit = query.page_size();
-            let (after_at, after_id) = query.cursor().map_or((-1, String::new()), |(a, i)| (a as i64, i));
-            let upper = query.label_prefix.as_ref().map(|p| format!("{p}\u{7f}"));
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, at_ms, vendor, token_id, label, policy, method, path, status, reason, cost, reservation, merchant
-                     FROM audit
-                     WHERE (?1 IS NULL OR token_id = ?1)
-                       AND (?2 IS NULL OR policy = ?2)
-                       AND (?3 IS NULL OR (label >= ?3 AND label < ?4))
-                       AND (?5 IS NULL OR at_ms >= ?5)
-                       AND (?6 IS NULL OR at_ms < ?6)
-                       AND (at_ms > ?7 OR (at_ms = ?7 AND id > ?8))
-                     ORDER BY at_ms, id
-                     LIMIT ?9",
-                )
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        query.token_id,
-                        query.policy,
-                        query.label_prefix,
-                        upper,
-                        query.since_ms.map(|s| s as i64),
-                        query.until_ms.map(|u| u as i64),
-                        after_at,
-                        after_id,
-                        (limit + 1) as i64
-                    ],
-                    audit_from_row,
-                )
-                .map_err(sql)?;
-            let records = rows.collect::<Result<Vec<_>, _>>().map_err(sql)?;
-            Ok(AuditPage::from_sorted(records, limit))
-        })
-        .await
+        self.read(move |c| reads::audit(c, &query)).await
     }
 
     async fn maintain(&self) -> StoreResult<usize> {
@@ -641,24 +575,7 @@ impl Store for SqliteStore {
     }
 
     async fn due_alerts(&self, limit: usize) -> StoreResult<Vec<OutboxAlert>> {
-        let now = self.clock.now_ms() as i64;
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT body, attempts FROM alerts WHERE delivered_at_ms IS NULL AND failed = 0 AND next_attempt_ms <= ?1 ORDER BY at_ms LIMIT ?2",
-                )
-                .map_err(sql)?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))).map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (body, attempts) = row.map_err(sql)?;
-                if let Ok(alert) = serde_json::from_str(&body) {
-                    out.push(OutboxAlert { alert, attempts });
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.call(|r| Cmd::ClaimAlerts(limit, r)).await
     }
 
     async fn alert_attempted(
@@ -674,5 +591,13 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        if self.writer.is_finished() {
+            return Err(StoreError("the ledger's writer has stopped".into()));
+        }
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
+            .await
     }
 }

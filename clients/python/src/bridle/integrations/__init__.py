@@ -1,0 +1,1 @@
+"""Agent-framework integrations. Each module needs its framework installed (an extra)."""
