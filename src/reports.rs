@@ -140,6 +140,7 @@ mod tests {
             outcome: SettleOutcome::Commit,
             amount: None,
             replay: false,
+            usage: None,
         })
         .encode()
         .unwrap()

@@ -636,22 +636,50 @@ fn tokens(args: TokensArgs) -> Result<(), Errors> {
         return Ok(());
     }
     println!(
-        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
-        "TOKEN", "POLICY", "LABEL", "STATUS", "WINDOW $", "LIFETIME $", "USE"
+        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>16}",
+        "TOKEN",
+        "POLICY",
+        "LABEL",
+        "STATUS",
+        "WINDOW $",
+        "LIFETIME $",
+        "USE",
+        "IN TOK",
+        "CACHED TOK",
+        "WRITE TOK",
+        "OUT TOK",
+        "BREAKER $"
     );
     for t in answer["tokens"].as_array().cloned().unwrap_or_default() {
         let util = t["spend"]["utilization"]["per_window"]
             .as_f64()
             .map_or("-".to_string(), |u| format!("{:.0}%", u * 100.0));
+        let n = |k: &str| t["tokens"][k].as_u64().unwrap_or(0);
+        let b = &t["breaker"];
+        let breaker = if b.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{}/{}{}",
+                b["spent"].as_str().unwrap_or("?"),
+                b["cap"].as_str().unwrap_or("?"),
+                if b["tripped"] == true { " TRIP" } else { "" }
+            )
+        };
         println!(
-            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
+            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>16}",
             t["id"].as_str().unwrap_or("?"),
             t["policy"].as_str().unwrap_or("?"),
             t["label"].as_str().unwrap_or("?"),
             t["status"].as_str().unwrap_or("?"),
             t["spend"]["window"].as_str().unwrap_or("?"),
             t["spend"]["lifetime"].as_str().unwrap_or("?"),
-            util
+            util,
+            n("input"),
+            n("cached_input"),
+            n("cache_write_5m") + n("cache_write_1h"),
+            n("output"),
+            breaker
         );
     }
     Ok(())

@@ -57,6 +57,9 @@ pub enum ReserveResponse {
     Denied {
         reason: Reason,
         message: String,
+        /// When the refusal lifts by itself (the spend breaker): seconds to wait.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u64>,
     },
 }
 
@@ -81,6 +84,10 @@ pub struct Settle {
     /// Settles for an idempotent replay can only confirm the original, never release it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
+    /// For a call priced by tokens committed at its usage: the tokens, by class, that the
+    /// ledger adds to the token's totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::llm::TokenUsage>,
 }
 
 /// One call through the proxy, allowed or denied.
@@ -180,7 +187,8 @@ mod tests {
             d,
             ReserveResponse::Denied {
                 reason: Reason::CapWindow,
-                message: "over".into()
+                message: "over".into(),
+                retry_after_secs: None,
             }
         );
         assert!(serde_json::from_str::<ReserveResponse>(r#"{"decision":"maybe"}"#).is_err());

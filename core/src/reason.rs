@@ -68,9 +68,10 @@ reasons! {
     CapWindow => "cap_window", 402;
     CapLifetime => "cap_lifetime", 402;
     CapPolicy => "cap_policy", 402;
-    // Loop breaker.
+    // Loop breaker, and the spend breaker (a cap over a short window).
     RateLimited => "rate_limited", 429;
     RepeatLimited => "repeat_limited", 429;
+    SpendRateLimited => "spend_rate_limited", 429;
     // Bridle's own dependencies: refuse rather than guess.
     LedgerUnavailable => "ledger_unavailable", 503;
     RevocationStale => "revocation_stale", 503;

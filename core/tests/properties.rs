@@ -414,7 +414,7 @@ fn caps() -> impl Strategy<Value = Caps> {
         per_window: b,
         lifetime: c,
         policy_per_window: d,
-        window: None,
+        ..Caps::default()
     })
 }
 

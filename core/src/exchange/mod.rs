@@ -576,10 +576,14 @@ impl Exchange {
                 }
                 step
             }
-            Ok(ReserveResponse::Denied { reason, message }) => self.refuse(
+            Ok(ReserveResponse::Denied {
+                reason,
+                message,
+                retry_after_secs,
+            }) => self.refuse(
                 bp,
                 Denial::new(reason, message).about(&held.grant.subject),
-                None,
+                retry_after_secs,
             ),
             Ok(ReserveResponse::Granted {
                 reservation,
@@ -759,6 +763,7 @@ impl Exchange {
             outcome: SettleOutcome::Release,
             amount: None,
             replay,
+            usage: None,
         };
         // A stream that ended before Bridle decided (the agent went away while its body was
         // read or its reservation made) is audited as the proxy's.
@@ -774,6 +779,7 @@ impl Exchange {
                     outcome,
                     amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
                     replay: r.replay,
+                    usage: llm.usage.filter(|_| outcome == SettleOutcome::Commit),
                 });
                 let cost = p
                     .reservation

@@ -39,6 +39,21 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl TokenUsage {
+    /// Adds `other`, class by class: a token's totals. Counts saturate rather than wrap (they
+    /// are shown, never priced: money is counted in the ledger's sums, not from these).
+    pub fn add(&mut self, other: &TokenUsage) {
+        for (total, n) in [
+            (&mut self.input, other.input),
+            (&mut self.cached_input, other.cached_input),
+            (&mut self.cache_write_5m, other.cache_write_5m),
+            (&mut self.cache_write_1h, other.cache_write_1h),
+            (&mut self.output, other.output),
+            (&mut self.reasoning, other.reasoning),
+        ] {
+            *total = total.saturating_add(n);
+        }
+    }
+
     /// Input tokens of every class together.
     pub fn input_total(&self) -> u64 {
         self.input
@@ -301,6 +316,32 @@ mod tests {
         ] {
             assert!(openai_chat(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn usage_adds_class_by_class_and_saturates() {
+        let mut total = TokenUsage {
+            input: 1,
+            output: u64::MAX - 1,
+            ..Default::default()
+        };
+        total.add(&TokenUsage {
+            input: 2,
+            cached_input: 3,
+            output: 5,
+            reasoning: 4,
+            ..Default::default()
+        });
+        assert_eq!(
+            total,
+            TokenUsage {
+                input: 3,
+                cached_input: 3,
+                output: u64::MAX,
+                reasoning: 4,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
