@@ -1320,6 +1320,7 @@ fn openapi_reserve_response_is_discriminated_by_decision() {
         ReserveResponse::Denied {
             reason: Reason::CapWindow,
             message: "over".into(),
+            retry_after_secs: None,
         },
     ];
     let mut decisions = BTreeSet::new();

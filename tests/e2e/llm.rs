@@ -42,6 +42,8 @@ const CHUNK_DELAY: Duration = Duration::from_millis(40);
 const WRAPPER_TOKENS: u64 = 256;
 /// A model whose usage reports reasoning tokens (billed as output).
 const REASONING_MODEL: &str = "o4-mini";
+/// The looping agent's spend breaker, per minute: a few calls' reservations.
+const BREAKER: &str = "0.0005";
 
 struct Stack {
     ledger: Ledger,
@@ -49,11 +51,11 @@ struct Stack {
     mock: MockVendor,
 }
 
-async fn start(policy: Value) -> Stack {
+async fn start(ps: &[Value]) -> Stack {
     let mock = MockVendor::start().await;
     mock.set_chunk_delay(CHUNK_DELAY);
     let keys = Keys::generate();
-    let ps = policies(&[policy]);
+    let ps = policies(ps);
     let ledger = Ledger::start(&ps, &keys).await;
     let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
     setup.ledger = Some(ledger.url());
@@ -198,19 +200,33 @@ fn reservation(p: &PriceEntry, bytes: usize, max: u64) -> Usd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_calls_are_billed_by_their_usage() {
     let model = "gpt-4o-mini";
-    let s = start(json!({
-        "name": "llm-openai", "vendor": "openai", "secret_env": "OPENAI_API_KEY", "max_ttl": "1h",
-        "endpoints": [
-            { "method": "POST", "path": "/v1/chat/completions", "cost": { "tokens": "chat_completions" } },
-            { "method": "POST", "path": "/v1/responses", "cost": { "tokens": "responses" } },
-        ],
-        // The glob also allows gpt-4o-mini-tts, which the table does not price.
-        "models": { "allow": ["gpt-4o-mini*", REASONING_MODEL], "max_output_tokens": POLICY_MAX },
-        "caps": { "per_window": "5.00", "window": "24h" },
-    }))
+    let policy = |name: &str, caps: Value| {
+        json!({
+            "name": name, "vendor": "openai", "secret_env": "OPENAI_API_KEY", "max_ttl": "1h",
+            "endpoints": [
+                { "method": "POST", "path": "/v1/chat/completions", "cost": { "tokens": "chat_completions" } },
+                { "method": "POST", "path": "/v1/responses", "cost": { "tokens": "responses" } },
+            ],
+            // The glob also allows gpt-4o-mini-tts, which the table does not price.
+            "models": { "allow": ["gpt-4o-mini*", REASONING_MODEL], "max_output_tokens": POLICY_MAX },
+            "caps": caps,
+        })
+    };
+    let s = start(&[
+        policy(
+            "llm-openai",
+            json!({ "per_window": "5.00", "window": "24h" }),
+        ),
+        // A spend breaker a few calls wide, under a daily cap it never nears.
+        policy(
+            "llm-openai-loop",
+            json!({ "per_window": "5.00", "per_short_window": BREAKER, "short_window": "1m" }),
+        ),
+    ])
     .await;
     let (token, token_id) = s.token("llm-openai", "llm/openai/main").await;
     let (cut, cut_id) = s.token("llm-openai", "llm/openai/cut").await;
+    let (looping, loop_id) = s.token("llm-openai-loop", "llm/openai/loop").await;
     let out = run_script(
         "openai_tokens.py",
         &[
@@ -220,6 +236,7 @@ async fn openai_calls_are_billed_by_their_usage() {
             ),
             ("BRIDLE_TOKEN", token),
             ("BRIDLE_TOKEN_CUT", cut),
+            ("BRIDLE_TOKEN_LOOP", looping),
             ("BRIDLE_MODEL", model.into()),
             ("BRIDLE_REASONING_MODEL", REASONING_MODEL.into()),
             ("BRIDLE_POLICY_MAX", POLICY_MAX.to_string()),
@@ -309,19 +326,78 @@ async fn openai_calls_are_billed_by_their_usage() {
             "{reason}"
         );
     }
-    assert_eq!(s.mock.count(), 5);
+
+    // The looping agent was stopped by the breaker at its cap and not later: refused only
+    // when the next call's reservation would take the minute's spend past the cap, once (no
+    // SDK retry), with a Retry-After within the window.
+    let o = &out["loop"];
+    refused(
+        &out,
+        "loop",
+        "openai.RateLimitError",
+        429,
+        "spend_rate_limited",
+    );
+    let retry: u64 = o["retry_after"].as_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{o}");
+    let message = o["str"].as_str().unwrap();
+    let dollars = |after: &str| -> Usd {
+        let at = message
+            .find(after)
+            .unwrap_or_else(|| panic!("{after}: {message}"))
+            + after.len();
+        let text: String = message[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        Usd::parse(text.trim_end_matches('.')).unwrap()
+    };
+    let (call, cap, spent) = (dollars("A $"), dollars("over its $"), dollars("breaker ($"));
+    let breaker = Usd::parse(BREAKER).unwrap();
+    assert_eq!(cap, breaker, "{message}");
+    let chat_body = received(&s, "/v1/chat/completions", "\"max_completion_tokens\":50");
+    assert_eq!(call, reservation(&p, chat_body.body.len(), 50), "{message}");
+    assert!(spent <= cap, "{message}");
+    assert!(
+        spent.checked_add(call).unwrap() > cap,
+        "refused before the cap: {message}"
+    );
+    let allowed = o["allowed_before"].as_u64().unwrap();
+    assert!(
+        allowed * call.micros() as u64 >= cap.micros() as u64 - call.micros() as u64,
+        "{o}"
+    );
+    assert_eq!(
+        s.envoy
+            .counter(Vendor::Openai, "llm-openai-loop", "spend_rate_limited")
+            .await,
+        1,
+        "one attempt, no SDK retry"
+    );
+    let view = s.ledger.token(&loop_id).await;
+    assert_eq!(view["breaker"]["cap"], BREAKER, "{view}");
+    assert!(Usd::parse(view["breaker"]["spent"].as_str().unwrap()).unwrap() <= breaker);
+    // Tokens used, by class, beside dollars.
+    let main = s.ledger.token(&token_id).await;
+    assert!(main["tokens"]["input"].as_u64().unwrap() > 0, "{main}");
+    assert!(
+        main["tokens"]["cached_input"].as_u64().unwrap() > 0,
+        "{main}"
+    );
+    assert!(main["tokens"]["reasoning"].as_u64().unwrap() > 0, "{main}");
+    assert_eq!(s.mock.count() as u64, 5 + allowed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_calls_are_billed_by_their_usage() {
     let model = "claude-sonnet-4-5";
-    let s = start(json!({
+    let s = start(&[json!({
         "name": "llm-anthropic", "vendor": "anthropic", "secret_env": "ANTHROPIC_API_KEY", "max_ttl": "1h",
         "endpoints": [{ "method": "POST", "path": "/v1/messages", "cost": { "tokens": "messages" } }],
         // The glob also allows claude-sonnet-4-5-preview, which the table does not price.
         "models": { "allow": ["claude-sonnet-4-5*"], "max_output_tokens": POLICY_MAX },
         "caps": { "per_window": "5.00", "window": "24h" },
-    }))
+    })])
     .await;
     let (token, token_id) = s.token("llm-anthropic", "llm/anthropic/main").await;
     let (cut, cut_id) = s.token("llm-anthropic", "llm/anthropic/cut").await;

@@ -17,7 +17,7 @@ import time
 
 import openai
 
-from _outcome import call, emit, env
+from _outcome import call, emit, env, until_refused
 
 URL = env("BRIDLE_URL")
 MODEL = env("BRIDLE_MODEL")
@@ -30,7 +30,12 @@ MESSAGES = [
 
 
 def details(e):
-    return {"type": getattr(e, "type", None), "body": getattr(e, "body", None)}
+    response = getattr(e, "response", None)
+    return {
+        "type": getattr(e, "type", None),
+        "body": getattr(e, "body", None),
+        "retry_after": response.headers.get("retry-after") if response is not None else None,
+    }
 
 
 def usage(u):
@@ -112,6 +117,13 @@ def main():
 
     cut = openai.OpenAI(api_key=env("BRIDLE_TOKEN_CUT"), base_url=URL)
     out["cut"] = call(lambda: abandoned_stream(cut), MODULES, details, ok)
+
+    # A looping agent under a spend breaker: the same call until it is refused (429, with a
+    # Retry-After the SDK would otherwise wait out and retry, twice).
+    looping = openai.OpenAI(api_key=env("BRIDLE_TOKEN_LOOP"), base_url=URL)
+    out["loop"] = until_refused(
+        lambda: chat(looping, max_completion_tokens=50), MODULES, limit=80, details=details
+    )
     return out
 
 
