@@ -174,7 +174,7 @@ async fn the_example_policies_serve_requests() {
     let openai = keys.token("openai-chat", Vendor::Openai);
     let r = Request::new("POST", "/v1/chat/completions")
         .bearer(&openai)
-        .json(&json!({"model": "m", "messages": []}))
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
         .send(envoy.port(Vendor::Openai))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
