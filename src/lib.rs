@@ -50,6 +50,8 @@ mod ticker;
 #[cfg(test)]
 mod fake_host;
 #[cfg(test)]
+mod llm_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(target_arch = "wasm32")]

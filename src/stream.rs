@@ -35,6 +35,8 @@ pub struct Stream {
     /// decision, all of it; while it streams, the bytes already scanned but held back (Envoy
     /// appends what arrives next to them).
     held: usize,
+    /// The size of the request body Envoy holds, for a rewrite to replace.
+    body_size: usize,
 }
 
 impl Stream {
@@ -44,6 +46,7 @@ impl Stream {
             exchange: None,
             call: None,
             held: 0,
+            body_size: 0,
         }
     }
 
@@ -106,6 +109,7 @@ impl Stream {
             let bp = &plugin.blueprint;
             let counter = SharedCounter(host);
             self.held = body_size;
+            self.body_size = body_size;
             let step = if body_size > MAX_BODY {
                 exchange.on_body(bp, &counter, Body::TooLarge)
             } else if !end_of_stream {
@@ -156,6 +160,7 @@ impl Stream {
         }
         if exchange.awaits_body() {
             let counter = SharedCounter(host);
+            self.body_size = self.held;
             let step = read_body(host, exchange, bp, &counter, self.held);
             self.held = 0;
             return self.perform(host, &plugin, step, false);
@@ -246,7 +251,9 @@ impl Stream {
         if !exchange.wants_response() || end_of_stream {
             return Action::Continue;
         }
-        exchange.on_response_head(response_status(host), || {
+        // What to do with the body is asked again chunk by chunk (reading_response,
+        // watching_response), so the answer here needs no keeping.
+        let _ = exchange.on_response_head(response_status(host), || {
             host.header_value(MapType::ResponseHeaders, "content-type")
                 .ok()
                 .flatten()
@@ -263,6 +270,20 @@ impl Stream {
         let (Some(plugin), Some(exchange)) = (self.plugin.as_ref(), self.exchange.as_mut()) else {
             return Action::Continue;
         };
+        if exchange.watching_response() {
+            // Each chunk passes on as it arrives; the exchange only looks at it.
+            match host.buffer(BufferType::ResponseBody, 0, body_size) {
+                Ok(chunk) => {
+                    exchange.on_response_chunk(chunk.as_deref().unwrap_or_default(), end_of_stream)
+                }
+                Err(e) => {
+                    let why = format!("could not read the response (status {})", e.0);
+                    host.log(Level::Warn, &format!("{why}; settling at the reservation"));
+                    exchange.on_response_unreadable(why);
+                }
+            }
+            return Action::Continue;
+        }
         if !exchange.reading_response() {
             return Action::Continue;
         }
@@ -311,6 +332,7 @@ impl Stream {
         };
         let status = exchange.status().or_else(|| response_status(host));
         let finished = exchange.finish(vendor, status);
+        plugin.metrics.count_usage(host, &finished.audit);
         if let Some(settle) = finished.settle {
             ledger.report(host, &plugin.metrics, Item::Settle(settle));
         }
@@ -325,6 +347,25 @@ impl Stream {
         let bp = &plugin.blueprint;
         match step {
             Step::ReadBody => Action::Pause,
+            Step::RewriteBody(body) => {
+                let written = host
+                    .set_buffer(BufferType::RequestBody, 0, self.body_size, &body)
+                    .and_then(|()| {
+                        // A length the agent sent must be the new body's, or the vendor
+                        // would read a different request.
+                        match host.header_value(MapType::RequestHeaders, "content-length")? {
+                            Some(_) => host.replace_header(
+                                MapType::RequestHeaders,
+                                "content-length",
+                                body.len().to_string().as_bytes(),
+                            ),
+                            None => Ok(()),
+                        }
+                    })
+                    .map_err(|e| e.0);
+                let step = exchange.on_body_rewritten(bp, written);
+                self.perform(host, plugin, step, resume)
+            }
             Step::Refuse(reply) => {
                 deny(host, plugin, reply);
                 Action::Pause

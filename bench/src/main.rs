@@ -8,7 +8,9 @@
 //! 3. a call Bridle denies;
 //! 4. a costed call (body priced, reserve with the ledger, settle in batches);
 //! 5. the OpenAI path, uncosted and costed, side by side with a peer, LiteLLM's proxy, on the
-//!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`).
+//!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`);
+//! 6. a streamed completion priced by tokens beside no filter: time to the first event and
+//!    to the end of the stream (`streaming.rs`).
 //!
 //! Each scenario is measured for throughput at saturation (32 connections) and for latency
 //! without queueing (one connection), so that added latency is the filter's, not a queue's.
@@ -41,7 +43,9 @@ mod ledger_load;
 mod ledger_replicas;
 mod litellm;
 mod openai_scenarios;
+mod sse_upstream;
 mod store_fill;
+mod streaming;
 mod tail;
 mod token_churn;
 mod upstream;
@@ -988,6 +992,7 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
         &summary["peer"],
         &doc["peer_checked"],
     ));
+    s.push_str(&streaming::markdown(&doc["streamed"]));
     s.push_str(&tail::markdown(&summary["tail"]));
     s.push_str("\n### The ledger alone\n\n| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in ledger {
@@ -1172,6 +1177,20 @@ fn main() -> ExitCode {
             });
             return ExitCode::SUCCESS;
         }
+        Some("streamed") => {
+            let plan = Plan {
+                rounds: n(2, 3) as usize,
+                ..FULL
+            };
+            rt.block_on(async move {
+                let keys = Keys::generate();
+                println!(
+                    "{}",
+                    streaming::markdown(&streaming::run(plan, &keys).await)
+                );
+            });
+            return ExitCode::SUCCESS;
+        }
         // `bridle-bench ledger-replicas [--quick]`: only the PostgreSQL replica figures.
         Some("ledger-replicas") => {
             let plan = if args.iter().any(|a| a == "--quick") {
@@ -1210,6 +1229,7 @@ fn main() -> ExitCode {
         let steal_before = steal_ticks();
         let (proxy, peer) = proxy_benchmarks(plan, &keys, Selection::All).await;
         let ledger = ledger_benchmarks(plan, &keys).await;
+        let streamed = streaming::run(plan, &keys).await;
         let replicas = ledger_replicas::run(plan.rounds, plan.ledger_s, &keys).await;
         let steal_after = steal_ticks();
         let steal_percent = 100.0 * (steal_after.0 - steal_before.0) as f64 / (steal_after.1 - steal_before.1).max(1) as f64;
@@ -1226,6 +1246,7 @@ fn main() -> ExitCode {
             "ledger": ledger,
             "ledger_replicas": replicas,
             "summary": summary,
+            "streamed": streamed,
             "seconds": started.elapsed().as_secs(),
         });
         let md = markdown(&doc, &proxy, &ledger) + &ledger_replicas::markdown(&replicas);

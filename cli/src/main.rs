@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bridle_cli::ledger_client::LedgerClient;
-use bridle_cli::render::{self, EnvoyOptions, Upstream};
+use bridle_cli::render::{self, EnvoyOptions, Prices, Upstream};
 use bridle_core::issue::{claims_for, IssueRequest};
+use bridle_core::llm::PriceList;
 use bridle_core::money::Usd;
 use bridle_core::policy::{CapsNarrowing, CompiledPolicy};
-use bridle_core::policy_files;
 use bridle_core::token::{PublicKeys, SigningKey};
 use bridle_core::vendor::Vendor;
+use bridle_core::{policy_files, price_files};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -52,6 +53,10 @@ enum Command {
         /// Policy files or folders.
         #[arg(default_value = "policies")]
         paths: Vec<PathBuf>,
+        /// The folder of price tables (`<vendor>.yaml`); default: `prices/` beside the first
+        /// policy path.
+        #[arg(long)]
+        prices: Option<PathBuf>,
     },
     /// Render policies into deployable configuration.
     #[command(subcommand)]
@@ -87,6 +92,17 @@ struct PolicyArgs {
     /// Policy files or folders.
     #[arg(long = "policies", default_value = "policies")]
     paths: Vec<PathBuf>,
+    /// The folder of price tables (`<vendor>.yaml`) for calls priced by tokens; default:
+    /// `prices/` beside the first policy path.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    /// The policies and the price tables, checked together.
+    fn load(&self) -> Result<(Vec<CompiledPolicy>, Prices), Errors> {
+        load_checked(&self.paths, self.prices.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -307,6 +323,56 @@ fn load(paths: &[PathBuf]) -> Result<Vec<CompiledPolicy>, Errors> {
     policy_files::load(paths).map_err(|es| es.into_iter().map(|e| e.to_string()).collect())
 }
 
+/// The price tables' folder: `prices`, or `prices/` beside the first policy path.
+fn prices_dir(paths: &[PathBuf], prices: Option<&std::path::Path>) -> PathBuf {
+    match prices {
+        Some(p) => p.to_path_buf(),
+        None => price_files::beside(
+            paths
+                .first()
+                .map_or(std::path::Path::new("policies"), |p| p),
+        ),
+    }
+}
+
+/// Policies and price tables, and every model a policy allows by name priced.
+fn load_checked(
+    paths: &[PathBuf],
+    prices: Option<&std::path::Path>,
+) -> Result<(Vec<CompiledPolicy>, Prices), Errors> {
+    let dir = prices_dir(paths, prices);
+    let (policies, tables) = match (load(paths), price_files::load(&dir)) {
+        (Ok(p), Ok(t)) => (p, t),
+        (p, t) => {
+            let mut errors = p.err().unwrap_or_default();
+            errors.extend(
+                t.err()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e.to_string()),
+            );
+            return Err(errors);
+        }
+    };
+    let mut errors = Vec::new();
+    for p in &policies {
+        let Some(models) = &p.models else { continue };
+        let shipped = PriceList::new(tables.get(&p.policy.vendor).map_or(&[][..], Vec::as_slice));
+        for name in models.unpriced(&shipped) {
+            errors.push(format!(
+                "policy {:?}: models.allow: model {name:?} has no price in {} or the policy's models.prices",
+                p.policy.name,
+                dir.join(format!("{}.yaml", p.policy.vendor)).display()
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok((policies, tables))
+    } else {
+        Err(errors)
+    }
+}
+
 fn vendor(name: &str) -> Result<Vendor, Errors> {
     Vendor::from_name(name).ok_or_else(|| {
         one(format!(
@@ -339,8 +405,8 @@ fn random_hex(bytes: usize) -> Result<String, Errors> {
 
 fn run(cli: Cli) -> Result<(), Errors> {
     match cli.command {
-        Command::Lint { paths } => {
-            let policies = load(&paths)?;
+        Command::Lint { paths, prices } => {
+            let (policies, tables) = load_checked(&paths, prices.as_deref())?;
             for p in &policies {
                 outln!(
                     "ok  {} ({}, {} endpoints)",
@@ -349,6 +415,9 @@ fn run(cli: Cli) -> Result<(), Errors> {
                     p.endpoints.len()
                 );
             }
+            for (v, entries) in &tables {
+                outln!("ok  prices for {v} ({} models)", entries.len());
+            }
             Ok(())
         }
         Command::Render(Render::Filter {
@@ -356,10 +425,10 @@ fn run(cli: Cli) -> Result<(), Errors> {
             vendor: v,
             ledger,
         }) => {
-            let policies = load(&policies.paths)?;
+            let (policies, tables) = policies.load()?;
             let v = vendor(&v)?;
             let link = ledger_url(&ledger)?.map(|u| render::ledger_link(&u));
-            let config = render::filter_config(v, &policies, link.as_ref());
+            let config = render::filter_config(v, &policies, link.as_ref(), &tables);
             if config.policies.is_empty() {
                 return Err(one(format!("no policies for {v}")));
             }
@@ -373,10 +442,11 @@ fn run(cli: Cli) -> Result<(), Errors> {
             namespace,
             ledger,
         }) => {
-            let policies = load(&policies.paths)?;
+            let (policies, tables) = policies.load()?;
             let ledger =
                 ledger_url(&ledger)?.ok_or_else(|| one("Istio deployments need a ledger"))?;
-            let docs = render::istio(&policies, &image, &namespace, &ledger).map_err(one)?;
+            let docs =
+                render::istio(&policies, &tables, &image, &namespace, &ledger).map_err(one)?;
             out!("{}", render::to_yaml(&docs).map_err(one)?);
             Ok(())
         }
@@ -426,7 +496,7 @@ fn parse_pairs(flag: &str, values: &[String]) -> Result<Vec<(String, String)>, E
 }
 
 fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
-    let policies = load(&args.policies.paths)?;
+    let (policies, prices) = args.policies.load()?;
     let mut ports = BTreeMap::new();
     for (v, p) in parse_pairs("port", &args.ports)? {
         ports.insert(
@@ -464,6 +534,7 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
         ledger_replicas: ledgers.map(|(_, rest)| rest).unwrap_or_default(),
         ca_file: args.ca_file,
         envoy_path_hardening: !args.no_envoy_path_hardening,
+        prices,
     };
     let bootstrap = render::envoy_bootstrap(&policies, &opts).map_err(one)?;
     let yaml = render::to_yaml(&[bootstrap]).map_err(one)?;
@@ -601,28 +672,50 @@ fn tokens(args: TokensArgs) -> Result<(), Errors> {
         return Ok(());
     }
     outln!(
-        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
+        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>16}",
         "TOKEN",
         "POLICY",
         "LABEL",
         "STATUS",
         "WINDOW $",
         "LIFETIME $",
-        "USE"
+        "USE",
+        "IN TOK",
+        "CACHED TOK",
+        "WRITE TOK",
+        "OUT TOK",
+        "BREAKER $"
     );
     for t in answer["tokens"].as_array().cloned().unwrap_or_default() {
         let util = t["spend"]["utilization"]["per_window"]
             .as_f64()
             .map_or("-".to_string(), |u| format!("{:.0}%", u * 100.0));
+        let n = |k: &str| t["tokens"][k].as_u64().unwrap_or(0);
+        let b = &t["breaker"];
+        let breaker = if b.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{}/{}{}",
+                b["spent"].as_str().unwrap_or("?"),
+                b["cap"].as_str().unwrap_or("?"),
+                if b["tripped"] == true { " TRIP" } else { "" }
+            )
+        };
         outln!(
-            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
+            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>16}",
             t["id"].as_str().unwrap_or("?"),
             t["policy"].as_str().unwrap_or("?"),
             t["label"].as_str().unwrap_or("?"),
             t["status"].as_str().unwrap_or("?"),
             t["spend"]["window"].as_str().unwrap_or("?"),
             t["spend"]["lifetime"].as_str().unwrap_or("?"),
-            util
+            util,
+            n("input"),
+            n("cached_input"),
+            n("cache_write_5m") + n("cache_write_1h"),
+            n("output"),
+            breaker
         );
     }
     Ok(())

@@ -8,6 +8,9 @@ use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_PUBLIC_KEYS_ENV};
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
+
+/// Each vendor's price table (`policies/prices/<vendor>.yaml`), for calls priced by tokens.
+pub type Prices = BTreeMap<Vendor, Vec<bridle_core::llm::PriceEntry>>;
 use serde_json::{json, Value};
 
 pub const LEDGER_CLUSTER: &str = "bridle_ledger";
@@ -71,21 +74,30 @@ impl Upstream {
     }
 }
 
-/// The filter configuration for one vendor's listener.
+/// The filter configuration for one vendor's listener. The vendor's price table goes with
+/// it when one of its policies prices calls by tokens: Envoy never reads a price file.
 pub fn filter_config(
     vendor: Vendor,
     policies: &[CompiledPolicy],
     ledger: Option<&LedgerLink>,
+    prices: &Prices,
 ) -> FilterConfig {
+    let policies: Vec<_> = policies
+        .iter()
+        .filter(|p| p.policy.vendor == vendor)
+        .map(|p| p.policy.clone())
+        .collect();
+    let priced = policies.iter().any(|p| p.models.is_some());
     FilterConfig {
         vendor,
-        policies: policies
-            .iter()
-            .filter(|p| p.policy.vendor == vendor)
-            .map(|p| p.policy.clone())
-            .collect(),
         ledger: ledger.cloned(),
         public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.to_string(),
+        prices: if priced {
+            prices.get(&vendor).cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        policies,
     }
 }
 
@@ -137,6 +149,8 @@ pub struct EnvoyOptions {
     /// in front of the filter's strict matching. Tests turn it off to prove the filter holds
     /// on its own.
     pub envoy_path_hardening: bool,
+    /// Each vendor's price table, rendered into its listener's filter configuration.
+    pub prices: Prices,
 }
 
 impl Default for EnvoyOptions {
@@ -155,6 +169,7 @@ impl Default for EnvoyOptions {
             ledger_replicas: Vec::new(),
             ca_file: DEFAULT_CA_FILE.to_string(),
             envoy_path_hardening: true,
+            prices: Prices::new(),
         }
     }
 }
@@ -456,7 +471,7 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
     let mut clusters = Vec::new();
     for vendor in vendors(policies) {
         let upstream = opts.upstream(vendor)?;
-        let config = filter_config(vendor, policies, link.as_ref());
+        let config = filter_config(vendor, policies, link.as_ref(), &opts.prices);
         let filter = wasm_filter(vendor, &config, &opts.wasm, &keys)?;
         listeners.push(listener(vendor, opts, filter, &upstream));
         clusters.push(cluster(
@@ -487,6 +502,7 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
 /// configuration the Envoy bootstrap carries.
 pub fn istio(
     policies: &[CompiledPolicy],
+    prices: &Prices,
     image: &str,
     namespace: &str,
     ledger: &Upstream,
@@ -494,7 +510,7 @@ pub fn istio(
     let link = ledger_link(ledger);
     let mut docs = Vec::new();
     for vendor in vendors(policies) {
-        let config = filter_config(vendor, policies, Some(&link));
+        let config = filter_config(vendor, policies, Some(&link), prices);
         docs.push(json!({
             "apiVersion": "extensions.istio.io/v1alpha1",
             "kind": "WasmPlugin",

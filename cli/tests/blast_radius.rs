@@ -81,15 +81,24 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Copies a folder of policies, price tables (`prices/`) included.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
+}
+
 /// A git work tree with the example policies committed.
 fn work_tree() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for entry in std::fs::read_dir(repo().join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tree(&repo().join("policies"), &dir.path().join("policies"));
     git(dir.path(), &["init", "-q"]);
     git(dir.path(), &["add", "."]);
     git(dir.path(), &["commit", "-qm", "policies"]);
@@ -313,10 +322,7 @@ fn diff_against_a_folder_and_refusals() {
     let tree = work_tree();
     let dir = tree.path();
     let base = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir.join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, base.path().join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tree(&dir.join("policies"), base.path());
     edit(
         &dir.join("policies/openai-chat.yaml"),
         "  max_identical_per_minute: 20",

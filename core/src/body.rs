@@ -229,6 +229,14 @@ impl Body {
         }
     }
 
+    /// The whole body, when it was read as JSON (`None` for a form or an empty body).
+    pub fn json(&self) -> Option<&Value> {
+        match &self.inner {
+            Inner::Json(v) | Inner::Sniffed { json: v, .. } => Some(v),
+            Inner::Form(_) => None,
+        }
+    }
+
     /// What the body holds under `field`, in bracket notation: `amount`,
     /// `transfer_data[amount]`, `items[0][price]`. A name that is not in that notation is
     /// never found.

@@ -34,6 +34,10 @@ pub struct FilterConfig {
     /// The environment variable holding the public keys that verify tokens.
     #[serde(default = "default_public_keys_env")]
     pub public_keys_env: String,
+    /// The vendor's price table for calls priced by tokens, rendered from
+    /// `policies/prices/<vendor>.yaml` (a policy's `models.prices` come first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<crate::llm::PriceEntry>,
 }
 
 fn default_public_keys_env() -> String {
@@ -101,6 +105,8 @@ pub struct CompiledConfig {
     by_name: HashMap<String, Arc<ServedPolicy>>,
     pub ledger: Option<LedgerLink>,
     pub public_keys_env: String,
+    /// The vendor's price table, compiled.
+    pub prices: Arc<crate::llm::PriceList>,
 }
 
 /// A policy as one listener serves it: compiled, with where its stats are and the request
@@ -176,6 +182,7 @@ impl CompiledConfig {
             policies,
             self.ledger,
             self.public_keys_env,
+            self.prices,
         ))
     }
 
@@ -184,6 +191,7 @@ impl CompiledConfig {
         policies: Vec<Arc<ServedPolicy>>,
         ledger: Option<LedgerLink>,
         public_keys_env: String,
+        prices: Arc<crate::llm::PriceList>,
     ) -> CompiledConfig {
         let by_name = policies
             .iter()
@@ -195,6 +203,7 @@ impl CompiledConfig {
             by_name,
             ledger,
             public_keys_env,
+            prices,
         }
     }
 }
@@ -304,6 +313,14 @@ impl FilterConfig {
                 ));
             }
         }
+        errors.extend(crate::llm::prices::check_entries(
+            &self.prices,
+            self.vendor,
+            "prices",
+            false,
+        ));
+        let prices = crate::llm::PriceList::new(&self.prices);
+        errors.extend(unpriced_models(&policies, &prices));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -312,8 +329,33 @@ impl FilterConfig {
             policies,
             self.ledger.clone(),
             self.public_keys_env.clone(),
+            Arc::new(prices),
         ))
     }
+}
+
+/// Every model a policy allows by name must have a price (its own, or the table's): a call
+/// to it would otherwise be refused on every request.
+fn unpriced_models(
+    policies: &[Arc<ServedPolicy>],
+    prices: &crate::llm::PriceList,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for served in policies {
+        let Some(models) = &served.compiled.models else {
+            continue;
+        };
+        for name in models.unpriced(prices) {
+            errors.push(ConfigError::new(
+                format!("policies[{}].models.allow", served.slot),
+                format!(
+                    "model {name:?} has no price in the {} price table or the policy's models.prices",
+                    served.compiled.policy.vendor
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -327,6 +369,7 @@ pub(crate) mod tests {
             policies: vec![stripe_policy()],
             ledger: None,
             public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.into(),
+            prices: Vec::new(),
         }
     }
 

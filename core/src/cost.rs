@@ -83,6 +83,10 @@ pub struct CostRule {
     /// Settle from the response: commit the amount it reports instead of the reservation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle: Option<AmountField>,
+    /// An LLM call priced by tokens under the policy's `models` (see `crate::llm`): reserves
+    /// an upper bound, settles from the usage the response reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::llm::TokenApi>,
 }
 
 fn is_call(p: &Per) -> bool {
@@ -162,11 +166,21 @@ impl CostRule {
             };
             errors.push(ConfigError::new(field, message));
         };
+        if self.tokens.is_some() {
+            let alone = CostRule {
+                tokens: self.tokens,
+                ..CostRule::default()
+            };
+            if *self != alone {
+                fail("", "tokens prices a call by itself: give it alone");
+            }
+            return errors;
+        }
         match (&self.amount, &self.fixed, &self.max) {
             (Some(_), None, _) | (None, Some(_), None) | (None, None, Some(_)) => {}
             (None, None, None) => fail(
                 "",
-                "give amount (read from the request), fixed (a price) or max (an estimate)",
+                "give amount (read from the request), fixed (a price), max (an estimate) or tokens (an LLM call)",
             ),
             _ => fail(
                 "",
@@ -570,6 +584,12 @@ impl CostRule {
                 detail: format!("estimate ${max}"),
             });
         }
+        if let Some(api) = self.tokens {
+            return Err(CostError::undetermined(format!(
+                "this endpoint is priced by tokens ({}): quote it with crate::llm",
+                api.name()
+            )));
+        }
         Err(CostError::undetermined(
             "this endpoint's cost rule names no price",
         ))
@@ -693,6 +713,7 @@ mod tests {
             serde_json::json!({"fixed": "0.0079", "per": "sms_segment", "text_field": "Body"}),
             serde_json::json!({"fixed": "0.0009", "per": "recipient"}),
             serde_json::json!({"amount": {"field": "transfer_data[amount]", "currency": "eur"}}),
+            serde_json::json!({"tokens": "chat_completions"}),
         ] {
             assert!(
                 rule(v.clone()).check("c").is_empty(),
@@ -712,6 +733,14 @@ mod tests {
         assert_eq!(
             fields(&rule(serde_json::json!({"max": "2", "per": "recipient"}))),
             ["c.per"]
+        );
+        assert_eq!(
+            fields(&rule(serde_json::json!({"tokens": "messages", "max": "2"}))),
+            ["c"]
+        );
+        assert!(
+            serde_json::from_value::<CostRule>(serde_json::json!({"tokens": "completions"}))
+                .is_err()
         );
         assert_eq!(
             fields(&rule(serde_json::json!({"amount": {"field": "amount"}}))),

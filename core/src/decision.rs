@@ -1008,6 +1008,7 @@ mod tests {
             policies: vec![policy],
             ledger: None,
             public_keys_env: "K".into(),
+            prices: Vec::new(),
         })
     }
 

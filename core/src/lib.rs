@@ -28,12 +28,15 @@ pub mod glob;
 pub mod idempotency;
 pub mod issue;
 pub mod ledger_api;
+pub mod llm;
 pub mod loop_breaker;
 pub mod money;
 pub mod path;
 pub mod policy;
 #[cfg(feature = "files")]
 pub mod policy_files;
+#[cfg(feature = "files")]
+pub mod price_files;
 pub mod reason;
 pub mod revocation;
 pub mod settlement;

@@ -59,6 +59,11 @@ reasons! {
     EndpointNotAllowed => "endpoint_not_allowed", 403;
     MerchantNotAllowed => "merchant_not_allowed", 403;
     HeaderNotAllowed => "header_not_allowed", 403;
+    // LLM calls priced by tokens: a model outside the policy's list, one without a price, and
+    // an output maximum above the policy's.
+    ModelNotAllowed => "model_not_allowed", 403;
+    ModelUnpriced => "model_unpriced", 400;
+    MaxTokensNotAllowed => "max_tokens_not_allowed", 403;
     BodyTooLarge => "body_too_large", 413;
     BodyUnreadable => "body_unreadable", 400;
     // An Idempotency-Key already used for a different request by the same token.
@@ -73,9 +78,10 @@ reasons! {
     CapWindow => "cap_window", 402;
     CapLifetime => "cap_lifetime", 402;
     CapPolicy => "cap_policy", 402;
-    // Loop breaker.
+    // Loop breaker, and the spend breaker (a cap over a short window).
     RateLimited => "rate_limited", 429;
     RepeatLimited => "repeat_limited", 429;
+    SpendRateLimited => "spend_rate_limited", 429;
     // Bridle's own dependencies: refuse rather than guess.
     LedgerUnavailable => "ledger_unavailable", 503;
     RevocationStale => "revocation_stale", 503;

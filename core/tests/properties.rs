@@ -419,7 +419,7 @@ fn caps() -> impl Strategy<Value = Caps> {
         per_window: b,
         lifetime: c,
         policy_per_window: d,
-        window: None,
+        ..Caps::default()
     })
 }
 
@@ -466,6 +466,7 @@ fn policy(vendor: Vendor) -> impl Strategy<Value = Policy> {
                 loop_breaker: None,
                 on_ledger_unavailable: Default::default(),
                 fx: Default::default(),
+                models: None,
             }
         })
 }
@@ -632,6 +633,7 @@ fn scope_case(p: &Policy, n: &Narrowing, probes: &[Probe]) -> Result<(), TestCas
             policies: vec![p.clone()],
             ledger: None,
             public_keys_env: "K".into(),
+            prices: Vec::new(),
         }
         .compile()
         .unwrap(),

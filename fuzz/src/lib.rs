@@ -6,6 +6,8 @@
 //! `write_or_check_seeds` test below compares them (or rewrites them with
 //! `BRIDLE_WRITE_SEEDS=1`, which `make fuzz-seeds` sets).
 
+pub mod llm;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -14,8 +16,9 @@ use base64::Engine;
 use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_PUBLIC_KEYS_ENV};
 use bridle_core::money::Usd;
 use bridle_core::policy::{CapsNarrowing, CompiledPolicy, Policy};
-use bridle_core::policy_files;
+use bridle_core::llm::PriceEntry;
 use bridle_core::token::{Claims, PublicKeys, SigningKey};
+use bridle_core::{policy_files, price_files};
 use bridle_core::vendor::Vendor;
 use ed25519_dalek::Signer;
 use serde_json::{json, Value};
@@ -207,17 +210,50 @@ pub fn ledger_link() -> LedgerLink {
     }
 }
 
-/// The filter configuration `bridle render` makes for one vendor's policies.
+/// The repository's price tables, as files.
+pub const PRICE_FILES: [(&str, &str); 2] = [
+    (
+        "anthropic.yaml",
+        include_str!("../../policies/prices/anthropic.yaml"),
+    ),
+    (
+        "openai.yaml",
+        include_str!("../../policies/prices/openai.yaml"),
+    ),
+];
+
+/// A vendor's shipped price table (empty for vendors without one).
+pub fn shipped_prices(vendor: Vendor) -> Vec<PriceEntry> {
+    PRICE_FILES
+        .iter()
+        .map(|(name, text)| {
+            price_files::parse(Path::new(name), text)
+                .unwrap_or_else(|e| panic!("policies/prices/{name} does not load: {e:?}"))
+        })
+        .find(|t| t.vendor == vendor)
+        .map(|t| t.models)
+        .unwrap_or_default()
+}
+
+/// The filter configuration `bridle render` makes for one vendor's policies: the vendor's
+/// price table goes with it when a policy prices calls by tokens.
 pub fn filter_config(vendor: Vendor, policies: &[&Policy]) -> FilterConfig {
+    let policies: Vec<Policy> = policies
+        .iter()
+        .filter(|p| p.vendor == vendor)
+        .map(|p| (*p).clone())
+        .collect();
+    let priced = policies.iter().any(|p| p.models.is_some());
     FilterConfig {
         vendor,
-        policies: policies
-            .iter()
-            .filter(|p| p.vendor == vendor)
-            .map(|p| (*p).clone())
-            .collect(),
+        policies,
         ledger: Some(ledger_link()),
         public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.into(),
+        prices: if priced {
+            shipped_prices(vendor)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -805,6 +841,7 @@ pub fn seeds() -> Vec<Seed> {
     policy_seeds(&mut out);
     path_seeds(&mut out);
     cost_seeds(&mut out);
+    llm::seeds(&mut out);
     out
 }
 
@@ -819,7 +856,7 @@ mod tests {
         let write = std::env::var_os("BRIDLE_WRITE_SEEDS").is_some();
         let seeds = seeds();
         let mut stale = Vec::new();
-        for target in ["token", "policy", "path", "cost"] {
+        for target in ["token", "policy", "path", "cost", "sse", "usage"] {
             let dir = root.join(target);
             let wanted: Vec<&Seed> = seeds.iter().filter(|s| s.target == target).collect();
             if write {

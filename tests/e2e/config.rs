@@ -30,9 +30,15 @@ fn policy() -> serde_json::Value {
 fn the_shipped_envoy_config_is_the_rendering_of_the_shipped_policies() {
     let root = repo_root();
     let policies = policy_files::load(&[root.join("policies")]).unwrap();
-    let rendered =
-        render::to_yaml(&[render::envoy_bootstrap(&policies, &EnvoyOptions::default()).unwrap()])
-            .unwrap();
+    let rendered = render::to_yaml(&[render::envoy_bootstrap(
+        &policies,
+        &EnvoyOptions {
+            prices: bridle_e2e::shipped_prices(),
+            ..EnvoyOptions::default()
+        },
+    )
+    .unwrap()])
+    .unwrap();
     let shipped = std::fs::read_to_string(root.join("envoy/bridle.yaml")).unwrap();
     assert!(
         rendered == shipped,
@@ -180,7 +186,7 @@ async fn the_example_policies_serve_requests() {
     let openai = keys.token("openai-chat", Vendor::Openai);
     let r = Request::new("POST", "/v1/chat/completions")
         .bearer(&openai)
-        .json(&json!({"model": "m", "messages": []}))
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
         .send(envoy.port(Vendor::Openai))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());

@@ -29,7 +29,7 @@ use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys};
 use bridle_e2e::ledger::Ledger;
 use bridle_e2e::mock::{MockVendor, Recorded};
-use bridle_e2e::python;
+use bridle_e2e::python::{self, assert_version, run_script};
 use bridle_e2e::repo_root;
 use serde_json::{json, Value};
 
@@ -178,30 +178,6 @@ impl Stack {
         }
         got
     }
-}
-
-/// The version tests/sdk/requirements.txt pins for `package`.
-fn pinned(package: &str) -> String {
-    let path = repo_root().join("tests/sdk/requirements.txt");
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{package}==")))
-        .unwrap_or_else(|| panic!("{} pins no {package}", path.display()))
-        .trim()
-        .to_string()
-}
-
-/// Runs a vendor script in tests/sdk/ and parses the one JSON object it prints.
-async fn run_script(script: &str, vars: &[(&str, String)]) -> Value {
-    python::run_json(&repo_root().join("tests/sdk"), script, vars).await
-}
-
-fn assert_version(out: &Value, package: &str) {
-    assert_eq!(
-        out["sdk_version"].as_str(),
-        Some(pinned(package).as_str()),
-        "the installed {package} is not the pinned one: run `make test`"
-    );
 }
 
 /// An allowed call: it returned a parsed result.

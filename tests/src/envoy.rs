@@ -73,6 +73,8 @@ pub struct Setup {
     pub trust_local_clients: bool,
     /// The CA bundle Envoy checks https upstreams against (default: the system's).
     pub ca_file: Option<PathBuf>,
+    /// Price tables for calls priced by tokens: the shipped ones unless a test changes them.
+    pub prices: bridle_cli::render::Prices,
 }
 
 impl Setup {
@@ -90,6 +92,7 @@ impl Setup {
             vm_env: Vec::new(),
             trust_local_clients: false,
             ca_file: None,
+            prices: crate::shipped_prices(),
         }
     }
 
@@ -141,6 +144,7 @@ impl Setup {
                 .map(|u| Upstream::parse(u).unwrap())
                 .collect(),
             envoy_path_hardening: self.envoy_path_hardening,
+            prices: self.prices.clone(),
             ..EnvoyOptions::default()
         };
         if let Some(ca) = &self.ca_file {

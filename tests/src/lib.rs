@@ -25,6 +25,7 @@ pub mod envoy;
 pub mod h2c;
 pub mod keys;
 pub mod ledger;
+pub mod llm_mock;
 pub mod mock;
 pub mod postgres;
 pub mod process;
@@ -40,6 +41,12 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// The price tables the repository ships (`policies/prices/`), as `bridle render` reads them.
+pub fn shipped_prices() -> bridle_cli::render::Prices {
+    bridle_core::price_files::load(&repo_root().join("policies/prices"))
+        .unwrap_or_else(|e| panic!("policies/prices: {e:?}"))
 }
 
 /// A binary built by `cargo build` in this workspace (debug profile unless

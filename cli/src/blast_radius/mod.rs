@@ -140,6 +140,10 @@ pub struct Radius {
 
 /// A short description of what a cost rule reserves.
 pub fn describe_cost(rule: &CostRule) -> String {
+    if rule.tokens.is_some() {
+        // Priced by tokens: a rule of its own (policy checks refuse it beside anything else).
+        return "its tokens at the model's prices: the most it can cost reserved, settled from its usage".into();
+    }
     let mut out = match (&rule.amount, &rule.fixed, &rule.max) {
         (Some(a), _, max) => {
             let currency = match (&a.currency, &a.currency_field) {

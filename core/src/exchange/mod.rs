@@ -10,6 +10,11 @@
 //! on_response_head ─► (settle rule: on_response_body reads the amount) ─► finish: settle, audit
 //! ```
 //!
+//! A call priced by tokens (`tokens.rs`) takes one more step before its reservation, when
+//! Bridle writes into its body ([`Step::RewriteBody`]: an output maximum, a stream's usage
+//! option), and its response is watched as it passes ([`Exchange::on_response_chunk`]) for
+//! the usage it settles at.
+//!
 //! The filter's adapter (`src/stream.rs`) does what each [`Step`] asks — buffer the body, call
 //! the ledger, rewrite the headers, send a reply — and feeds what it read back in. Nothing here
 //! touches a host: the clock, the request and the ledger's answers arrive as arguments, the
@@ -27,6 +32,7 @@ use crate::cost::{AmountField, CostRule, Pricing};
 use crate::decision::{Denial, Gate, Grant, Request, Subject};
 use crate::idempotency::{self, Reserved};
 use crate::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle, SettleOutcome};
+use crate::llm::Quote;
 use crate::loop_breaker::{Counter, Verdict};
 use crate::money::Usd;
 use crate::policy::FailureMode;
@@ -36,6 +42,11 @@ use crate::token::PublicKeys;
 use crate::token_scan::{self, TokenScan};
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
+
+mod tokens;
+
+pub use tokens::ResponseBody;
+use tokens::TokenCall;
 
 /// Largest request body read to price a call; larger costed requests are refused.
 pub const MAX_BODY: usize = 1 << 20;
@@ -134,6 +145,9 @@ pub enum Step {
     /// Send this reservation (JSON) to the ledger, then call [`Exchange::on_reservation`] with
     /// its answer, or [`Exchange::on_reservation_unsent`] if it could not be sent.
     Reserve(Vec<u8>),
+    /// Replace the buffered request body with this one (and its `content-length`), then call
+    /// [`Exchange::on_body_rewritten`].
+    RewriteBody(Vec<u8>),
 }
 
 /// A refusal, ready to send.
@@ -170,6 +184,9 @@ pub enum Body<'a> {
 /// The headers to rewrite before the request goes to the vendor.
 pub struct Rewrite<'a> {
     grant: &'a Grant,
+    /// Headers removed for the exchange's own sake (a call priced by tokens asks for an
+    /// uncompressed response, so that its usage can be read).
+    extra: &'static [&'static str],
 }
 
 impl<'a> Rewrite<'a> {
@@ -182,6 +199,7 @@ impl<'a> Rewrite<'a> {
             .iter()
             .filter(move |name| !injection.iter().any(|(n, _)| n == name))
             .map(String::as_str)
+            .chain(self.extra.iter().copied())
     }
 
     /// Headers to set, carrying the vendor secret.
@@ -213,6 +231,9 @@ pub struct Exchange {
 enum Phase {
     /// Allowed on its headers, waiting for the body before the last word.
     ReadingBody(Box<Held>),
+    /// Priced; the adapter writes Bridle's changes into the body before the reservation
+    /// (encoded) is sent.
+    RewritingBody(Box<Held>, Usd, Vec<u8>),
     /// Priced and sent to the ledger, waiting for its answer.
     Reserving(Box<Held>, Usd),
     /// Allowed, and on its way to the vendor or back.
@@ -238,6 +259,8 @@ struct Held {
     raw_path: Vec<u8>,
     content_type: Option<Vec<u8>>,
     idempotency_key: Option<String>,
+    /// A call priced by tokens, once its body is priced.
+    quote: Option<Box<Quote>>,
 }
 
 struct Passage {
@@ -248,6 +271,7 @@ struct Passage {
     /// A request forwarded before its body ended: the body streams through, scanned for a
     /// vault token as it goes.
     body_scan: Option<TokenScan>,
+    tokens: Option<Box<TokenCall>>,
 }
 
 /// The money the ledger holds for a forwarded call.
@@ -306,6 +330,13 @@ impl Exchange {
         exchange.merchant.clone_from(&grant.merchant);
         let policy = &grant.policy.policy;
         let costed = grant.endpoint.cost.is_some();
+        if let Some(api) = grant.endpoint.cost.as_ref().and_then(|c| c.tokens) {
+            if let Err(e) = api.check_headers(arrival.headers) {
+                let denial = Denial::new(e.reason, e.message);
+                let step = exchange.refuse(bp, denial.about(&grant.subject), None);
+                return (exchange, step);
+            }
+        }
 
         // Costed calls ask the ledger, which checks revocation itself; free calls rely on the
         // revocation set, and a set nobody could refresh follows the policy.
@@ -332,7 +363,7 @@ impl Exchange {
             if let Some(step) = exchange.count(bp, counter, &grant, fp) {
                 return (exchange, step);
             }
-            let step = exchange.forward(grant, None);
+            let step = exchange.forward(grant, None, None);
             if !arrival.end_of_stream {
                 exchange.stream_body();
             }
@@ -348,6 +379,7 @@ impl Exchange {
             ),
             raw_path: raw_path.to_vec(),
             grant,
+            quote: None,
         });
         if arrival.end_of_stream {
             let step = exchange.with_body(bp, counter, held, Body::Complete(&[]));
@@ -383,7 +415,10 @@ impl Exchange {
 
     /// Whether the request must stay where it is: refused, or waiting for the ledger.
     pub fn holds_request(&self) -> bool {
-        matches!(self.phase, Phase::Refused(_) | Phase::Reserving(..))
+        matches!(
+            self.phase,
+            Phase::Refused(_) | Phase::Reserving(..) | Phase::RewritingBody(..)
+        )
     }
 
     /// The body asked for by [`Step::ReadBody`] is read.
@@ -408,7 +443,8 @@ impl Exchange {
                 return self.refuse(bp, token_elsewhere().about(&held.grant.subject), None);
             }
         }
-        let Some(rule) = held.grant.endpoint.cost.as_ref() else {
+        let endpoint = held.grant.endpoint.clone();
+        let Some(rule) = endpoint.cost.as_ref() else {
             // A body too large to read still counts against the rate, just unfingerprinted,
             // and streams on, scanned as it goes.
             let fp = match body {
@@ -418,7 +454,7 @@ impl Exchange {
             if let Some(step) = self.count(bp, counter, &held.grant, fp) {
                 return step;
             }
-            let step = self.forward(held.grant, None);
+            let step = self.forward(held.grant, None, None);
             if matches!(body, Body::TooLarge) {
                 self.stream_body();
             }
@@ -451,8 +487,17 @@ impl Exchange {
         if let Some(step) = self.count(bp, counter, &held.grant, fp) {
             return step;
         }
+        let mut held = held;
         let pricing = Pricing::new(bp.vendor(), &held.grant.policy.policy.fx);
-        let estimate = match rule.estimate(pricing, held.content_type.as_deref(), body) {
+        let estimate = match rule.tokens {
+            Some(api) => tokens::quote(api, bp, &held, body).map(|q| {
+                let estimate = q.estimate();
+                held.quote = Some(q);
+                estimate
+            }),
+            None => rule.estimate(pricing, held.content_type.as_deref(), body),
+        };
+        let estimate = match estimate {
             Ok(e) => e,
             Err(e) => {
                 let denial = Denial::new(e.reason, e.message);
@@ -489,6 +534,11 @@ impl Exchange {
         };
         match serde_json::to_vec(&request) {
             Ok(encoded) => {
+                let rewrite = held.quote.as_mut().and_then(|q| q.body.take());
+                if let Some(body) = rewrite {
+                    self.phase = Phase::RewritingBody(held, estimate.reserve, encoded);
+                    return Step::RewriteBody(body);
+                }
                 self.phase = Phase::Reserving(held, estimate.reserve);
                 Step::Reserve(encoded)
             }
@@ -496,6 +546,28 @@ impl Exchange {
                 let denial = Denial::new(Reason::Internal, "encoding the reservation");
                 self.refuse(bp, denial.about(&held.grant.subject), None)
             }
+        }
+    }
+
+    /// The body asked for by [`Step::RewriteBody`] is in place (`Err`: the hostcall's status,
+    /// and the request is refused; nothing was reserved yet).
+    pub fn on_body_rewritten(&mut self, bp: &Blueprint, written: Result<(), u32>) -> Step {
+        match self.take_phase() {
+            Phase::RewritingBody(held, reserved, encoded) => match written {
+                Ok(()) => {
+                    self.phase = Phase::Reserving(held, reserved);
+                    Step::Reserve(encoded)
+                }
+                Err(status) => {
+                    let mut denial = Denial::new(
+                        Reason::Internal,
+                        format!("Could not rewrite the request body (status {status})."),
+                    );
+                    denial.subject = Some(held.grant.subject.clone());
+                    self.refuse(bp, denial, None)
+                }
+            },
+            other => self.unexpected(bp, other, "a rewritten body"),
         }
     }
 
@@ -535,23 +607,31 @@ impl Exchange {
                 }
                 step
             }
-            Ok(ReserveResponse::Denied { reason, message }) => self.refuse(
+            Ok(ReserveResponse::Denied {
+                reason,
+                message,
+                retry_after_secs,
+            }) => self.refuse(
                 bp,
                 Denial::new(reason, message).about(&held.grant.subject),
-                None,
+                retry_after_secs,
             ),
             Ok(ReserveResponse::Granted {
                 reservation,
                 replay,
-            }) => self.forward(
-                held.grant,
-                Some(Reservation {
-                    id: reservation,
-                    replay,
-                    reserved,
-                    settled: None,
-                }),
-            ),
+            }) => {
+                let held = *held;
+                self.forward(
+                    held.grant,
+                    Some(Reservation {
+                        id: reservation,
+                        replay,
+                        reserved,
+                        settled: None,
+                    }),
+                    held.quote.map(|q| Box::new(TokenCall::new(q))),
+                )
+            }
         }
     }
 
@@ -598,7 +678,7 @@ impl Exchange {
             "Request trailers are refused: send everything in the headers and the body.",
         );
         match self.take_phase() {
-            Phase::ReadingBody(held) => {
+            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => {
                 Some(self.refuse(bp, denial.about(&held.grant.subject), None))
             }
             // Reserved perhaps, never forwarded: released.
@@ -620,7 +700,15 @@ impl Exchange {
     /// The rewrite a [`Step::Forward`] asks for.
     pub fn rewrite(&self) -> Option<Rewrite<'_>> {
         match &self.phase {
-            Phase::Forwarded(p) => Some(Rewrite { grant: &p.grant }),
+            Phase::Forwarded(p) => Some(Rewrite {
+                grant: &p.grant,
+                // The response must arrive readable for its usage to be read.
+                extra: if p.tokens.is_some() {
+                    &["accept-encoding"]
+                } else {
+                    &[]
+                },
+            }),
             _ => None,
         }
     }
@@ -629,7 +717,9 @@ impl Exchange {
     /// whatever the ledger holds or may hold, since the request did not leave.
     pub fn fail(&mut self, bp: &Blueprint, message: String) -> Step {
         let (subject, release) = match &self.phase {
-            Phase::ReadingBody(held) => (Some(held.grant.subject.clone()), None),
+            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => {
+                (Some(held.grant.subject.clone()), None)
+            }
             Phase::Reserving(held, _) => (
                 Some(held.grant.subject.clone()),
                 Some((self.id.clone(), false)),
@@ -645,30 +735,64 @@ impl Exchange {
         self.refuse_releasing(bp, denial, release)
     }
 
-    /// Whether the response matters beyond its status: a settle rule reads its body.
+    /// Whether the response matters beyond its status: a settle rule reads its body, or a
+    /// call priced by tokens its usage.
     pub fn wants_response(&self) -> bool {
         matches!(&self.phase, Phase::Forwarded(p)
-            if p.reservation.is_some() && p.grant.endpoint.cost.as_ref().is_some_and(|c| c.settle.is_some()))
+            if p.reservation.is_some()
+                && (p.tokens.is_some()
+                    || p.grant.endpoint.cost.as_ref().is_some_and(|c| c.settle.is_some())))
     }
 
-    /// The response's head, for a request that [`Exchange::wants_response`]. Returns whether
-    /// to buffer its body (up to [`MAX_RESPONSE_BODY`]) for [`Exchange::on_response_body`];
-    /// `content_type` is read only if so.
+    /// The response's head, for a request that [`Exchange::wants_response`]. Says what to do
+    /// with its body: buffer it (up to [`MAX_RESPONSE_BODY`]) for
+    /// [`Exchange::on_response_body`], or watch it pass; `content_type` is read only if so.
     pub fn on_response_head(
         &mut self,
         status: Option<u16>,
         content_type: impl FnOnce() -> Option<Vec<u8>>,
-    ) -> bool {
+    ) -> ResponseBody {
         let wants = self.wants_response();
         let Phase::Forwarded(p) = &mut self.phase else {
-            return false;
+            return ResponseBody::Ignore;
         };
         p.status = status;
-        if wants && status.is_some_and(|s| (200..300).contains(&s)) {
-            p.response = ResponseRead::SettleBody(content_type());
-            return true;
+        if !(wants && status.is_some_and(|s| (200..300).contains(&s))) {
+            return ResponseBody::Ignore;
         }
-        false
+        if let Some(call) = p.tokens.as_mut() {
+            return call.watch(content_type().as_deref());
+        }
+        p.response = ResponseRead::SettleBody(content_type());
+        ResponseBody::Buffer
+    }
+
+    /// Whether the response body is being watched, chunk by chunk, as it passes.
+    pub fn watching_response(&self) -> bool {
+        matches!(&self.phase, Phase::Forwarded(p) if p.tokens.as_ref().is_some_and(|t| t.reader.is_some()))
+    }
+
+    /// A chunk of a response being watched could not be read (`why`): whatever the rest says,
+    /// the usage can no longer be trusted, and the call settles at its reservation.
+    pub fn on_response_unreadable(&mut self, why: String) {
+        if let Phase::Forwarded(p) = &mut self.phase {
+            if let Some(call) = p.tokens.as_mut() {
+                call.spoil(why);
+            }
+        }
+    }
+
+    /// The next chunk of a response being watched; `end_of_stream` when the vendor's
+    /// response is complete.
+    pub fn on_response_chunk(&mut self, chunk: &[u8], end_of_stream: bool) {
+        if let Phase::Forwarded(p) = &mut self.phase {
+            if let Some(call) = p.tokens.as_mut() {
+                call.feed(chunk);
+                if end_of_stream {
+                    call.end(true);
+                }
+            }
+        }
     }
 
     /// The response body asked for by [`Exchange::on_response_head`] (`None`: it could not be
@@ -732,17 +856,23 @@ impl Exchange {
             outcome: SettleOutcome::Release,
             amount: None,
             replay,
+            usage: None,
         };
         // A stream that ended before Bridle decided (the agent went away while its body was
         // read or its reservation made) is audited as the proxy's.
+        let mut llm = tokens::Audited::default();
         let (reason, cost, subject, reservation, settle, replay) = match self.phase {
-            Phase::Forwarded(p) => {
+            Phase::Forwarded(mut p) => {
                 let outcome = outcome_for_status(status);
+                if let (Some(call), Some(r)) = (p.tokens.take(), p.reservation.as_mut()) {
+                    llm = call.audited(outcome, r);
+                }
                 let settle = p.reservation.as_ref().map(|r| Settle {
                     reservation: r.id.clone(),
                     outcome,
                     amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
                     replay: r.replay,
+                    usage: llm.usage.filter(|_| outcome == SettleOutcome::Commit),
                 });
                 // A replay counts nothing new: its cost is the original's, audited there.
                 let cost = p
@@ -773,7 +903,7 @@ impl Exchange {
                     false,
                 )
             }
-            Phase::ReadingBody(held) => (
+            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => (
                 Reason::ProxyRejected,
                 None,
                 Some(held.grant.subject),
@@ -804,6 +934,10 @@ impl Exchange {
                 cost,
                 reservation,
                 merchant: self.merchant,
+                model: llm.model,
+                usage: llm.usage,
+                usage_missing: llm.missing,
+                over_reservation: llm.over_reservation,
                 replay,
             },
         }
@@ -833,6 +967,10 @@ impl Exchange {
             cost: None,
             reservation: None,
             merchant: None,
+            model: None,
+            usage: None,
+            usage_missing: None,
+            over_reservation: false,
             replay: false,
         }
     }
@@ -877,7 +1015,12 @@ impl Exchange {
         Some(self.refuse(bp, denial.about(&grant.subject), retry_after))
     }
 
-    fn forward(&mut self, grant: Grant, reservation: Option<Reservation>) -> Step {
+    fn forward(
+        &mut self,
+        grant: Grant,
+        reservation: Option<Reservation>,
+        tokens: Option<Box<TokenCall>>,
+    ) -> Step {
         let slot = grant.subject.slot;
         self.phase = Phase::Forwarded(Box::new(Passage {
             grant,
@@ -885,6 +1028,7 @@ impl Exchange {
             status: None,
             response: ResponseRead::Status,
             body_scan: None,
+            tokens,
         }));
         Step::Forward { slot }
     }
@@ -973,6 +1117,7 @@ impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let phase = match &self.phase {
             Phase::ReadingBody(_) => "reading body",
+            Phase::RewritingBody(..) => "rewriting body",
             Phase::Reserving(..) => "reserving",
             Phase::Forwarded(_) => "forwarded",
             Phase::Refused(_) => "refused",

@@ -636,10 +636,13 @@ fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
     };
     let mut x = reserve();
     let mut asked = false;
-    assert!(x.on_response_head(Some(200), || {
-        asked = true;
-        Some(b"application/json".to_vec())
-    }));
+    assert_eq!(
+        x.on_response_head(Some(200), || {
+            asked = true;
+            Some(b"application/json".to_vec())
+        }),
+        ResponseBody::Buffer
+    );
     assert!(asked && x.reading_response());
     let warning = x.on_response_body(
         &run.bp,
@@ -664,7 +667,10 @@ fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
 
     // A refusal from the vendor is not read: it releases.
     let mut x = reserve();
-    assert!(!x.on_response_head(Some(402), || panic!("not read")));
+    assert_eq!(
+        x.on_response_head(Some(402), || panic!("not read")),
+        ResponseBody::Ignore
+    );
     let settle = x.finish(Vendor::Stripe, Some(402)).settle.unwrap();
     assert_eq!(
         (settle.outcome, settle.amount),
@@ -679,7 +685,7 @@ fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
         Some(Body::Complete(&br#"{"id":"in_1"}"#[..])),
     ] {
         let mut x = reserve();
-        assert!(x.on_response_head(Some(200), || None));
+        assert_eq!(x.on_response_head(Some(200), || None), ResponseBody::Buffer);
         let warning = x.on_response_body(&run.bp, body).unwrap();
         assert!(warning.contains("settling at the reservation"), "{warning}");
         let done = x.finish(Vendor::Stripe, Some(200));
