@@ -439,6 +439,14 @@ mod tests {
                 .unwrap()
                 .mms
         );
+        // Named by only one reading of a body sent without a content type: which message
+        // goes, and so its price, would be a guess.
+        for field in ["ContentSid", "MediaUrl", "SendAsMms"] {
+            // Sent without a content type, JSON to Bridle, a form to a form parser.
+            let sniffed = format!(r#"{{"To":"+1555","Body":"a&{field}=HX1"}}"#);
+            let b = Body::read(None, sniffed.as_bytes()).unwrap();
+            assert!(Vendor::Twilio.message_kind(&b).is_err(), "{sniffed}");
+        }
         assert!(kind("To=%2B1555&ContentSid=HX1").unwrap().template);
         assert!(kind("To=whatsapp%3A%2B1555").is_err());
         assert!(kind("From=rcs%3Abrand").is_err());

@@ -102,12 +102,13 @@ impl Profile for Twilio {
             Lookup::One(item) => !item
                 .as_str()
                 .is_some_and(|v| v.eq_ignore_ascii_case("false")),
+            Lookup::Ambiguous if body.is_sniffed() => return Err(reads_two_ways("SendAsMms")),
             // Given twice, or as a list: Twilio may read it as true.
             _ => true,
         };
         Ok(MessageKind {
-            mms: send_as_mms || body.get("MediaUrl") != Lookup::Absent,
-            template: body.get("ContentSid") != Lookup::Absent,
+            mms: send_as_mms || present(body, "MediaUrl")?,
+            template: present(body, "ContentSid")?,
         })
     }
 
@@ -128,6 +129,24 @@ impl Profile for Twilio {
             "bridle_reason": code,
         })
     }
+}
+
+/// Whether the message names `field` (given more than once counts: Twilio takes up to ten
+/// `MediaUrl`s). In a body sent without a content type that Bridle reads as JSON, a field
+/// only a form reading names is refused: which kind of message Twilio sends, and so its
+/// price, would be a guess.
+fn present(body: &Body, field: &str) -> Result<bool, String> {
+    match body.get(field) {
+        Lookup::Absent => Ok(false),
+        Lookup::Ambiguous if body.is_sniffed() => Err(reads_two_ways(field)),
+        _ => Ok(true),
+    }
+}
+
+fn reads_two_ways(field: &str) -> String {
+    format!(
+        "{field} is named only when the body is read as a form, and the body came without a content type: send it as application/x-www-form-urlencoded"
+    )
 }
 
 /// A channel address (`whatsapp:+1555...`, `messenger:...`): a scheme of letters and a colon,
