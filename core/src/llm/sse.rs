@@ -128,7 +128,18 @@ impl SseParser {
                 None => (line.as_slice(), &[][..]),
             };
             match field {
-                b"event" => self.kind = String::from_utf8_lossy(value).into_owned(),
+                b"event" => {
+                    // Decoding may grow the name (an invalid byte becomes three): the bound
+                    // holds for what is kept, not for what arrived.
+                    let kind = String::from_utf8_lossy(value);
+                    if self.data.len() + kind.len() > self.max_event {
+                        self.overflow = true;
+                        self.data.clear();
+                        self.kind.clear();
+                    } else {
+                        self.kind = kind.into_owned();
+                    }
+                }
                 b"data" if !self.overflow => {
                     if self.data.len() + self.kind.len() + value.len() + 1 > self.max_event {
                         self.overflow = true;
@@ -259,5 +270,19 @@ mod tests {
         assert!(!p.at_boundary());
         p.feed(b"\n\n", &mut |_| {});
         assert!(p.at_boundary());
+        // An event name of invalid UTF-8 grows when decoded (found by the sse fuzz target);
+        // what is held stays bounded, and the event is dropped as too large.
+        let mut p = SseParser::with_limit(limit);
+        let mut name = b"event: ".to_vec();
+        name.extend_from_slice(&[0xFF; 8]);
+        name.extend_from_slice(b"\ndata: x\n\n");
+        let mut seen = Vec::new();
+        p.feed(&name[..16], &mut |_| {});
+        p.feed(&name[16..], &mut |e| seen.push(format!("{e:?}")));
+        assert!(p.held() <= limit, "held {}", p.held());
+        assert_eq!(
+            seen,
+            vec![format!("{:?}", Event::TooLarge { kind: "message" })]
+        );
     }
 }
