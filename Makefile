@@ -120,13 +120,13 @@ unit: pg-start
 validate: wasm envoy build
 	@for config in envoy/*.yaml; do \
 	  echo "validate $$config"; \
-	  env -i PATH="$$PATH" BRIDLE_KEYRING=$$($(BRIDLE) keygen) BRIDLE_ENFORCER_KEY=validate $(DEV_SECRETS) \
+	  env -i PATH="$$PATH" BRIDLE_PUBLIC_KEYS=$$($(BRIDLE) keygen | $(BRIDLE) pubkey) BRIDLE_ENFORCER_KEY=validate $(DEV_SECRETS) \
 	    $(ENVOY) --mode validate -c $$config --log-level warn >/dev/null; \
 	done
 
 # The shipped bootstrap is the rendering of policies/ with default options; the e2e suite
 # checks that it has not drifted.
-envoy/bridle.yaml: build $(wildcard policies/*.yaml)
+envoy/bridle.yaml: build $(wildcard policies/*.yaml) $(wildcard policies/prices/*.yaml)
 	$(BRIDLE) render envoy -o $@
 
 # What the suite leaves behind for the secret-hygiene and differential-path checks.
@@ -156,13 +156,15 @@ test: lint unit validate manifests e2e fuzz-smoke
 # fuzz/seeds/<target>, grow fuzz/corpus/<target> (not committed), and write crashes to
 # fuzz/artifacts/<target>.
 
-FUZZ_TARGETS ?= token policy path cost
+FUZZ_TARGETS ?= token policy path cost sse usage
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_MAX_LEN_token := 8192
 FUZZ_MAX_LEN_policy := 16384
 FUZZ_MAX_LEN_path := 4096
 FUZZ_MAX_LEN_cost := 65536
+FUZZ_MAX_LEN_sse := 16384
+FUZZ_MAX_LEN_usage := 65536
 FUZZ_SANITIZER ?= address
 FUZZ_NIGHTLY ?= $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
 CARGO_FUZZ_VERSION := 0.13.2

@@ -18,11 +18,15 @@ BRIDLE=target/debug/bridle
 MOCK_ADDR=${BRIDLE_MOCK_ADDR:-127.0.0.1:12111}
 mkdir -p "$RUN"
 
-# Development credentials, created once so that tokens minted earlier keep working.
-if [[ ! -f $RUN/dev.env ]]; then
+# Development credentials, created once so that tokens minted earlier keep working (and
+# again when an older dev.env still holds a symmetric BRIDLE_KEYRING).
+if [[ ! -f $RUN/dev.env ]] || ! grep -q BRIDLE_SIGNING_KEY "$RUN/dev.env"; then
+  signing_key=$($BRIDLE keygen --kid dev1)
   {
     echo "# Development credentials for make run. Not for production."
-    echo "export BRIDLE_KEYRING=$($BRIDLE keygen --kid dev1)"
+    echo "# The ledger and \`bridle mint\` sign with BRIDLE_SIGNING_KEY; Envoy gets only BRIDLE_PUBLIC_KEYS."
+    echo "export BRIDLE_SIGNING_KEY=$signing_key"
+    echo "export BRIDLE_PUBLIC_KEYS=$($BRIDLE pubkey <<<"$signing_key")"
     echo "export BRIDLE_ADMIN_KEY=adm_$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')"
     echo "export BRIDLE_ENFORCER_KEY=enf_$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')"
   } > "$RUN/dev.env"
@@ -92,7 +96,10 @@ Upstreams: ${BRIDLE_UPSTREAM_STRIPE} (stripe) ... mock vendor on http://$MOCK_AD
 Credentials for the walkthrough: source $RUN/dev.env
 
 MSG
-.venv/bin/envoy -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 --log-level warn \
+# Envoy is a proxy: it gets the public keys, never the signing key, the admin key or the
+# database URL.
+env -u BRIDLE_SIGNING_KEY -u BRIDLE_ADMIN_KEY -u BRIDLE_LEDGER_DB \
+  .venv/bin/envoy -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 --log-level warn \
   --component-log-level wasm:info &
 pids+=($!)
 wait -n "${pids[@]}"

@@ -31,6 +31,13 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: u32,
         return_data: *mut *mut u8,
@@ -148,6 +155,13 @@ pub fn get_buffer(
         Err(NOT_FOUND) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Replaces `size` bytes from `start` with `data`; Envoy drains the whole body and puts `data`
+/// in its place when `start` is 0 and `size` its length.
+pub fn set_buffer(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointer and length describe a live slice.
+    status(unsafe { proxy_set_buffer_bytes(buffer_type, start, size, data.as_ptr(), data.len()) })
 }
 
 /// All pairs of a header map, values as raw bytes.

@@ -182,6 +182,26 @@ impl Host for FakeHost {
             .map(|b| b.iter().skip(start).take(max).copied().collect()))
     }
 
+    fn set_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), HostError> {
+        if self.fail_edits.get() {
+            return Err(HostError(2));
+        }
+        let mut buffers = self.buffers.borrow_mut();
+        let b = buffers.entry(buffer as u32).or_default();
+        let end = start.saturating_add(size).min(b.len());
+        if start > b.len() {
+            return Err(HostError(2));
+        }
+        b.splice(start..end, data.iter().copied());
+        Ok(())
+    }
+
     fn send_response(
         &self,
         status: u16,

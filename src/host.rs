@@ -5,6 +5,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapType {
     RequestHeaders = 0,
+    RequestTrailers = 1,
     ResponseHeaders = 2,
     CallResponseHeaders = 6,
 }
@@ -60,6 +61,15 @@ pub trait Host {
         start: usize,
         max: usize,
     ) -> Result<Option<Vec<u8>>, HostError>;
+    /// Replaces `size` bytes of a buffer from `start` with `data` (from 0 over its whole
+    /// length: the whole body).
+    fn set_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), HostError>;
 
     fn send_response(
         &self,
@@ -168,6 +178,16 @@ mod wasm {
             max: usize,
         ) -> Result<Option<Vec<u8>>, HostError> {
             abi::get_buffer(buffer as u32, start, max).map_err(e)
+        }
+
+        fn set_buffer(
+            &self,
+            buffer: BufferType,
+            start: usize,
+            size: usize,
+            data: &[u8],
+        ) -> Result<(), HostError> {
+            abi::set_buffer(buffer as u32, start, size, data).map_err(e)
         }
 
         fn send_response(

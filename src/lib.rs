@@ -50,6 +50,8 @@ mod ticker;
 #[cfg(test)]
 mod fake_host;
 #[cfg(test)]
+mod llm_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(target_arch = "wasm32")]
@@ -157,6 +159,10 @@ mod glue {
 
         fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
             self.0.on_request_body(&WasmHost, body_size, end_of_stream)
+        }
+
+        fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+            self.0.on_request_trailers(&WasmHost, num_trailers)
         }
 
         fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -5,6 +5,7 @@
 //! revocations take to arrive (`revocation_propagation_ms`, a histogram) and how old the
 //! revocation set is (`revocation_age_ms`).
 
+use bridle_core::ledger_api::AuditRecord;
 use bridle_core::vendor::Vendor;
 use bridle_core::Reason;
 
@@ -17,6 +18,18 @@ pub struct Metrics {
     /// `ids[slot * reasons + reason]`, slot 0 is unattributed, slot i+1 is policy i.
     ids: Vec<u32>,
     pub ledger: LedgerMetrics,
+    pub llm: LlmMetrics,
+}
+
+/// How calls priced by tokens settled: `wasmcustom.bridle.llm.<vendor>.*`.
+#[derive(Debug, Default)]
+pub struct LlmMetrics {
+    /// At the usage the vendor reported.
+    pub usage_read: u32,
+    /// At the reservation, because the usage was never read.
+    pub usage_missing: u32,
+    /// At a usage that cost more than the reservation.
+    pub over_reservation: u32,
 }
 
 /// How the conversation with the ledger is going.
@@ -62,7 +75,26 @@ impl Metrics {
                 .define_histogram("bridle.ledger.revocation_propagation_ms")?,
             revocation_age_ms: host.define_gauge("bridle.ledger.revocation_age_ms")?,
         };
-        Ok(Metrics { ids, ledger })
+        let l = |name: &str| host.define_counter(&format!("bridle.llm.{vendor}.{name}"));
+        let llm = LlmMetrics {
+            usage_read: l("usage_read")?,
+            usage_missing: l("usage_missing")?,
+            over_reservation: l("over_reservation")?,
+        };
+        Ok(Metrics { ids, ledger, llm })
+    }
+
+    /// Counts how a call priced by tokens settled, from its audit record.
+    pub fn count_usage<H: Host>(&self, host: &H, record: &AuditRecord) {
+        if record.usage.is_some() && record.usage_missing.is_none() {
+            host.increment(self.llm.usage_read, 1);
+        }
+        if record.usage_missing.is_some() {
+            host.increment(self.llm.usage_missing, 1);
+        }
+        if record.over_reservation {
+            host.increment(self.llm.over_reservation, 1);
+        }
     }
 
     pub fn count<H: Host>(&self, host: &H, policy: Option<usize>, reason: Reason) {

@@ -1,5 +1,5 @@
 //! One plugin configuration on one Envoy worker: the core's blueprint (the checked policies,
-//! the keyring, the injected credentials), the counters, request ids and the link to the
+//! the public keys, the injected credentials), the counters, request ids and the link to the
 //! ledger. Built once in `on_configure`; a configuration that is wrong in any way is refused
 //! whole, with a log line that says what and where.
 

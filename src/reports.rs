@@ -140,6 +140,7 @@ mod tests {
             outcome: SettleOutcome::Commit,
             amount: None,
             replay: false,
+            usage: None,
         })
         .encode()
         .unwrap()
@@ -192,6 +193,14 @@ mod tests {
                 cost: None,
                 reservation: None,
                 merchant: None,
+                model: Some("gpt-4o-mini".into()),
+                usage: Some(bridle_core::llm::TokenUsage {
+                    input: n,
+                    output: 7,
+                    ..Default::default()
+                }),
+                usage_missing: None,
+                over_reservation: n.is_multiple_of(2),
                 replay: false,
             }))
         };

@@ -22,12 +22,21 @@ use crate::reports::Item;
 
 pub use bridle_core::exchange::MAX_BODY;
 
+/// A streamed body is read into the VM this much at a time, for its scan.
+const SCAN_SLICE: usize = 64 * 1024;
+
 pub struct Stream {
     plugin: Option<Rc<Plugin>>,
     /// `None` until the request's headers arrive (and for ever, if Envoy answers first).
     exchange: Option<Exchange>,
     /// The reservation callout in flight.
     call: Option<u32>,
+    /// How much of the request body Envoy holds for the filter: while it is read before the
+    /// decision, all of it; while it streams, the bytes already scanned but held back (Envoy
+    /// appends what arrives next to them).
+    held: usize,
+    /// The size of the request body Envoy holds, for a rewrite to replace.
+    body_size: usize,
 }
 
 impl Stream {
@@ -36,6 +45,8 @@ impl Stream {
             plugin,
             exchange: None,
             call: None,
+            held: 0,
+            body_size: 0,
         }
     }
 
@@ -94,7 +105,88 @@ impl Stream {
         let (Some(plugin), Some(exchange)) = (self.plugin.clone(), self.exchange.as_mut()) else {
             return Action::Pause;
         };
-        if !exchange.awaits_body() {
+        if exchange.awaits_body() {
+            let bp = &plugin.blueprint;
+            let counter = SharedCounter(host);
+            self.held = body_size;
+            self.body_size = body_size;
+            let step = if body_size > MAX_BODY {
+                exchange.on_body(bp, &counter, Body::TooLarge)
+            } else if !end_of_stream {
+                // Headers wait while the body is buffered (the Envoy config sets
+                // allow_on_headers_stop_iteration so that body callbacks still arrive).
+                return Action::Pause;
+            } else {
+                read_body(host, exchange, bp, &counter, body_size)
+            };
+            self.held = 0;
+            let action = self.perform(host, &plugin, step, false);
+            // Forwarded with its body still coming (too large to read): what Envoy holds now
+            // goes first, and is scanned like the rest.
+            if action == Action::Pause
+                || !self.exchange.as_ref().is_some_and(Exchange::streams_body)
+            {
+                return action;
+            }
+        }
+        self.stream_body(host, &plugin, body_size, end_of_stream)
+    }
+
+    /// The request's trailers: they end its body. Any trailer is refused; none at all means
+    /// the body is complete, and the decision it waited for is made now. Never `Continue`
+    /// without a decision: that would let Envoy resume a request still held.
+    pub fn on_request_trailers<H: Host>(&mut self, host: &H, num_trailers: usize) -> Action {
+        let (Some(plugin), Some(exchange)) = (self.plugin.clone(), self.exchange.as_mut()) else {
+            // Envoy answered before the filter ran.
+            return Action::Pause;
+        };
+        let bp = &plugin.blueprint;
+        let trailers = if num_trailers == 0 {
+            Vec::new()
+        } else {
+            match host.header_map(MapType::RequestTrailers) {
+                Ok(t) => t,
+                Err(e) => {
+                    let step =
+                        exchange.fail(bp, format!("Could not read the trailers (status {}).", e.0));
+                    return self.perform(host, &plugin, step, false);
+                }
+            }
+        };
+        if let Some(step) = exchange.on_trailers(bp, &trailers) {
+            // A reservation in flight is released; its answer will be ignored.
+            self.call = None;
+            return self.perform(host, &plugin, step, false);
+        }
+        if exchange.awaits_body() {
+            let counter = SharedCounter(host);
+            self.body_size = self.held;
+            let step = read_body(host, exchange, bp, &counter, self.held);
+            self.held = 0;
+            return self.perform(host, &plugin, step, false);
+        }
+        if exchange.holds_request() {
+            Action::Pause
+        } else {
+            // Forwarded, its body streamed to the end: whatever was held back can go.
+            self.held = 0;
+            Action::Continue
+        }
+    }
+
+    /// Scans the part of a streaming body Envoy holds that was not scanned yet, then lets it
+    /// all through, or holds it while its end could begin a vault token.
+    fn stream_body<H: Host>(
+        &mut self,
+        host: &H,
+        plugin: &Plugin,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Pause;
+        };
+        if !exchange.streams_body() {
             return if exchange.holds_request() {
                 Action::Pause
             } else {
@@ -102,27 +194,37 @@ impl Stream {
             };
         }
         let bp = &plugin.blueprint;
-        let counter = SharedCounter(host);
-        let step = if body_size > MAX_BODY {
-            exchange.on_body(bp, &counter, Body::TooLarge)
-        } else if !end_of_stream {
-            // Headers wait while the body is buffered (the Envoy config sets
-            // allow_on_headers_stop_iteration so that body callbacks still arrive).
-            return Action::Pause;
-        } else {
-            match host.buffer(BufferType::RequestBody, 0, body_size) {
-                Ok(body) => exchange.on_body(
-                    bp,
-                    &counter,
-                    Body::Complete(body.as_deref().unwrap_or_default()),
-                ),
-                Err(e) => exchange.fail(
-                    bp,
-                    format!("Could not read the request body (status {}).", e.0),
-                ),
+        let mut at = self.held;
+        if body_size < at {
+            let step = exchange.fail(bp, "The request body Envoy held shrank.".into());
+            return self.perform(host, plugin, step, false);
+        }
+        while at < body_size {
+            let len = (body_size - at).min(SCAN_SLICE);
+            let chunk = match host.buffer(BufferType::RequestBody, at, len) {
+                Ok(Some(chunk)) if chunk.len() == len => chunk,
+                Ok(_) => {
+                    let step = exchange.fail(bp, "The request body could not be read.".into());
+                    return self.perform(host, plugin, step, false);
+                }
+                Err(e) => {
+                    let message = format!("Could not read the request body (status {}).", e.0);
+                    let step = exchange.fail(bp, message);
+                    return self.perform(host, plugin, step, false);
+                }
+            };
+            if let Some(step) = exchange.on_body_chunk(bp, &chunk) {
+                return self.perform(host, plugin, step, false);
             }
-        };
-        self.perform(host, &plugin, step, false)
+            at += len;
+        }
+        if end_of_stream || exchange.body_pending() == 0 {
+            self.held = 0;
+            Action::Continue
+        } else {
+            self.held = body_size;
+            Action::Pause
+        }
     }
 
     /// The ledger's answer to a reservation.
@@ -149,7 +251,9 @@ impl Stream {
         if !exchange.wants_response() || end_of_stream {
             return Action::Continue;
         }
-        exchange.on_response_head(response_status(host), || {
+        // What to do with the body is asked again chunk by chunk (reading_response,
+        // watching_response), so the answer here needs no keeping.
+        let _ = exchange.on_response_head(response_status(host), || {
             host.header_value(MapType::ResponseHeaders, "content-type")
                 .ok()
                 .flatten()
@@ -166,6 +270,20 @@ impl Stream {
         let (Some(plugin), Some(exchange)) = (self.plugin.as_ref(), self.exchange.as_mut()) else {
             return Action::Continue;
         };
+        if exchange.watching_response() {
+            // Each chunk passes on as it arrives; the exchange only looks at it.
+            match host.buffer(BufferType::ResponseBody, 0, body_size) {
+                Ok(chunk) => {
+                    exchange.on_response_chunk(chunk.as_deref().unwrap_or_default(), end_of_stream)
+                }
+                Err(e) => {
+                    let why = format!("could not read the response (status {})", e.0);
+                    host.log(Level::Warn, &format!("{why}; settling at the reservation"));
+                    exchange.on_response_unreadable(why);
+                }
+            }
+            return Action::Continue;
+        }
         if !exchange.reading_response() {
             return Action::Continue;
         }
@@ -214,6 +332,7 @@ impl Stream {
         };
         let status = exchange.status().or_else(|| response_status(host));
         let finished = exchange.finish(vendor, status);
+        plugin.metrics.count_usage(host, &finished.audit);
         if let Some(settle) = finished.settle {
             ledger.report(host, &plugin.metrics, Item::Settle(settle));
         }
@@ -228,6 +347,25 @@ impl Stream {
         let bp = &plugin.blueprint;
         match step {
             Step::ReadBody => Action::Pause,
+            Step::RewriteBody(body) => {
+                let written = host
+                    .set_buffer(BufferType::RequestBody, 0, self.body_size, &body)
+                    .and_then(|()| {
+                        // A length the agent sent must be the new body's, or the vendor
+                        // would read a different request.
+                        match host.header_value(MapType::RequestHeaders, "content-length")? {
+                            Some(_) => host.replace_header(
+                                MapType::RequestHeaders,
+                                "content-length",
+                                body.len().to_string().as_bytes(),
+                            ),
+                            None => Ok(()),
+                        }
+                    })
+                    .map_err(|e| e.0);
+                let step = exchange.on_body_rewritten(bp, written);
+                self.perform(host, plugin, step, resume)
+            }
             Step::Refuse(reply) => {
                 deny(host, plugin, reply);
                 Action::Pause
@@ -308,6 +446,27 @@ fn deny<H: Host>(host: &H, plugin: &Plugin, reply: Reply) {
     }
     let response = &reply.response;
     send_or_reset(host, response.status, &response.headers, &response.body);
+}
+
+/// Reads the whole request body Envoy holds and gives it to the exchange.
+fn read_body<H: Host>(
+    host: &H,
+    exchange: &mut Exchange,
+    bp: &bridle_core::exchange::Blueprint,
+    counter: &SharedCounter<'_, H>,
+    size: usize,
+) -> Step {
+    match host.buffer(BufferType::RequestBody, 0, size) {
+        Ok(body) => exchange.on_body(
+            bp,
+            counter,
+            Body::Complete(body.as_deref().unwrap_or_default()),
+        ),
+        Err(e) => exchange.fail(
+            bp,
+            format!("Could not read the request body (status {}).", e.0),
+        ),
+    }
 }
 
 fn response_status<H: Host>(host: &H) -> Option<u16> {

@@ -3,22 +3,25 @@
 
 use std::rc::Rc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use bridle_core::token::{Claims, Keyring};
+use bridle_core::token::{Claims, SigningKey};
 use bridle_core::vendor::Vendor;
 use proxy_wasm::types::Action;
 
 use crate::fake_host::FakeHost;
-use crate::host::MapType;
+use crate::host::{BufferType, MapType};
 use crate::plugin::Plugin;
 use crate::stream::Stream;
 
 const SECRET: &str = "sk_test_CANARY_secret_value_123";
 const NOW: u64 = 1_700_000_100;
 
+fn signing_key() -> SigningKey {
+    SigningKey::from_seed("k1", &[7u8; 32]).unwrap()
+}
+
+/// What the proxy holds: the public key alone.
 fn keyring_spec() -> String {
-    format!("k1:{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+    signing_key().public_entry()
 }
 
 fn config() -> serde_json::Value {
@@ -43,7 +46,7 @@ fn host() -> FakeHost {
     h.now_secs.set(NOW);
     h.env
         .borrow_mut()
-        .insert("BRIDLE_KEYRING".into(), keyring_spec());
+        .insert("BRIDLE_PUBLIC_KEYS".into(), keyring_spec());
     h.env
         .borrow_mut()
         .insert("STRIPE_SECRET_KEY".into(), SECRET.into());
@@ -67,10 +70,7 @@ fn token() -> String {
         merchants: None,
         caps: Default::default(),
     };
-    Keyring::parse(&keyring_spec())
-        .unwrap()
-        .mint(&claims)
-        .unwrap()
+    signing_key().mint(&claims).unwrap()
 }
 
 fn request(h: &FakeHost, method: &str, path: &str, extra: &[(&str, &[u8])]) {
@@ -230,11 +230,96 @@ fn bad_configuration_is_refused_with_the_reason() {
         "{e}"
     );
     let no_keyring = host();
-    no_keyring.env.borrow_mut().remove("BRIDLE_KEYRING");
-    assert!(err(Some(config().to_string().as_bytes()), &no_keyring).contains("BRIDLE_KEYRING"));
+    no_keyring.env.borrow_mut().remove("BRIDLE_PUBLIC_KEYS");
+    assert!(err(Some(config().to_string().as_bytes()), &no_keyring).contains("BRIDLE_PUBLIC_KEYS"));
 }
 
 // --- the ledger link -----------------------------------------------------------------
+
+/// A free POST without a loop breaker: forwarded on its headers, its body streaming.
+fn streaming(h: &FakeHost, p: &Rc<Plugin>) -> Stream {
+    let auth = format!("Bearer {}", token());
+    request(
+        h,
+        "POST",
+        "/v1/payment_intents",
+        &[("authorization", auth.as_bytes())],
+    );
+    let mut s = Stream::new(Some(p.clone()));
+    assert_eq!(s.on_request_headers(h, false), Action::Continue);
+    s
+}
+
+#[test]
+fn a_streamed_body_goes_through_but_for_a_tail_that_could_begin_a_token() {
+    let h = host();
+    let p = plugin(&h);
+    let mut s = streaming(&h, &p);
+    // Envoy gives each piece; after a Pause, the bytes held and the next piece together.
+    h.set_buffer(BufferType::RequestBody, b"name=Ada&note=hi+bv");
+    assert_eq!(s.on_request_body(&h, 19, false), Action::Pause);
+    h.set_buffer(BufferType::RequestBody, b"name=Ada&note=hi+bvx&more");
+    assert_eq!(s.on_request_body(&h, 25, false), Action::Continue);
+    h.set_buffer(BufferType::RequestBody, b"&z=1");
+    assert_eq!(s.on_request_body(&h, 4, false), Action::Continue);
+    // At the end of the body, nothing more can complete a token: all of it goes.
+    h.set_buffer(BufferType::RequestBody, b"&w=bvt_x");
+    assert_eq!(s.on_request_body(&h, 8, true), Action::Continue);
+    assert!(h.sent().is_none());
+}
+
+#[test]
+fn a_token_cut_across_streamed_pieces_is_refused_before_it_goes() {
+    let h = host();
+    let p = plugin(&h);
+    let t = token();
+    let (a, b) = t.split_at(6);
+    // Larger than one read of the scan, with the token across the pieces.
+    let first = format!("note={}{a}", "a".repeat(70_000));
+    for ending in [format!("{b}&x=1"), b.to_string()] {
+        let mut s = streaming(&h, &p);
+        h.set_buffer(BufferType::RequestBody, first.as_bytes());
+        assert_eq!(s.on_request_body(&h, first.len(), false), Action::Pause);
+        let all = format!("{first}{ending}");
+        h.set_buffer(BufferType::RequestBody, all.as_bytes());
+        assert_eq!(s.on_request_body(&h, all.len(), true), Action::Pause);
+        let sent = h.sent().unwrap();
+        assert_eq!(
+            (sent.status, sent.header("x-bridle-reason")),
+            (400, Some("credential_ambiguous"))
+        );
+        assert!(!sent.body.contains("bvt_"));
+        h.sent.borrow_mut().take();
+    }
+    // A buffer that shrank is not trusted.
+    let mut s = streaming(&h, &p);
+    h.set_buffer(BufferType::RequestBody, b"x=bv");
+    assert_eq!(s.on_request_body(&h, 4, false), Action::Pause);
+    assert_eq!(s.on_request_body(&h, 2, false), Action::Pause);
+    assert_eq!(h.sent().unwrap().status, 500);
+}
+
+#[test]
+fn trailers_after_a_streamed_body_are_refused() {
+    let h = host();
+    let p = plugin(&h);
+    let mut s = streaming(&h, &p);
+    h.set_buffer(BufferType::RequestBody, b"name=Ada");
+    assert_eq!(s.on_request_body(&h, 8, false), Action::Continue);
+    h.set_map(MapType::RequestTrailers, &[("x-amount", b"1")]);
+    assert_eq!(s.on_request_trailers(&h, 1), Action::Pause);
+    assert_eq!(
+        h.sent().unwrap().header("x-bridle-reason"),
+        Some("trailers_not_allowed")
+    );
+    // No trailers: the body has ended, and what was held goes.
+    h.sent.borrow_mut().take();
+    let mut s = streaming(&h, &p);
+    h.set_buffer(BufferType::RequestBody, b"name=b");
+    assert_eq!(s.on_request_body(&h, 6, false), Action::Pause);
+    assert_eq!(s.on_request_trailers(&h, 0), Action::Continue);
+    assert!(h.sent().is_none());
+}
 
 mod ledger_flow {
     use std::rc::Rc;
@@ -276,7 +361,7 @@ mod ledger_flow {
         h.now_secs.set(NOW);
         h.env
             .borrow_mut()
-            .insert("BRIDLE_KEYRING".into(), keyring_spec());
+            .insert("BRIDLE_PUBLIC_KEYS".into(), keyring_spec());
         h.env
             .borrow_mut()
             .insert("STRIPE_SECRET_KEY".into(), SECRET.into());
@@ -538,12 +623,58 @@ mod ledger_flow {
         );
         s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
         let sent = h.sent().unwrap();
+        // 403 on Stripe, whose SDK reads every 402 as a declined card.
         assert_eq!(
             (sent.status, sent.header("x-bridle-reason")),
-            (402, Some("cap_window"))
+            (403, Some("cap_window"))
         );
         assert!(sent.body.contains("over the $1.00 cap"));
         assert_eq!(h.counter("bridle.stripe.stripe-payments.cap_window"), 1);
+    }
+
+    #[test]
+    fn trailers_never_resume_a_held_request_without_a_decision() {
+        let h = host();
+        let p = plugin(&h, "deny");
+        let body = b"amount=100&currency=usd";
+        post(&h, "/v1/payment_intents", body);
+        let mut s = Stream::new(Some(p.clone()));
+        assert_eq!(s.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(s.on_request_body(&h, body.len(), false), Action::Pause);
+        h.set_map(MapType::RequestTrailers, &[("x-amount", b"9999999")]);
+        assert_eq!(s.on_request_trailers(&h, 1), Action::Pause);
+        let sent = h.sent().unwrap();
+        assert_eq!(
+            (sent.status, sent.header("x-bridle-reason")),
+            (400, Some("trailers_not_allowed"))
+        );
+        assert!(h.callouts.borrow().is_empty(), "nothing reserved");
+        assert_eq!(h.resumed.get(), 0);
+        // Empty trailers end the body: it is priced and reserved, and waits for the ledger.
+        h.sent.borrow_mut().take();
+        let mut s = Stream::new(Some(p.clone()));
+        assert_eq!(s.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(s.on_request_body(&h, body.len(), false), Action::Pause);
+        assert_eq!(s.on_request_trailers(&h, 0), Action::Pause);
+        let call = h.callouts.borrow().last().cloned().unwrap();
+        let req: ReserveRequest = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(req.amount, bridle_core::money::Usd::parse("1").unwrap());
+        // Trailers while the ledger answers: refused, and the late grant is ignored.
+        let mut s = Stream::new(Some(p));
+        assert_eq!(s.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(s.on_request_body(&h, body.len(), true), Action::Pause);
+        assert_eq!(s.on_request_trailers(&h, 1), Action::Pause);
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false}),
+        );
+        s.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        assert_eq!(h.resumed.get(), 0, "never resumed");
+        assert_eq!(
+            h.sent().unwrap().header("x-bridle-reason"),
+            Some("trailers_not_allowed")
+        );
     }
 
     #[test]

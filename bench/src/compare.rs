@@ -5,6 +5,10 @@
 //! shared machine cannot show that, because the noise between runs is larger than the change.
 //! Here both builds serve the same requests in interleaved rounds, and each ratio (now over
 //! before) is taken within a round, so slow and fast moments of the machine cancel out.
+//!
+//! Both builds get the same environment and configuration, so `before` must read them as
+//! today's filter does: a build from before Ed25519 tokens (commit 2f6a019) verified HMAC
+//! tokens with `BRIDLE_KEYRING` and refuses today's configuration, so it cannot be compared.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,7 +42,9 @@ pub async fn run(before: &Path, plan: Plan, keys: &Keys) -> String {
     let now = Envoy::start(&setup).await.unwrap();
     let mut old = setup.clone();
     old.wasm = Some(before.to_path_buf());
-    let before_envoy = Envoy::start(&old).await.unwrap();
+    let before_envoy = Envoy::start(&old).await.unwrap_or_else(|e| {
+        panic!("the before build did not start ({e}): builds from before Ed25519 tokens (2f6a019) cannot read today's configuration and keys")
+    });
     for e in [&now, &before_envoy] {
         pin_to(e.pid(), 0);
     }

@@ -137,6 +137,7 @@ pub async fn run(
                                     outcome: SettleOutcome::Commit,
                                     amount: None,
                                     replay,
+                                    usage: None,
                                 });
                             }
                             _ => {

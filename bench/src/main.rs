@@ -3,11 +3,14 @@
 //! Proxy scenarios, each against the same fast local upstream (a minimal hyper server):
 //! 1. baselines: Envoy without a Wasm filter, and with a no-op proxy-wasm filter;
 //! 2. an allowed, uncosted call through Bridle (token, allowlist, secret injection), with and
-//!    without a loop breaker;
+//!    without a loop breaker, and with a new token each request, so that every request
+//!    verifies a signature (`token_churn.rs`);
 //! 3. a call Bridle denies;
 //! 4. a costed call (body priced, reserve with the ledger, settle in batches);
 //! 5. the OpenAI path, uncosted and costed, side by side with a peer, LiteLLM's proxy, on the
-//!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`).
+//!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`);
+//! 6. a streamed completion priced by tokens beside no filter: time to the first event and
+//!    to the end of the stream (`streaming.rs`).
 //!
 //! Each scenario is measured for throughput at saturation (32 connections) and for latency
 //! without queueing (one connection), so that added latency is the filter's, not a queue's.
@@ -40,8 +43,11 @@ mod ledger_load;
 mod ledger_replicas;
 mod litellm;
 mod openai_scenarios;
+mod sse_upstream;
 mod store_fill;
+mod streaming;
 mod tail;
+mod token_churn;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -485,6 +491,7 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
             headers: vec![auth("bench")],
         },
     });
+    scenarios.push(token_churn::scenario(keys, port, bridle.pid()));
     scenarios.push(Scenario {
         name: "bridle_allowed_loop_breaker",
         description: "Bridle: the same with a loop breaker (shared-data compare-and-swap per call)",
@@ -921,6 +928,7 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     json!({
         "ratios": rows,
+        "token_verification": token_churn::summary(proxy),
         "peer": openai_scenarios::summarize(proxy),
         "tail": tail,
         "flatness": flatness,
@@ -975,11 +983,16 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
             q["p99_added_us_vs_no_filter"]
         ));
     }
+    s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n");
+    s.push_str(&token_churn::markdown(&summary["token_verification"]));
+    s.push('\n');
+    s.push_str("| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds. \"vs no filter\" and \"added\" are against Envoy without a filter sending the same request (`no_filter`, or `openai_no_filter` for the OpenAI rows); the no-op filter was measured on the Stripe-shaped request only. Proxy CPU: Envoy's, or LiteLLM's for `litellm_proxy`.\n");
     s.push_str(&openai_scenarios::markdown(
         &summary["peer"],
         &doc["peer_checked"],
     ));
+    s.push_str(&streaming::markdown(&doc["streamed"]));
     s.push_str(&tail::markdown(&summary["tail"]));
     s.push_str("\n### The ledger alone\n\n| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in ledger {
@@ -1013,7 +1026,7 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     s
 }
 
-/// `bridle-bench profile <allowed|costed|standalone> [seconds]`: drives one Bridle scenario
+/// `bridle-bench profile <allowed|uncached|costed|standalone> [seconds]`: drives one Bridle scenario
 /// with wrk while `perf` samples Envoy.
 async fn profile(scenario: &str, seconds: u64) {
     let keys = Keys::generate();
@@ -1039,6 +1052,7 @@ async fn profile(scenario: &str, seconds: u64) {
         token(&keys, "bench", "tok_bench_profile".into())
     );
     let load = match scenario {
+        "uncached" => token_churn::load(&keys),
         "costed" => Load {
             method: "POST",
             path: "/v1/payment_intents",
@@ -1069,8 +1083,10 @@ async fn profile(scenario: &str, seconds: u64) {
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
     let _ = perf.wait();
     eprintln!(
-        "profile: {scenario}: {:.0} req/s; perf report -i {} --no-children --sort dso,sym",
+        "profile: {scenario}: {:.0} req/s ({} non-2xx, {} errors); perf report -i {} --no-children --sort dso,sym",
         w.rps,
+        w.non_2xx,
+        w.errors,
         data.display()
     );
 }
@@ -1161,6 +1177,20 @@ fn main() -> ExitCode {
             });
             return ExitCode::SUCCESS;
         }
+        Some("streamed") => {
+            let plan = Plan {
+                rounds: n(2, 3) as usize,
+                ..FULL
+            };
+            rt.block_on(async move {
+                let keys = Keys::generate();
+                println!(
+                    "{}",
+                    streaming::markdown(&streaming::run(plan, &keys).await)
+                );
+            });
+            return ExitCode::SUCCESS;
+        }
         // `bridle-bench ledger-replicas [--quick]`: only the PostgreSQL replica figures.
         Some("ledger-replicas") => {
             let plan = if args.iter().any(|a| a == "--quick") {
@@ -1199,6 +1229,7 @@ fn main() -> ExitCode {
         let steal_before = steal_ticks();
         let (proxy, peer) = proxy_benchmarks(plan, &keys, Selection::All).await;
         let ledger = ledger_benchmarks(plan, &keys).await;
+        let streamed = streaming::run(plan, &keys).await;
         let replicas = ledger_replicas::run(plan.rounds, plan.ledger_s, &keys).await;
         let steal_after = steal_ticks();
         let steal_percent = 100.0 * (steal_after.0 - steal_before.0) as f64 / (steal_after.1 - steal_before.1).max(1) as f64;
@@ -1215,6 +1246,7 @@ fn main() -> ExitCode {
             "ledger": ledger,
             "ledger_replicas": replicas,
             "summary": summary,
+            "streamed": streamed,
             "seconds": started.elapsed().as_secs(),
         });
         let md = markdown(&doc, &proxy, &ledger) + &ledger_replicas::markdown(&replicas);

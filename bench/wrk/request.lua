@@ -1,20 +1,39 @@
 -- wrk script: sends one fixed request (given after `--`: METHOD PATH BODY [HEADER: VALUE]...)
 -- and prints a JSON summary with latency percentiles on completion.
-local req
+--
+-- A header value `PREFIX@each-line-of:FILE` makes one request per line of FILE, with that
+-- header set to PREFIX followed by the line, sent in turn: e.g. a fresh vault token per
+-- request. The requests are all formatted up front, so the loop stays as cheap as one.
+local reqs
+local n = 0
 
 function init(args)
   local method, path, body = args[1], args[2], args[3]
-  local headers = {}
+  local headers, rotate = {}, nil
   for i = 4, #args do
     local name, value = args[i]:match("^([^:]+):%s*(.*)$")
-    headers[name] = value
+    local prefix, file = value:match("^(.-)@each%-line%-of:(.+)$")
+    if file then
+      rotate = { name = name, prefix = prefix, file = file }
+    else
+      headers[name] = value
+    end
   end
   if body == "" then body = nil end
-  req = wrk.format(method, path, headers, body)
+  reqs = {}
+  if rotate then
+    for line in io.lines(rotate.file) do
+      headers[rotate.name] = rotate.prefix .. line
+      reqs[#reqs + 1] = wrk.format(method, path, headers, body)
+    end
+  else
+    reqs[1] = wrk.format(method, path, headers, body)
+  end
 end
 
 function request()
-  return req
+  n = n % #reqs + 1
+  return reqs[n]
 end
 
 function done(summary, latency, requests)

@@ -13,3 +13,4 @@
 pub mod blast_radius;
 pub mod ledger_client;
 pub mod render;
+pub mod stdout;

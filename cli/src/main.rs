@@ -9,15 +9,31 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bridle_cli::ledger_client::LedgerClient;
-use bridle_cli::render::{self, EnvoyOptions, Upstream};
+use bridle_cli::render::{self, EnvoyOptions, Prices, Upstream};
 use bridle_core::issue::{claims_for, IssueRequest};
+use bridle_core::llm::PriceList;
 use bridle_core::money::Usd;
 use bridle_core::policy::{CapsNarrowing, CompiledPolicy};
-use bridle_core::policy_files;
-use bridle_core::token::Keyring;
+use bridle_core::token::{PublicKeys, SigningKey};
 use bridle_core::vendor::Vendor;
+use bridle_core::{policy_files, price_files};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
+
+/// `println!` for the command's output, which returns early with an error instead of
+/// panicking when stdout cannot be written; see [`write_out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!`, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_out(format_args!($($arg)*))?
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -37,11 +53,15 @@ enum Command {
         /// Policy files or folders.
         #[arg(default_value = "policies")]
         paths: Vec<PathBuf>,
+        /// The folder of price tables (`<vendor>.yaml`); default: `prices/` beside the first
+        /// policy path.
+        #[arg(long)]
+        prices: Option<PathBuf>,
     },
     /// Render policies into deployable configuration.
     #[command(subcommand)]
     Render(Render),
-    /// Mint a vault token offline from the signing keyring (development and tests; in
+    /// Mint a vault token offline with the signing key (development and tests; in
     /// production the ledger issues tokens).
     Mint(MintArgs),
     /// Issue a vault token from the ledger; prints the token.
@@ -56,11 +76,15 @@ enum Command {
     /// caps, TTL, the most it can spend and call, how fast a revocation reaches the proxies.
     /// With --diff, what a policy change widens.
     BlastRadius(bridle_cli::blast_radius::command::BlastRadiusArgs),
-    /// Generate a signing key as a keyring entry, `kid:base64url`.
+    /// Generate a token signing key (Ed25519), `kid:base64url`: for the ledger's
+    /// BRIDLE_SIGNING_KEY only. Give the proxies its public key (`bridle pubkey`).
     Keygen {
         #[arg(long, default_value = "k1")]
         kid: String,
     },
+    /// Print the public key of the signing key read from standard input, `kid:base64url`:
+    /// an entry of BRIDLE_PUBLIC_KEYS, which proxies verify tokens with.
+    Pubkey,
 }
 
 #[derive(Args)]
@@ -68,6 +92,17 @@ struct PolicyArgs {
     /// Policy files or folders.
     #[arg(long = "policies", default_value = "policies")]
     paths: Vec<PathBuf>,
+    /// The folder of price tables (`<vendor>.yaml`) for calls priced by tokens; default:
+    /// `prices/` beside the first policy path.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    /// The policies and the price tables, checked together.
+    fn load(&self) -> Result<(Vec<CompiledPolicy>, Prices), Errors> {
+        load_checked(&self.paths, self.prices.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -163,8 +198,9 @@ struct MintArgs {
     policies: PolicyArgs,
     #[command(flatten)]
     grant: Grant,
-    #[arg(long, env = "BRIDLE_KEYRING", hide_env_values = true)]
-    keyring: String,
+    /// The token signing key, `kid:base64url` (`bridle keygen`).
+    #[arg(long, env = "BRIDLE_SIGNING_KEY", hide_env_values = true)]
+    signing_key: String,
 }
 
 /// Where the ledger is and the admin credential.
@@ -273,12 +309,68 @@ fn main() -> ExitCode {
 
 type Errors = Vec<String>;
 
+/// Writes the command's output: see `bridle_cli::stdout` (a closed pipe ends the command
+/// quietly).
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Errors> {
+    bridle_cli::stdout::write(args).map_err(one)
+}
+
 fn one(e: impl ToString) -> Errors {
     vec![e.to_string()]
 }
 
 fn load(paths: &[PathBuf]) -> Result<Vec<CompiledPolicy>, Errors> {
     policy_files::load(paths).map_err(|es| es.into_iter().map(|e| e.to_string()).collect())
+}
+
+/// The price tables' folder: `prices`, or `prices/` beside the first policy path.
+fn prices_dir(paths: &[PathBuf], prices: Option<&std::path::Path>) -> PathBuf {
+    match prices {
+        Some(p) => p.to_path_buf(),
+        None => price_files::beside(
+            paths
+                .first()
+                .map_or(std::path::Path::new("policies"), |p| p),
+        ),
+    }
+}
+
+/// Policies and price tables, and every model a policy allows by name priced.
+fn load_checked(
+    paths: &[PathBuf],
+    prices: Option<&std::path::Path>,
+) -> Result<(Vec<CompiledPolicy>, Prices), Errors> {
+    let dir = prices_dir(paths, prices);
+    let (policies, tables) = match (load(paths), price_files::load(&dir)) {
+        (Ok(p), Ok(t)) => (p, t),
+        (p, t) => {
+            let mut errors = p.err().unwrap_or_default();
+            errors.extend(
+                t.err()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e.to_string()),
+            );
+            return Err(errors);
+        }
+    };
+    let mut errors = Vec::new();
+    for p in &policies {
+        let Some(models) = &p.models else { continue };
+        let shipped = PriceList::new(tables.get(&p.policy.vendor).map_or(&[][..], Vec::as_slice));
+        for name in models.unpriced(&shipped) {
+            errors.push(format!(
+                "policy {:?}: models.allow: model {name:?} has no price in {} or the policy's models.prices",
+                p.policy.name,
+                dir.join(format!("{}.yaml", p.policy.vendor)).display()
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok((policies, tables))
+    } else {
+        Err(errors)
+    }
 }
 
 fn vendor(name: &str) -> Result<Vendor, Errors> {
@@ -313,15 +405,18 @@ fn random_hex(bytes: usize) -> Result<String, Errors> {
 
 fn run(cli: Cli) -> Result<(), Errors> {
     match cli.command {
-        Command::Lint { paths } => {
-            let policies = load(&paths)?;
+        Command::Lint { paths, prices } => {
+            let (policies, tables) = load_checked(&paths, prices.as_deref())?;
             for p in &policies {
-                println!(
+                outln!(
                     "ok  {} ({}, {} endpoints)",
                     p.policy.name,
                     p.policy.vendor,
                     p.endpoints.len()
                 );
+            }
+            for (v, entries) in &tables {
+                outln!("ok  prices for {v} ({} models)", entries.len());
             }
             Ok(())
         }
@@ -330,14 +425,14 @@ fn run(cli: Cli) -> Result<(), Errors> {
             vendor: v,
             ledger,
         }) => {
-            let policies = load(&policies.paths)?;
+            let (policies, tables) = policies.load()?;
             let v = vendor(&v)?;
             let link = ledger_url(&ledger)?.map(|u| render::ledger_link(&u));
-            let config = render::filter_config(v, &policies, link.as_ref());
+            let config = render::filter_config(v, &policies, link.as_ref(), &tables);
             if config.policies.is_empty() {
                 return Err(one(format!("no policies for {v}")));
             }
-            println!("{}", serde_json::to_string_pretty(&config).map_err(one)?);
+            outln!("{}", serde_json::to_string_pretty(&config).map_err(one)?);
             Ok(())
         }
         Command::Render(Render::Envoy(args)) => render_envoy(args),
@@ -347,11 +442,12 @@ fn run(cli: Cli) -> Result<(), Errors> {
             namespace,
             ledger,
         }) => {
-            let policies = load(&policies.paths)?;
+            let (policies, tables) = policies.load()?;
             let ledger =
                 ledger_url(&ledger)?.ok_or_else(|| one("Istio deployments need a ledger"))?;
-            let docs = render::istio(&policies, &image, &namespace, &ledger).map_err(one)?;
-            print!("{}", render::to_yaml(&docs).map_err(one)?);
+            let docs =
+                render::istio(&policies, &tables, &image, &namespace, &ledger).map_err(one)?;
+            out!("{}", render::to_yaml(&docs).map_err(one)?);
             Ok(())
         }
         Command::Mint(args) => mint(args),
@@ -363,17 +459,26 @@ fn run(cli: Cli) -> Result<(), Errors> {
             use bridle_cli::blast_radius::command;
             if command::run(args)? {
                 // Something widens and --exit-code asked to say so: a pipeline gate.
-                std::io::Write::flush(&mut std::io::stdout()).map_err(one)?;
                 std::process::exit(command::WIDENS_EXIT.into());
             }
             Ok(())
         }
         Command::Keygen { kid } => {
-            let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(|e| one(format!("no randomness: {e}")))?;
-            let entry = Keyring::encode_entry(&kid, &key);
-            Keyring::parse(&entry).map_err(one)?;
-            println!("{entry}");
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| one(format!("no randomness: {e}")))?;
+            let key = SigningKey::from_seed(&kid, &seed).map_err(|e| one(format!("--kid: {e}")))?;
+            outln!("{}", key.encode());
+            Ok(())
+        }
+        Command::Pubkey => {
+            let mut spec = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut spec)
+                .map_err(|e| one(format!("standard input: {e}")))?;
+            let key = SigningKey::parse(spec.trim())
+                .map_err(|e| one(format!("the signing key on standard input: {e}")))?;
+            let entry = key.public_entry();
+            PublicKeys::parse(&entry).map_err(one)?;
+            outln!("{entry}");
             Ok(())
         }
     }
@@ -391,7 +496,7 @@ fn parse_pairs(flag: &str, values: &[String]) -> Result<Vec<(String, String)>, E
 }
 
 fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
-    let policies = load(&args.policies.paths)?;
+    let (policies, prices) = args.policies.load()?;
     let mut ports = BTreeMap::new();
     for (v, p) in parse_pairs("port", &args.ports)? {
         ports.insert(
@@ -429,6 +534,7 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
         ledger_replicas: ledgers.map(|(_, rest)| rest).unwrap_or_default(),
         ca_file: args.ca_file,
         envoy_path_hardening: !args.no_envoy_path_hardening,
+        prices,
     };
     let bootstrap = render::envoy_bootstrap(&policies, &opts).map_err(one)?;
     let yaml = render::to_yaml(&[bootstrap]).map_err(one)?;
@@ -437,7 +543,7 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
             std::fs::write(&path, yaml).map_err(|e| one(format!("{}: {e}", path.display())))
         }
         None => {
-            print!("{yaml}");
+            out!("{yaml}");
             Ok(())
         }
     }
@@ -480,11 +586,12 @@ fn mint(args: MintArgs) -> Result<(), Errors> {
                 request.policy, args.policies.paths
             ))
         })?;
-    let keyring = Keyring::parse(&args.keyring).map_err(|e| one(format!("BRIDLE_KEYRING: {e}")))?;
+    let key = SigningKey::parse(&args.signing_key)
+        .map_err(|e| one(format!("BRIDLE_SIGNING_KEY: {e}")))?;
     let id = format!("tok_{}", random_hex(12)?);
     let claims = claims_for(policy, &request, id, now())
         .map_err(|es| es.into_iter().map(|e| e.to_string()).collect::<Errors>())?;
-    println!("{}", keyring.mint(&claims).map_err(one)?);
+    outln!("{}", key.mint(&claims).map_err(one)?);
     Ok(())
 }
 
@@ -497,9 +604,9 @@ fn issue(args: IssueArgs) -> Result<(), Errors> {
         .post("/v1/tokens", &body)
         .map_err(one)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
+        outln!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
     } else {
-        println!(
+        outln!(
             "{}",
             answer["token"]
                 .as_str()
@@ -534,7 +641,7 @@ fn revoke(args: RevokeArgs) -> Result<(), Errors> {
         .client()
         .post("/v1/revocations", &body)
         .map_err(one)?;
-    println!(
+    outln!(
         "revoked {} {}: covers {} issued token(s), and any minted offline (revocation #{})",
         answer["revocation"]["kind"].as_str().unwrap_or("?"),
         answer["revocation"]["value"].as_str().unwrap_or("?"),
@@ -561,26 +668,54 @@ fn tokens(args: TokensArgs) -> Result<(), Errors> {
         .get("/v1/tokens", &query)
         .map_err(one)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
+        outln!("{}", serde_json::to_string_pretty(&answer).map_err(one)?);
         return Ok(());
     }
-    println!(
-        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
-        "TOKEN", "POLICY", "LABEL", "STATUS", "WINDOW $", "LIFETIME $", "USE"
+    outln!(
+        "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>16}",
+        "TOKEN",
+        "POLICY",
+        "LABEL",
+        "STATUS",
+        "WINDOW $",
+        "LIFETIME $",
+        "USE",
+        "IN TOK",
+        "CACHED TOK",
+        "WRITE TOK",
+        "OUT TOK",
+        "BREAKER $"
     );
     for t in answer["tokens"].as_array().cloned().unwrap_or_default() {
         let util = t["spend"]["utilization"]["per_window"]
             .as_f64()
             .map_or("-".to_string(), |u| format!("{:.0}%", u * 100.0));
-        println!(
-            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6}",
+        let n = |k: &str| t["tokens"][k].as_u64().unwrap_or(0);
+        let b = &t["breaker"];
+        let breaker = if b.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{}/{}{}",
+                b["spent"].as_str().unwrap_or("?"),
+                b["cap"].as_str().unwrap_or("?"),
+                if b["tripped"] == true { " TRIP" } else { "" }
+            )
+        };
+        outln!(
+            "{:<29} {:<22} {:<28} {:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>16}",
             t["id"].as_str().unwrap_or("?"),
             t["policy"].as_str().unwrap_or("?"),
             t["label"].as_str().unwrap_or("?"),
             t["status"].as_str().unwrap_or("?"),
             t["spend"]["window"].as_str().unwrap_or("?"),
             t["spend"]["lifetime"].as_str().unwrap_or("?"),
-            util
+            util,
+            n("input"),
+            n("cached_input"),
+            n("cache_write_5m") + n("cache_write_1h"),
+            n("output"),
+            breaker
         );
     }
     Ok(())
@@ -644,21 +779,26 @@ fn audit(args: AuditArgs) -> Result<(), Errors> {
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&Value::Array(records)).map_err(one)?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:>4} {:<22} {:<40} {:<29} {:>9}",
-        "TIME", "CODE", "REASON", "REQUEST", "TOKEN", "COST $"
+        "TIME",
+        "CODE",
+        "REASON",
+        "REQUEST",
+        "TOKEN",
+        "COST $"
     );
     for r in records {
         let at = r["at_ms"].as_u64().unwrap_or(0);
         let time =
             humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(at));
-        println!(
+        outln!(
             "{:<24} {:>4} {:<22} {:<40} {:<29} {:>9}",
             time.to_string(),
             r["status"],

@@ -4,9 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_KEYRING_ENV};
+use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_PUBLIC_KEYS_ENV};
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::vendor::Vendor;
+use bridle_core::Reason;
+
+/// Each vendor's price table (`policies/prices/<vendor>.yaml`), for calls priced by tokens.
+pub type Prices = BTreeMap<Vendor, Vec<bridle_core::llm::PriceEntry>>;
 use serde_json::{json, Value};
 
 pub const LEDGER_CLUSTER: &str = "bridle_ledger";
@@ -70,21 +74,30 @@ impl Upstream {
     }
 }
 
-/// The filter configuration for one vendor's listener.
+/// The filter configuration for one vendor's listener. The vendor's price table goes with
+/// it when one of its policies prices calls by tokens: Envoy never reads a price file.
 pub fn filter_config(
     vendor: Vendor,
     policies: &[CompiledPolicy],
     ledger: Option<&LedgerLink>,
+    prices: &Prices,
 ) -> FilterConfig {
+    let policies: Vec<_> = policies
+        .iter()
+        .filter(|p| p.policy.vendor == vendor)
+        .map(|p| p.policy.clone())
+        .collect();
+    let priced = policies.iter().any(|p| p.models.is_some());
     FilterConfig {
         vendor,
-        policies: policies
-            .iter()
-            .filter(|p| p.policy.vendor == vendor)
-            .map(|p| p.policy.clone())
-            .collect(),
         ledger: ledger.cloned(),
-        keyring_env: DEFAULT_KEYRING_ENV.to_string(),
+        public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.to_string(),
+        prices: if priced {
+            prices.get(&vendor).cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        policies,
     }
 }
 
@@ -107,10 +120,10 @@ pub fn vendors(policies: &[CompiledPolicy]) -> Vec<Vendor> {
     v
 }
 
-/// The environment variables the filter reads: the keyring, each policy's secret, and the
-/// ledger credential. Envoy passes only these to the VM.
+/// The environment variables the filter reads: the token public keys, each policy's secret,
+/// and the ledger credential. Envoy passes only these to the VM.
 pub fn env_keys(policies: &[CompiledPolicy], ledger: Option<&LedgerLink>) -> Vec<String> {
-    let mut keys = vec![DEFAULT_KEYRING_ENV.to_string()];
+    let mut keys = vec![DEFAULT_PUBLIC_KEYS_ENV.to_string()];
     keys.extend(policies.iter().map(|p| p.policy.secret_env.clone()));
     if let Some(l) = ledger {
         keys.push(l.credential_env.clone());
@@ -136,6 +149,8 @@ pub struct EnvoyOptions {
     /// in front of the filter's strict matching. Tests turn it off to prove the filter holds
     /// on its own.
     pub envoy_path_hardening: bool,
+    /// Each vendor's price table, rendered into its listener's filter configuration.
+    pub prices: Prices,
 }
 
 impl Default for EnvoyOptions {
@@ -154,6 +169,7 @@ impl Default for EnvoyOptions {
             ledger_replicas: Vec::new(),
             ca_file: DEFAULT_CA_FILE.to_string(),
             envoy_path_hardening: true,
+            prices: Prices::new(),
         }
     }
 }
@@ -323,11 +339,66 @@ pub fn wasm_filter(
     }))
 }
 
+/// Envoy's own answers when the vendor cannot be reached (connection refused, a TLS or
+/// certificate failure, a timeout, a reset before the answer), rewritten into the vendor's
+/// error format with a Bridle reason, so that the SDK raises its own exception and does not
+/// retry. Matched by Envoy's response flags, which the filter's own refusals never carry.
+pub fn upstream_failure_replies(vendor: Vendor) -> Value {
+    let mapper = |flags: &[&str], reason: Reason, message: &str| {
+        let reply = vendor.error_response(reason, message, None);
+        let headers: Vec<Value> = reply
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != "content-type")
+            .map(|(name, value)| {
+                json!({
+                    "header": { "key": name, "value": value },
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                })
+            })
+            .collect();
+        json!({
+            "filter": { "response_flag_filter": { "flags": flags } },
+            "status_code": reply.status,
+            "headers_to_add": headers,
+            "body": { "inline_string": reply.body },
+            "body_format_override": {
+                "text_format_source": { "inline_string": "%LOCAL_REPLY_BODY%" },
+                "content_type": "application/json",
+            },
+        })
+    };
+    json!({
+        "mappers": [
+            // No connection, no healthy host, or the circuit breaker: nothing was sent.
+            mapper(
+                &["UF", "UH", "UO"],
+                Reason::UpstreamUnavailable,
+                &format!("could not reach {vendor} securely (no connection, or its TLS certificate was refused); the request was not sent."),
+            ),
+            // A timeout or a reset after the request went out: it may have been acted on.
+            mapper(
+                &["UT", "UC", "UR", "URX"],
+                Reason::UpstreamFailed,
+                &format!("the connection to {vendor} failed before it answered; the request may have reached it, so check before repeating it."),
+            ),
+        ],
+    })
+}
+
 fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstream) -> Value {
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": format!("bridle_{vendor}"),
         "common_http_protocol_options": { "headers_with_underscores_action": "REJECT_REQUEST" },
+        // Every agent is an outside client: Envoy trusts the connection's address, never a
+        // client's x-forwarded-for, and counts no address as internal, so that it strips the
+        // x-envoy-* control headers (retries, timeouts) from every request, as the filter
+        // does again. The agent's address is not passed on to the vendor.
+        "use_remote_address": true,
+        "skip_xff_append": true,
+        "internal_address_config": {},
+        "local_reply_config": upstream_failure_replies(vendor),
         "route_config": {
             "name": format!("bridle_{vendor}"),
             "virtual_hosts": [{
@@ -340,6 +411,9 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
                         "host_rewrite_literal": upstream.authority(),
                         // Model calls can stream for minutes.
                         "timeout": "600s",
+                        // Never a second attempt: a retry would reach the vendor again under
+                        // the one reservation the ledger made for the call.
+                        "retry_policy": { "num_retries": 0 },
                     },
                 }],
             }],
@@ -397,7 +471,7 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
     let mut clusters = Vec::new();
     for vendor in vendors(policies) {
         let upstream = opts.upstream(vendor)?;
-        let config = filter_config(vendor, policies, link.as_ref());
+        let config = filter_config(vendor, policies, link.as_ref(), &opts.prices);
         let filter = wasm_filter(vendor, &config, &opts.wasm, &keys)?;
         listeners.push(listener(vendor, opts, filter, &upstream));
         clusters.push(cluster(
@@ -428,6 +502,7 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
 /// configuration the Envoy bootstrap carries.
 pub fn istio(
     policies: &[CompiledPolicy],
+    prices: &Prices,
     image: &str,
     namespace: &str,
     ledger: &Upstream,
@@ -435,7 +510,7 @@ pub fn istio(
     let link = ledger_link(ledger);
     let mut docs = Vec::new();
     for vendor in vendors(policies) {
-        let config = filter_config(vendor, policies, Some(&link));
+        let config = filter_config(vendor, policies, Some(&link), prices);
         docs.push(json!({
             "apiVersion": "extensions.istio.io/v1alpha1",
             "kind": "WasmPlugin",

@@ -21,20 +21,35 @@ fn repo() -> PathBuf {
 }
 
 fn bridle(dir: &Path, args: &[&str]) -> Output {
-    bridle_with_keyring(dir, args, None)
+    bridle_with_key(dir, args, None)
 }
 
-/// The command with `BRIDLE_KEYRING` set to `keyring`, or unset.
-fn bridle_with_keyring(dir: &Path, args: &[&str], keyring: Option<&str>) -> Output {
+/// The command with one key variable set (`BRIDLE_SIGNING_KEY` to mint,
+/// `BRIDLE_PUBLIC_KEYS` to verify), or none.
+fn bridle_with_key(dir: &Path, args: &[&str], key: Option<(&str, &str)>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bridle"));
     cmd.current_dir(dir)
         .args(args)
-        .env_remove("BRIDLE_KEYRING")
+        .env_remove("BRIDLE_SIGNING_KEY")
+        .env_remove("BRIDLE_PUBLIC_KEYS")
         .env_remove("BRIDLE_ADMIN_KEY");
-    if let Some(k) = keyring {
-        cmd.env("BRIDLE_KEYRING", k.trim());
+    if let Some((name, value)) = key {
+        cmd.env(name, value.trim());
     }
     cmd.output().unwrap()
+}
+
+/// `bridle pubkey` of a signing key.
+fn public_key(dir: &Path, signing_key: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bridle"))
+        .current_dir(dir)
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), signing_key.as_bytes()).unwrap();
+    ok(child.wait_with_output().unwrap())
 }
 
 fn stdout(o: &Output) -> String {
@@ -66,15 +81,24 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Copies a folder of policies, price tables (`prices/`) included.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
+}
+
 /// A git work tree with the example policies committed.
 fn work_tree() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for entry in std::fs::read_dir(repo().join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tree(&repo().join("policies"), &dir.path().join("policies"));
     git(dir.path(), &["init", "-q"]);
     git(dir.path(), &["add", "."]);
     git(dir.path(), &["commit", "-qm", "policies"]);
@@ -134,8 +158,9 @@ fn reports_every_example_policy_in_each_format() {
 #[test]
 fn a_token_given_as_text_reports_its_narrowing() {
     let root = repo();
-    let keyring = ok(bridle(&root, &["keygen", "--kid", "t1"]));
-    let token = ok(bridle_with_keyring(
+    let signing_key = ok(bridle(&root, &["keygen", "--kid", "t1"]));
+    let public_keys = public_key(&root, &signing_key);
+    let token = ok(bridle_with_key(
         &root,
         &[
             "mint",
@@ -150,12 +175,12 @@ fn a_token_given_as_text_reports_its_narrowing() {
             "--endpoint",
             "GET /v1/charges/*",
         ],
-        Some(&keyring),
+        Some(("BRIDLE_SIGNING_KEY", &signing_key)),
     ));
-    let out = ok(bridle_with_keyring(
+    let out = ok(bridle_with_key(
         &root,
         &["blast-radius", "--format", "json", "--token", token.trim()],
-        Some(&keyring),
+        Some(("BRIDLE_PUBLIC_KEYS", &public_keys)),
     ));
     let r: Value = serde_json::from_str(&out).unwrap();
     let r = &r["reports"][0];
@@ -168,14 +193,14 @@ fn a_token_given_as_text_reports_its_narrowing() {
     );
     assert_eq!(r["spend"]["max_usd"], "0.00", "reads only");
     assert!(r["ttl_secs"].as_u64().unwrap() <= 600);
-    // Without the keyring it is decoded and says so; with the wrong one, it is refused.
+    // Without public keys it is decoded and says so; with another key's, it is refused.
     let decoded = ok(bridle(&root, &["blast-radius", "--token", token.trim()]));
     assert!(decoded.contains("decoded, not verified"), "{decoded}");
-    let other = ok(bridle(&root, &["keygen", "--kid", "t1"]));
-    let wrong = bridle_with_keyring(
+    let other = public_key(&root, &ok(bridle(&root, &["keygen", "--kid", "t1"])));
+    let wrong = bridle_with_key(
         &root,
         &["blast-radius", "--token", token.trim()],
-        Some(&other),
+        Some(("BRIDLE_PUBLIC_KEYS", &other)),
     );
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("signature"));
@@ -297,10 +322,7 @@ fn diff_against_a_folder_and_refusals() {
     let tree = work_tree();
     let dir = tree.path();
     let base = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir.join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, base.path().join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tree(&dir.join("policies"), base.path());
     edit(
         &dir.join("policies/openai-chat.yaml"),
         "  max_identical_per_minute: 20",

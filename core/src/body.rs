@@ -9,11 +9,17 @@
 //!
 //! Fields are named in Stripe's bracket notation in both encodings: `amount`,
 //! `transfer_data[amount]`, `items[0][price]`.
+//!
+//! A form body must also pass the body-ambiguity rule of `body_rules.rs`: no `;`, no raw
+//! whitespace, and every key in plain bracket notation, so that a Rack-style parser reads
+//! it exactly as Bridle does.
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+use crate::body_rules;
 
 /// The most fields a form body may have.
 pub const MAX_FORM_FIELDS: usize = 10_000;
@@ -223,9 +229,23 @@ impl Body {
         }
     }
 
+    /// The whole body, when it was read as JSON (`None` for a form or an empty body).
+    pub fn json(&self) -> Option<&Value> {
+        match &self.inner {
+            Inner::Json(v) | Inner::Sniffed { json: v, .. } => Some(v),
+            Inner::Form(_) => None,
+        }
+    }
+
     /// What the body holds under `field`, in bracket notation: `amount`,
     /// `transfer_data[amount]`, `items[0][price]`. A name that is not in that notation is
     /// never found.
+    /// Whether the body came without a content type and looks like JSON: a field its form
+    /// reading names reads two ways ([`Lookup::Ambiguous`]).
+    pub fn is_sniffed(&self) -> bool {
+        matches!(self.inner, Inner::Sniffed { .. })
+    }
+
     pub fn get(&self, field: &str) -> Lookup<'_> {
         match &self.inner {
             Inner::Form(pairs) => form_get(pairs, field),
@@ -356,22 +376,37 @@ fn form_get<'a>(pairs: &'a [(String, String)], field: &str) -> Lookup<'a> {
     Lookup::Nested
 }
 
+/// A form body read strictly, under the body-ambiguity rule (`body_rules.rs`): what it
+/// accepts, a Rack-style parser reads the same way.
 fn parse_form(bytes: &[u8]) -> Result<Vec<(String, String)>, BodyError> {
-    form_pairs(bytes, decode)
+    body_rules::check_form_bytes(bytes)?;
+    let pairs = form_pairs(bytes, b"&", decode)?;
+    for (key, _) in &pairs {
+        body_rules::check_form_key(key)?;
+    }
+    Ok(pairs)
 }
 
-/// The form a lenient server would read: invalid percent-encoding kept as it is, bytes that are
-/// not UTF-8 replaced.
+/// The form a lenient server would read: `;` separating fields too, spaces after a separator
+/// and brackets around a name dropped (Rack's reading), invalid percent-encoding kept as it
+/// is, bytes that are not UTF-8 replaced.
 fn parse_form_lenient(bytes: &[u8]) -> Result<Vec<(String, String)>, BodyError> {
-    form_pairs(bytes, |raw| Ok(decode_lenient(raw)))
+    let pairs = form_pairs(bytes, &body_rules::RACK_SEPARATORS, |raw| {
+        Ok(decode_lenient(raw))
+    })?;
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (body_rules::rack_key(k.trim_start_matches(' ')), v))
+        .collect())
 }
 
 fn form_pairs(
     bytes: &[u8],
+    separators: &[u8],
     decode: impl Fn(&[u8]) -> Result<String, BodyError>,
 ) -> Result<Vec<(String, String)>, BodyError> {
     let mut pairs = Vec::new();
-    for piece in bytes.split(|b| *b == b'&') {
+    for piece in bytes.split(|b| separators.contains(b)) {
         if piece.is_empty() {
             continue;
         }
@@ -740,6 +775,49 @@ mod tests {
     }
 
     #[test]
+    fn form_bodies_a_rack_parser_reads_differently_are_refused() {
+        for bad in [
+            "amount=100&currency=usd&[amount]=9999999",
+            "amount=100&currency=usd&%5Bamount%5D=9999999",
+            "amount=100&currency=usd&amount]=9999999",
+            "amount=100&currency=usd;amount=9999999",
+            "amount=100&currency=usd& amount=9999999",
+            "amount=100&currency=usd\n",
+            "amount=100&currency=usd&a[b]c=1",
+        ] {
+            let err = Body::parse(BodyKind::Form, bad.as_bytes()).unwrap_err();
+            assert!(
+                err.0.contains("bracket notation")
+                    || err.0.contains("';'")
+                    || err.0.contains("whitespace"),
+                "{bad}: {err}"
+            );
+            // With no content type, a form is read just as strictly.
+            assert!(Body::read(None, bad.as_bytes()).is_err(), "{bad}");
+        }
+        // Encoded, the same characters are plain values.
+        let b = form("amount=100&currency=usd&metadata[note]=a%3Bb+c%5Bd%5D");
+        assert_eq!(text(b.get("metadata[note]")), Some("a;b c[d]".into()));
+    }
+
+    #[test]
+    fn a_sniffed_json_body_is_read_as_rack_would_read_a_form() {
+        for smuggled in [
+            &br#"{"amount": 1, "currency": "usd", "x": "&[amount]=99999"}"#[..],
+            br#"{"amount": 1, "currency": "usd", "x": ";amount=99999"}"#,
+            br#"{"amount": 1, "currency": "usd", "x": "& amount]=99999"}"#,
+        ] {
+            let b = Body::read(None, smuggled).unwrap();
+            assert_eq!(
+                b.get("amount"),
+                Lookup::Ambiguous,
+                "{}",
+                String::from_utf8_lossy(smuggled)
+            );
+        }
+    }
+
+    #[test]
     fn repeated_form_keys_are_ambiguous() {
         let b = form("amount=1&amount=99999&to[]=a&to[]=b&cc[0]=a&cc[0]=b&x=1&x[]=2&y[1]=b&y[0]=a&z[]=1&z[0]=2&w[01]=a&w[1]=b");
         assert_eq!(b.get("amount"), Lookup::Ambiguous);
@@ -769,10 +847,15 @@ mod tests {
             Lookup::Absent
         );
         // One enormous key.
-        let long = format!("{}=1&amount=5", "k[".repeat(300_000));
+        let long = format!("{}=1&amount=5", "k".repeat(300_000));
         let b = Body::parse(BodyKind::Form, long.as_bytes()).unwrap();
         assert_eq!(text(b.get("amount")), Some("5".into()));
+        let nested = format!("k{}=1&amount=5", "[k]".repeat(100_000));
+        let b = Body::parse(BodyKind::Form, nested.as_bytes()).unwrap();
         assert_eq!(b.get("k"), Lookup::Nested);
+        // Unbalanced brackets are refused, however many.
+        let unbalanced = format!("{}=1&amount=5", "k[".repeat(300_000));
+        assert!(Body::parse(BodyKind::Form, unbalanced.as_bytes()).is_err());
     }
 
     #[test]

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{CompiledPolicy, ConfigError, Policy};
 use crate::vendor::Vendor;
 
-pub const DEFAULT_KEYRING_ENV: &str = "BRIDLE_KEYRING";
+/// Where the filter reads the public keys that verify vault tokens (`kid:key,...`, from
+/// `bridle pubkey`). A proxy holds nothing that can sign.
+pub const DEFAULT_PUBLIC_KEYS_ENV: &str = "BRIDLE_PUBLIC_KEYS";
+/// Where the ledger and `bridle mint` read the one private key that signs vault tokens.
+pub const SIGNING_KEY_ENV: &str = "BRIDLE_SIGNING_KEY";
 
 /// The filter's tick: how often each worker copies the shared revocation set, takes the poll
 /// lease when it is due, and flushes reports. The fastest of the revocation poll and the
@@ -27,13 +31,17 @@ pub struct FilterConfig {
     /// costed endpoints. Meant for development; production configs name a ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerLink>,
-    /// The environment variable holding the signing keyring (`kid:key,...`).
-    #[serde(default = "default_keyring_env")]
-    pub keyring_env: String,
+    /// The environment variable holding the public keys that verify tokens.
+    #[serde(default = "default_public_keys_env")]
+    pub public_keys_env: String,
+    /// The vendor's price table for calls priced by tokens, rendered from
+    /// `policies/prices/<vendor>.yaml` (a policy's `models.prices` come first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<crate::llm::PriceEntry>,
 }
 
-fn default_keyring_env() -> String {
-    DEFAULT_KEYRING_ENV.to_string()
+fn default_public_keys_env() -> String {
+    DEFAULT_PUBLIC_KEYS_ENV.to_string()
 }
 
 /// How the filter reaches the ledger: an Envoy cluster, with deadlines.
@@ -96,7 +104,9 @@ pub struct CompiledConfig {
     pub policies: Vec<Arc<ServedPolicy>>,
     by_name: HashMap<String, Arc<ServedPolicy>>,
     pub ledger: Option<LedgerLink>,
-    pub keyring_env: String,
+    pub public_keys_env: String,
+    /// The vendor's price table, compiled.
+    pub prices: Arc<crate::llm::PriceList>,
 }
 
 /// A policy as one listener serves it: compiled, with where its stats are and the request
@@ -171,7 +181,8 @@ impl CompiledConfig {
             self.vendor,
             policies,
             self.ledger,
-            self.keyring_env,
+            self.public_keys_env,
+            self.prices,
         ))
     }
 
@@ -179,7 +190,8 @@ impl CompiledConfig {
         vendor: Vendor,
         policies: Vec<Arc<ServedPolicy>>,
         ledger: Option<LedgerLink>,
-        keyring_env: String,
+        public_keys_env: String,
+        prices: Arc<crate::llm::PriceList>,
     ) -> CompiledConfig {
         let by_name = policies
             .iter()
@@ -190,7 +202,8 @@ impl CompiledConfig {
             policies,
             by_name,
             ledger,
-            keyring_env,
+            public_keys_env,
+            prices,
         }
     }
 }
@@ -300,6 +313,14 @@ impl FilterConfig {
                 ));
             }
         }
+        errors.extend(crate::llm::prices::check_entries(
+            &self.prices,
+            self.vendor,
+            "prices",
+            false,
+        ));
+        let prices = crate::llm::PriceList::new(&self.prices);
+        errors.extend(unpriced_models(&policies, &prices));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -307,9 +328,34 @@ impl FilterConfig {
             self.vendor,
             policies,
             self.ledger.clone(),
-            self.keyring_env.clone(),
+            self.public_keys_env.clone(),
+            Arc::new(prices),
         ))
     }
+}
+
+/// Every model a policy allows by name must have a price (its own, or the table's): a call
+/// to it would otherwise be refused on every request.
+fn unpriced_models(
+    policies: &[Arc<ServedPolicy>],
+    prices: &crate::llm::PriceList,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for served in policies {
+        let Some(models) = &served.compiled.models else {
+            continue;
+        };
+        for name in models.unpriced(prices) {
+            errors.push(ConfigError::new(
+                format!("policies[{}].models.allow", served.slot),
+                format!(
+                    "model {name:?} has no price in the {} price table or the policy's models.prices",
+                    served.compiled.policy.vendor
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -322,7 +368,8 @@ pub(crate) mod tests {
             vendor: Vendor::Stripe,
             policies: vec![stripe_policy()],
             ledger: None,
-            keyring_env: DEFAULT_KEYRING_ENV.into(),
+            public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.into(),
+            prices: Vec::new(),
         }
     }
 
@@ -384,16 +431,25 @@ pub(crate) mod tests {
     fn a_struct_that_looks_like_json_text_is_read_as_a_struct() {
         // Caught by fuzz/fuzz_targets/policy.rs: a binary Struct whose first entry is 123
         // bytes long starts with "\n{", and was taken for JSON text and refused.
+        // Struct entries may come in any order: the public keys' variable first, padded
+        // until its entry is 123 bytes long, then the rest.
         let mut cfg = stripe_config();
-        cfg.keyring_env = "K".repeat(106);
         let json = serde_json::to_value(&cfg).unwrap();
-        // keyring_env sorts first, so its entry leads the Struct.
-        let fields: serde_json::Map<String, serde_json::Value> =
-            ["keyring_env", "vendor", "policies"]
-                .iter()
-                .map(|k| (k.to_string(), json[*k].clone()))
-                .collect();
-        let bytes = crate::struct_pb::tests::encode_struct(&serde_json::Value::Object(fields));
+        let rest: serde_json::Map<String, serde_json::Value> = ["vendor", "policies"]
+            .iter()
+            .map(|k| (k.to_string(), json[*k].clone()))
+            .collect();
+        let rest = crate::struct_pb::tests::encode_struct(&serde_json::Value::Object(rest));
+        let (name, mut bytes) = (0..200)
+            .map(|n| {
+                let name = "K".repeat(n);
+                let first = serde_json::json!({ "public_keys_env": name });
+                (name, crate::struct_pb::tests::encode_struct(&first))
+            })
+            .find(|(_, bytes)| bytes.starts_with(b"\n{"))
+            .unwrap();
+        bytes.extend(rest);
+        cfg.public_keys_env = name;
         assert_eq!(bytes[..2], *b"\n{");
         assert_eq!(FilterConfig::from_plugin_bytes(&bytes), Ok(cfg));
         // JSON text that does not parse still gets the JSON error.

@@ -66,6 +66,13 @@ pub struct CostRule {
     /// The message text, for `per: sms_segment` (default `Body`, Twilio's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_field: Option<String>,
+    /// With `per: sms_segment`: the price of one MMS, and of one message rendered from a
+    /// template (its vendor says which a message is: `MessageKind`). A message of a kind
+    /// without a price is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mms: Option<Usd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Usd>,
     /// The recipient fields, for `per: recipient` (default `to`, `cc`, `bcc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient_fields: Option<Vec<String>>,
@@ -76,6 +83,10 @@ pub struct CostRule {
     /// Settle from the response: commit the amount it reports instead of the reservation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle: Option<AmountField>,
+    /// An LLM call priced by tokens under the policy's `models` (see `crate::llm`): reserves
+    /// an upper bound, settles from the usage the response reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::llm::TokenApi>,
 }
 
 fn is_call(p: &Per) -> bool {
@@ -155,11 +166,21 @@ impl CostRule {
             };
             errors.push(ConfigError::new(field, message));
         };
+        if self.tokens.is_some() {
+            let alone = CostRule {
+                tokens: self.tokens,
+                ..CostRule::default()
+            };
+            if *self != alone {
+                fail("", "tokens prices a call by itself: give it alone");
+            }
+            return errors;
+        }
         match (&self.amount, &self.fixed, &self.max) {
             (Some(_), None, _) | (None, Some(_), None) | (None, None, Some(_)) => {}
             (None, None, None) => fail(
                 "",
-                "give amount (read from the request), fixed (a price) or max (an estimate)",
+                "give amount (read from the request), fixed (a price), max (an estimate) or tokens (an LLM call)",
             ),
             _ => fail(
                 "",
@@ -171,6 +192,14 @@ impl CostRule {
         }
         if self.text_field.is_some() && self.per != Per::SmsSegment {
             fail("text_field", "text_field applies to per: sms_segment");
+        }
+        for (field, price) in [("mms", self.mms), ("template", self.template)] {
+            if price.is_some() && self.per != Per::SmsSegment {
+                fail(field, &format!("{field} applies to per: sms_segment"));
+            }
+            if price == Some(Usd::ZERO) {
+                fail(field, "a zero price is no price; remove it");
+            }
         }
         if self.recipient_fields.is_some() && self.per != Per::Recipient {
             fail(
@@ -524,6 +553,9 @@ impl CostRule {
                 }
                 Per::SmsSegment => {
                     let parsed = read_body(content_type, body)?;
+                    if let Some(estimate) = self.special_message(pricing, &parsed)? {
+                        return Ok(estimate);
+                    }
                     (self.sms_segments(&parsed)?, ("SMS segment", "SMS segments"))
                 }
                 Per::Recipient => {
@@ -552,9 +584,55 @@ impl CostRule {
                 detail: format!("estimate ${max}"),
             });
         }
+        if let Some(api) = self.tokens {
+            return Err(CostError::undetermined(format!(
+                "this endpoint is priced by tokens ({}): quote it with crate::llm",
+                api.name()
+            )));
+        }
         Err(CostError::undetermined(
             "this endpoint's cost rule names no price",
         ))
+    }
+
+    /// The price of a message that is not plain text (an MMS, a template), by its own
+    /// price in the rule: the highest of the kinds it is, or refused if one has no price.
+    /// `None` for a plain text message.
+    fn special_message(
+        &self,
+        pricing: Pricing<'_>,
+        body: &Body,
+    ) -> Result<Option<Estimate>, CostError> {
+        let kind = pricing
+            .vendor
+            .message_kind(body)
+            .map_err(CostError::undetermined)?;
+        let mut priced: Option<(Usd, &str)> = None;
+        for (is, price, what, fields) in [
+            (kind.mms, self.mms, "an MMS", "mms"),
+            (
+                kind.template,
+                self.template,
+                "a templated message",
+                "template",
+            ),
+        ] {
+            if !is {
+                continue;
+            }
+            let price = price.ok_or_else(|| {
+                CostError::undetermined(format!(
+                    "this message is {what}, and this endpoint's cost rule gives no {fields} price"
+                ))
+            })?;
+            if priced.is_none_or(|(p, _)| price > p) {
+                priced = Some((price, what));
+            }
+        }
+        Ok(priced.map(|(reserve, what)| Estimate {
+            reserve,
+            detail: format!("{what} at ${reserve}"),
+        }))
     }
 
     fn sms_segments(&self, body: &Body) -> Result<u64, CostError> {
@@ -635,6 +713,7 @@ mod tests {
             serde_json::json!({"fixed": "0.0079", "per": "sms_segment", "text_field": "Body"}),
             serde_json::json!({"fixed": "0.0009", "per": "recipient"}),
             serde_json::json!({"amount": {"field": "transfer_data[amount]", "currency": "eur"}}),
+            serde_json::json!({"tokens": "chat_completions"}),
         ] {
             assert!(
                 rule(v.clone()).check("c").is_empty(),
@@ -654,6 +733,14 @@ mod tests {
         assert_eq!(
             fields(&rule(serde_json::json!({"max": "2", "per": "recipient"}))),
             ["c.per"]
+        );
+        assert_eq!(
+            fields(&rule(serde_json::json!({"tokens": "messages", "max": "2"}))),
+            ["c"]
+        );
+        assert!(
+            serde_json::from_value::<CostRule>(serde_json::json!({"tokens": "completions"}))
+                .is_err()
         );
         assert_eq!(
             fields(&rule(serde_json::json!({"amount": {"field": "amount"}}))),
@@ -718,6 +805,10 @@ mod estimate_tests {
 
     fn email() -> CostRule {
         rule(serde_json::json!({"fixed": "0.0009", "per": "recipient"}))
+    }
+
+    fn rule_unchecked(v: serde_json::Value) -> CostRule {
+        serde_json::from_value(v).unwrap()
     }
 
     fn est(r: &CostRule, ct: Option<&[u8]>, body: &str) -> Result<Estimate, CostError> {
@@ -1068,11 +1159,9 @@ mod estimate_tests {
         // One emoji makes the message UCS-2: 69 + 2 units is two segments.
         let body = format!("To=%2B1555&Body={}%F0%9F%98%80", "a".repeat(69));
         assert_eq!(reserve(&sms(), FORM, &body), usd("0.0158"));
-        // No text (a media message): one segment.
-        assert_eq!(
-            reserve(&sms(), FORM, "To=%2B1555&MediaUrl=https%3A%2F%2Fx"),
-            usd("0.0079")
-        );
+        // No text: one segment. (A media message is an MMS, where the vendor says so: see
+        // `twilio_mms_and_templates_have_their_own_price`.)
+        assert_eq!(reserve(&sms(), FORM, "To=%2B1555"), usd("0.0079"));
         assert_eq!(
             reason(&sms(), FORM, "Body=a&Body=b"),
             Reason::CostUndetermined
@@ -1088,6 +1177,97 @@ mod estimate_tests {
             reason(&custom, JSON, r#"{"message": {"text": 5}}"#),
             Reason::CostUndetermined
         );
+    }
+
+    #[test]
+    fn twilio_mms_and_templates_have_their_own_price() {
+        let twilio = |r: &CostRule, body: &str| {
+            r.estimate(Pricing::new(Vendor::Twilio, &fx()), FORM, body.as_bytes())
+        };
+        let priced = rule(serde_json::json!(
+            {"fixed": "0.0079", "per": "sms_segment", "mms": "0.02", "template": "0.05"}
+        ));
+        let text = "To=%2B15551234567&From=%2B15557654321&Body=hello";
+        assert_eq!(twilio(&priced, text).unwrap().reserve, usd("0.0079"));
+        for (body, want, detail) in [
+            (
+                "To=%2B1555&MediaUrl=https%3A%2F%2Fx%2Fa.png",
+                "0.02",
+                "an MMS at $0.02",
+            ),
+            (
+                "To=%2B1555&Body=hi&MediaUrl=a&MediaUrl=b",
+                "0.02",
+                "an MMS at $0.02",
+            ),
+            (
+                "To=%2B1555&Body=hi&SendAsMms=true",
+                "0.02",
+                "an MMS at $0.02",
+            ),
+            (
+                "To=%2B1555&Body=hi&SendAsMms=True",
+                "0.02",
+                "an MMS at $0.02",
+            ),
+            ("To=%2B1555&Body=hi&SendAsMms=1", "0.02", "an MMS at $0.02"),
+            ("To=%2B1555&MediaUrl[]=a", "0.02", "an MMS at $0.02"),
+            (
+                "To=%2B1555&ContentSid=HX123",
+                "0.05",
+                "a templated message at $0.05",
+            ),
+            (
+                "To=%2B1555&ContentSid=HX1&ContentVariables=%7B%7D&MediaUrl=a",
+                "0.05",
+                "a templated message at $0.05",
+            ),
+        ] {
+            let e = twilio(&priced, body).unwrap();
+            assert_eq!(
+                (e.reserve, e.detail.as_str()),
+                (usd(want), detail),
+                "{body}"
+            );
+        }
+        // A long text asked to go as plain SMS is priced per segment.
+        let long = format!("To=%2B1555&SendAsMms=false&Body={}", "a".repeat(400));
+        assert_eq!(twilio(&priced, &long).unwrap().reserve, usd("0.0237"));
+        // Without a price for what the message is, it is refused: never one SMS segment.
+        for body in [
+            "To=%2B1555&MediaUrl=https%3A%2F%2Fx%2Fa.png",
+            "To=%2B1555&Body=hi&SendAsMms=true",
+            "To=%2B1555&ContentSid=HX123",
+        ] {
+            let e = twilio(&sms(), body).unwrap_err();
+            assert_eq!(e.reason, Reason::CostUndetermined, "{body}");
+            assert!(e.message.contains("gives no"), "{e}");
+        }
+        let mms_only = rule(serde_json::json!(
+            {"fixed": "0.0079", "per": "sms_segment", "mms": "0.02"}
+        ));
+        assert!(twilio(&mms_only, "To=%2B1555&ContentSid=HX1&MediaUrl=a").is_err());
+        // Other channels are priced by their own rules.
+        for body in [
+            "To=whatsapp%3A%2B15551234567&Body=hi",
+            "To=%2B1555&From=messenger%3A123&Body=hi",
+            "To=%2B1555&To=whatsapp%3A%2B1555&Body=hi",
+        ] {
+            let e = twilio(&priced, body).unwrap_err();
+            assert_eq!(e.reason, Reason::CostUndetermined, "{body}");
+        }
+        // Another vendor's body has no MMS: a MediaUrl there means nothing.
+        assert_eq!(
+            reserve(&priced, FORM, "To=%2B1555&MediaUrl=a"),
+            usd("0.0079")
+        );
+        // The prices belong with per: sms_segment, and are not zero.
+        let bad = rule_unchecked(serde_json::json!({"fixed": "1", "mms": "0.02"}));
+        assert_eq!(bad.check("c")[0].field, "c.mms");
+        let bad = rule_unchecked(
+            serde_json::json!({"fixed": "1", "per": "sms_segment", "template": "0"}),
+        );
+        assert_eq!(bad.check("c")[0].field, "c.template");
     }
 
     #[test]

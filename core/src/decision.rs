@@ -14,8 +14,9 @@ use crate::glob::EndpointPattern;
 use crate::path::{self, RequestPath};
 use crate::policy::{CompiledEndpoint, CompiledPolicy};
 use crate::revocation::RevocationSet;
-use crate::token::{self, Claims, Keyring};
+use crate::token::{self, Claims, PublicKeys};
 use crate::token_cache::TokenCache;
+use crate::token_scan;
 use crate::vendor::{Presentation, Tenant, Vendor};
 use crate::Reason;
 
@@ -36,6 +37,12 @@ const STRIPPED_HEADERS: [&str; 8] = [
 ];
 /// Bridle's own namespace: never accepted from a client.
 const BRIDLE_HEADER_PREFIX: &str = "x-bridle-";
+/// Envoy's control headers: its router obeys some from the client (`x-envoy-retry-on` and
+/// `x-envoy-max-retries` would replay a costed call under one reservation,
+/// `x-envoy-upstream-rq-timeout-ms` cut it short), and Envoy cleans them only from requests
+/// it deems external. The filter runs before the router: it removes every one, always.
+/// (Removed rather than refused: a sidecar in front of the agent adds some of its own.)
+const ENVOY_HEADER_PREFIX: &str = "x-envoy-";
 /// Tokens verified once stay cached: signature and decoding are the costly part.
 const TOKEN_CACHE_CAPACITY: usize = 1024;
 /// Clock skew tolerated on `iat` between the issuer and this proxy.
@@ -229,15 +236,15 @@ pub fn find_credential(req: &Request<'_>, vendor: Vendor) -> Result<Credential, 
 /// Everything the filter needs to decide on request headers.
 pub struct Gate {
     config: CompiledConfig,
-    keyring: Keyring,
+    keys: PublicKeys,
     cache: TokenCache<VerifiedToken>,
 }
 
 impl Gate {
-    pub fn new(config: CompiledConfig, keyring: Keyring) -> Gate {
+    pub fn new(config: CompiledConfig, keys: PublicKeys) -> Gate {
         Gate {
             config,
-            keyring,
+            keys,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
         }
     }
@@ -253,7 +260,7 @@ impl Gate {
     fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, Denial> {
         self.cache.get_or_verify(token, |token| {
             let claims = self
-                .keyring
+                .keys
                 .verify(token)
                 .map_err(|e| Denial::new(e.reason(), format!("{e}.")))?;
             let endpoints = match &claims.endpoints {
@@ -376,6 +383,8 @@ impl Gate {
         }
 
         let merchant = check_merchant(req, &path, policy, claims).map_err(|d| d.about(&subject))?;
+        check_content_encoding(req).map_err(|d| d.about(&subject))?;
+        crate::idempotency::check_single(req).map_err(|d| d.about(&subject))?;
         let strip_headers = headers_to_strip(req);
         if carries_vault_token_elsewhere(req, &strip_headers) {
             return Err(Denial::new(
@@ -488,20 +497,42 @@ fn check_merchant(
 }
 
 /// Anything that looks like a vault token outside the headers Bridle strips would be
-/// forwarded to the vendor; refuse instead.
+/// forwarded to the vendor; refuse instead. The query (in `:path`) and every header value
+/// are read as the vendor may decode them: percent-encoded too.
 fn carries_vault_token_elsewhere(req: &Request<'_>, stripped: &[String]) -> bool {
-    let prefix = token::PREFIX.as_bytes();
     req.headers
         .iter()
         .filter(|(name, _)| !stripped.contains(name))
-        .any(|(_, value)| value.windows(prefix.len()).any(|w| w == prefix))
+        .any(|(_, value)| token_scan::contains_token(value))
+}
+
+/// A request body is read as it is sent: an encoded one (gzip, deflate, br...) would be
+/// priced on bytes the vendor never reads, and read as something else once inflated. Only
+/// `identity`, which means no encoding, passes; so does no header at all.
+fn check_content_encoding(req: &Request<'_>) -> Result<(), Denial> {
+    for value in req.all("content-encoding") {
+        let identity =
+            std::str::from_utf8(value).is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+        if !identity {
+            let shown = String::from_utf8_lossy(value);
+            return Err(Denial::new(
+                Reason::BodyEncoded,
+                format!(
+                    "Content-Encoding {} is refused: Bridle reads request bodies as sent, so send the body uncompressed.",
+                    crate::body::shown(shown.trim())
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn headers_to_strip(req: &Request<'_>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (name, _) in req.headers {
-        let strip =
-            STRIPPED_HEADERS.contains(&name.as_str()) || name.starts_with(BRIDLE_HEADER_PREFIX);
+        let strip = STRIPPED_HEADERS.contains(&name.as_str())
+            || name.starts_with(BRIDLE_HEADER_PREFIX)
+            || name.starts_with(ENVOY_HEADER_PREFIX);
         if strip && !out.contains(name) {
             out.push(name.clone());
         }
@@ -516,7 +547,7 @@ mod tests {
     use crate::config::FilterConfig;
     use crate::policy::Policy;
     use crate::revocation::{RevocationEntry, RevocationFeed, RevocationKind};
-    use crate::token::tests::keyring;
+    use crate::token::tests::{keyring, public_keys};
 
     const NOW: u64 = 1_700_000_100;
 
@@ -527,7 +558,7 @@ mod tests {
     }
 
     fn gate_for(config: FilterConfig) -> Gate {
-        Gate::new(config.compile().unwrap(), keyring())
+        Gate::new(config.compile().unwrap(), public_keys())
     }
 
     fn gate() -> Gate {
@@ -976,7 +1007,8 @@ mod tests {
             vendor: Vendor::Twilio,
             policies: vec![policy],
             ledger: None,
-            keyring_env: "K".into(),
+            public_keys_env: "K".into(),
+            prices: Vec::new(),
         })
     }
 
@@ -1042,6 +1074,25 @@ mod tests {
             ],
         );
         assert_eq!(reason(&g, &in_header), Reason::CredentialAmbiguous);
+        // Percent-encoded, the vendor decodes it back: in the query, or in a header.
+        let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+        let in_query = req(
+            "GET",
+            &format!("/v1/charges/ch_1?key={encoded}"),
+            &[("authorization", t.clone()), merchant.clone()],
+        );
+        assert_eq!(reason(&g, &in_query), Reason::CredentialAmbiguous);
+        let partly = format!("%62vt{}", &token[3..]);
+        let in_header = req(
+            "GET",
+            "/v1/charges/ch_1",
+            &[
+                ("authorization", t.clone()),
+                merchant.clone(),
+                ("x-note", partly.into_bytes()),
+            ],
+        );
+        assert_eq!(reason(&g, &in_header), Reason::CredentialAmbiguous);
         // In a header Bridle strips anyway, it is harmless.
         let stripped = req(
             "GET",
@@ -1053,6 +1104,63 @@ mod tests {
             ],
         );
         assert_eq!(reason(&g, &stripped), Reason::Allowed);
+    }
+
+    #[test]
+    fn envoy_control_headers_are_stripped_whatever_their_case_or_number() {
+        let g = gate();
+        let h = req(
+            "POST",
+            "/v1/payment_intents",
+            &[
+                ("authorization", bearer(&claims())),
+                ("stripe-account", b"acct_1Merchant".to_vec()),
+                ("x-envoy-retry-on", b"5xx,reset".to_vec()),
+                ("x-envoy-max-retries", b"5".to_vec()),
+                ("x-envoy-upstream-rq-timeout-ms", b"1".to_vec()),
+                ("x-envoy-retry-on", b"gateway-error".to_vec()),
+                ("x-envoyish", b"kept".to_vec()),
+            ],
+        );
+        let grant = decide(&g, &h).unwrap();
+        assert_eq!(
+            grant.strip_headers,
+            [
+                "authorization",
+                "x-envoy-retry-on",
+                "x-envoy-max-retries",
+                "x-envoy-upstream-rq-timeout-ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn encoded_bodies_are_refused_before_anything_is_read() {
+        let g = gate();
+        let with = |values: &[&[u8]]| {
+            let mut extra = vec![
+                ("authorization", bearer(&claims())),
+                ("stripe-account", b"acct_1Merchant".to_vec()),
+            ];
+            extra.extend(values.iter().map(|v| ("content-encoding", v.to_vec())));
+            req("POST", "/v1/payment_intents", &extra)
+        };
+        for refused in [
+            &[&b"deflate"[..]][..],
+            &[b"gzip"],
+            &[b"br"],
+            &[b"identity, gzip"],
+            &[b"identity", b"deflate"],
+            &[b""],
+            &[b"\xff"],
+        ] {
+            let d = decide(&g, &with(refused)).unwrap_err();
+            assert_eq!(d.reason, Reason::BodyEncoded, "{refused:?}");
+            assert_eq!(d.subject.map(|s| s.token_id).as_deref(), Some("tok_123"));
+        }
+        for allowed in [&[][..], &[&b"identity"[..]], &[b" IDENTITY "]] {
+            assert_eq!(reason(&g, &with(allowed)), Reason::Allowed, "{allowed:?}");
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum ReserveResponse {
     Denied {
         reason: Reason,
         message: String,
+        /// When the refusal lifts by itself (the spend breaker): seconds to wait.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u64>,
     },
 }
 
@@ -81,6 +84,10 @@ pub struct Settle {
     /// Settles for an idempotent replay can only confirm the original, never release it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
+    /// For a call priced by tokens committed at its usage: the tokens, by class, that the
+    /// ledger adds to the token's totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::llm::TokenUsage>,
 }
 
 /// One call through the proxy, allowed or denied.
@@ -109,6 +116,20 @@ pub struct AuditRecord {
     pub reservation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merchant: Option<String>,
+    /// For a call priced by tokens: the model it named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// For a call priced by tokens: the usage the vendor reported, which `cost` is the price of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::llm::TokenUsage>,
+    /// For a call priced by tokens that the vendor accepted but whose usage was never read
+    /// (a stream cut short, the agent gone): why. It settled at its whole reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_missing: Option<String>,
+    /// The usage cost more than the reservation, which is meant to be an upper bound: the
+    /// actual cost was committed all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub over_reservation: bool,
     /// The reservation was an idempotent replay: this call counted nothing new.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
@@ -166,7 +187,8 @@ mod tests {
             d,
             ReserveResponse::Denied {
                 reason: Reason::CapWindow,
-                message: "over".into()
+                message: "over".into(),
+                retry_after_secs: None,
             }
         );
         assert!(serde_json::from_str::<ReserveResponse>(r#"{"decision":"maybe"}"#).is_err());

@@ -18,20 +18,25 @@
 )]
 
 pub mod body;
+pub mod body_rules;
 pub mod config;
 pub mod cost;
 pub mod decision;
 pub mod duration;
 pub mod exchange;
 pub mod glob;
+pub mod idempotency;
 pub mod issue;
 pub mod ledger_api;
+pub mod llm;
 pub mod loop_breaker;
 pub mod money;
 pub mod path;
 pub mod policy;
 #[cfg(feature = "files")]
 pub mod policy_files;
+#[cfg(feature = "files")]
+pub mod price_files;
 pub mod reason;
 pub mod revocation;
 pub mod settlement;
@@ -39,6 +44,7 @@ pub mod sms;
 pub mod struct_pb;
 pub mod token;
 pub mod token_cache;
+pub mod token_scan;
 pub mod vendor;
 
 pub use reason::Reason;

@@ -18,6 +18,9 @@ use crate::vendor::Vendor;
 /// The longest TTL any policy may allow. Vault tokens are for runs, not for years.
 pub const MAX_POLICY_TTL: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(86_400);
+pub const DEFAULT_SHORT_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a spend breaker's window may be.
+pub const MAX_SHORT_WINDOW: Duration = Duration::from_secs(3_600);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +49,9 @@ pub struct Policy {
     /// Exchange rates to USD for costs read in other currencies.
     #[serde(default, skip_serializing_if = "FxTable::is_empty")]
     pub fx: FxTable,
+    /// For endpoints priced by tokens: the models calls may name, and their limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<crate::llm::Models>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +111,17 @@ pub struct Caps {
         skip_serializing_if = "Option::is_none"
     )]
     pub window: Option<Duration>,
+    /// The spend breaker: per token, over the short rolling `short_window`. A looping agent
+    /// is stopped with 429 and `Retry-After` long before its daily cap is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_short_window: Option<Usd>,
+    /// The breaker's window; a minute if not given.
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub short_window: Option<Duration>,
 }
 
 impl Caps {
@@ -114,6 +131,10 @@ impl Caps {
 
     pub fn window(&self) -> Duration {
         self.window.unwrap_or(DEFAULT_WINDOW)
+    }
+
+    pub fn short_window(&self) -> Duration {
+        self.short_window.unwrap_or(DEFAULT_SHORT_WINDOW)
     }
 }
 
@@ -152,6 +173,8 @@ pub fn effective_caps(policy: &Caps, token: &CapsNarrowing) -> Caps {
         lifetime: min_cap(policy.lifetime, token.lifetime),
         policy_per_window: policy.policy_per_window,
         window: policy.window,
+        per_short_window: policy.per_short_window,
+        short_window: policy.short_window,
     }
 }
 
@@ -231,6 +254,8 @@ pub struct CompiledPolicy {
     pub policy: Policy,
     /// In the policy's order: the first that matches a request is the one that applies.
     pub endpoints: Vec<Arc<CompiledEndpoint>>,
+    /// The `models` section, ready to match.
+    pub models: Option<Arc<crate::llm::CompiledModels>>,
 }
 
 /// One endpoint of a policy, ready to match: its pattern, and what a call to it costs.
@@ -401,6 +426,48 @@ impl Policy {
                 fail("caps.window", "must be at most a year".into());
             }
         }
+        if self.caps.short_window.is_some() && self.caps.per_short_window.is_none() {
+            fail(
+                "caps.short_window",
+                "is the window of per_short_window, which is not given".into(),
+            );
+        }
+        let short = self.caps.short_window();
+        if short < Duration::from_secs(1) || short > MAX_SHORT_WINDOW {
+            fail(
+                "caps.short_window",
+                "must be between 1s and 1h: it is the breaker's window, not a budget's".into(),
+            );
+        }
+        if let Some(models) = &self.models {
+            for e in models.check(self.vendor) {
+                fail(&format!("models.{}", e.field), e.message);
+            }
+        }
+        for (i, api) in self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.cost.as_ref()?.tokens?)))
+        {
+            if api.vendor() != self.vendor {
+                fail(
+                    &format!("endpoints[{i}].cost.tokens"),
+                    format!(
+                        "{} is an API of {}, not {}",
+                        api.name(),
+                        api.vendor(),
+                        self.vendor
+                    ),
+                );
+            }
+            if self.models.is_none() {
+                fail(
+                    &format!("endpoints[{i}].cost.tokens"),
+                    "calls priced by tokens need a models section: the models they may name".into(),
+                );
+            }
+        }
         for currency in self.fx.0.keys() {
             if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase()) {
                 fail(
@@ -414,6 +481,7 @@ impl Policy {
             Ok(CompiledPolicy {
                 policy: self.clone(),
                 endpoints,
+                models: self.models.as_ref().map(|m| Arc::new(m.compile())),
             })
         } else {
             Err(errors)

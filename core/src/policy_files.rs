@@ -42,7 +42,19 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, FileError> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let out = yaml_files(path)?;
+    if out.is_empty() {
+        return Err(err("no *.yaml policy files here".into()));
+    }
+    Ok(out)
+}
+
+/// The `*.yaml` and `*.yml` files directly in a folder, in name order.
+pub(crate) fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| FileError {
+        file: dir.to_path_buf(),
+        message: format!("cannot read: {e}"),
+    })?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -50,9 +62,6 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, FileError> {
         })
         .collect();
     out.sort();
-    if out.is_empty() {
-        return Err(err("no *.yaml policy files here".into()));
-    }
     Ok(out)
 }
 

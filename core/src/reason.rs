@@ -5,7 +5,8 @@
 //!
 //! HTTP status: 401 the credential is not good; 403 a good credential asked for something
 //! outside its scope; 400 the request is ambiguous or unpriceable; 402 money; 429 loop
-//! breaker; 503 Bridle cannot decide safely, so it refuses.
+//! breaker; 503 Bridle cannot decide safely, so it refuses; 502 the vendor could not be
+//! reached (Envoy's own answer, rendered in the vendor's format).
 
 use serde::{Deserialize, Serialize};
 
@@ -49,13 +50,27 @@ reasons! {
     // The request itself.
     PathRejected => "path_rejected", 400;
     MerchantAmbiguous => "merchant_ambiguous", 400;
+    // A body sent compressed (any Content-Encoding but identity): Bridle would read one thing
+    // and a vendor that inflates it another.
+    BodyEncoded => "body_encoded", 400;
+    // Trailers after the body: no vendor SDK sends them, and no one can say what a vendor
+    // makes of them.
+    TrailersNotAllowed => "trailers_not_allowed", 400;
     EndpointNotAllowed => "endpoint_not_allowed", 403;
     MerchantNotAllowed => "merchant_not_allowed", 403;
     HeaderNotAllowed => "header_not_allowed", 403;
+    // LLM calls priced by tokens: a model outside the policy's list, one without a price, and
+    // an output maximum above the policy's.
+    ModelNotAllowed => "model_not_allowed", 403;
+    ModelUnpriced => "model_unpriced", 400;
+    MaxTokensNotAllowed => "max_tokens_not_allowed", 403;
     BodyTooLarge => "body_too_large", 413;
     BodyUnreadable => "body_unreadable", 400;
     // An Idempotency-Key already used for a different request by the same token.
     IdempotencyKeyReused => "idempotency_key_reused", 400;
+    // More than one Idempotency-Key (the header twice, or keys joined by a comma): Bridle would
+    // read one and a vendor perhaps another.
+    IdempotencyKeyAmbiguous => "idempotency_key_ambiguous", 400;
     // Money.
     CostUndetermined => "cost_undetermined", 400;
     CurrencyUnknown => "currency_unknown", 400;
@@ -63,15 +78,22 @@ reasons! {
     CapWindow => "cap_window", 402;
     CapLifetime => "cap_lifetime", 402;
     CapPolicy => "cap_policy", 402;
-    // Loop breaker.
+    // Loop breaker, and the spend breaker (a cap over a short window).
     RateLimited => "rate_limited", 429;
     RepeatLimited => "repeat_limited", 429;
+    SpendRateLimited => "spend_rate_limited", 429;
     // Bridle's own dependencies: refuse rather than guess.
     LedgerUnavailable => "ledger_unavailable", 503;
     RevocationStale => "revocation_stale", 503;
     Internal => "internal", 500;
     // Envoy refused the request before Bridle saw it (a malformed path, say); audited too.
     ProxyRejected => "proxy_rejected", 400;
+    // The vendor could not be reached: no connection, or its TLS certificate did not check
+    // out. The request was not sent.
+    UpstreamUnavailable => "upstream_unavailable", 502;
+    // The connection to the vendor failed after the request went out (a timeout, a reset
+    // before the answer): the vendor may have acted on it.
+    UpstreamFailed => "upstream_failed", 502;
 }
 
 impl Reason {

@@ -126,6 +126,7 @@ mod tests {
             outcome,
             amount: amount.and_then(Usd::from_micros),
             replay,
+            usage: None,
         }
     }
 

@@ -17,6 +17,11 @@
 //!   (a cap above the policy's, a merchant or endpoint outside it, a longer TTL) while
 //!   accepting what is plainly inside.
 //!
+//! - **Only the signing key mints** (`token`): for random claims, a token signed by any other
+//!   key (random secrets, the proxies' own public keys taken for secrets, under every known
+//!   key id) or carrying random signature bytes is refused by the public keys a proxy holds,
+//!   while the signing key's token verifies to exactly its claims.
+//!
 //! `PROPTEST_CASES` sets every property's case count.
 #![allow(
     clippy::unwrap_used,
@@ -38,7 +43,7 @@ use bridle_core::money::Usd;
 use bridle_core::path;
 use bridle_core::policy::{effective_caps, Caps, CapsNarrowing, Endpoint, Merchants, Policy};
 use bridle_core::revocation::RevocationSet;
-use bridle_core::token::{Claims, Keyring};
+use bridle_core::token::{Claims, PublicKeys, SigningKey, TokenError};
 use bridle_core::vendor::Vendor;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -414,7 +419,7 @@ fn caps() -> impl Strategy<Value = Caps> {
         per_window: b,
         lifetime: c,
         policy_per_window: d,
-        window: None,
+        ..Caps::default()
     })
 }
 
@@ -461,6 +466,7 @@ fn policy(vendor: Vendor) -> impl Strategy<Value = Policy> {
                 loop_breaker: None,
                 on_ledger_unavailable: Default::default(),
                 fx: Default::default(),
+                models: None,
             }
         })
 }
@@ -565,8 +571,8 @@ fn probe(vendor: Vendor) -> impl Strategy<Value = Probe> {
         })
 }
 
-fn keyring() -> Keyring {
-    Keyring::parse(&Keyring::encode_entry("k1", &[7u8; 32])).unwrap()
+fn keyring() -> SigningKey {
+    SigningKey::from_seed("k1", &[7u8; 32]).unwrap()
 }
 
 fn claims(p: &Policy, n: &Narrowing, narrowed: bool) -> Claims {
@@ -626,11 +632,12 @@ fn scope_case(p: &Policy, n: &Narrowing, probes: &[Probe]) -> Result<(), TestCas
             vendor: p.vendor,
             policies: vec![p.clone()],
             ledger: None,
-            keyring_env: "K".into(),
+            public_keys_env: "K".into(),
+            prices: Vec::new(),
         }
         .compile()
         .unwrap(),
-        keyring(),
+        keyring().public_keys(),
     );
     let ring = keyring();
     let plain = ring.mint(&claims(p, n, false)).unwrap();
@@ -820,5 +827,76 @@ proptest! {
         (p, n, probes) in vendor().prop_flat_map(|v| (policy(v), narrowing(v), prop::collection::vec(probe(v), 24)))
     ) {
         scope_case(&p, &n, &probes)?;
+    }
+}
+
+// --- signing -----------------------------------------------------------------------------
+
+fn any_claims() -> impl Strategy<Value = Claims> {
+    (
+        "[a-z0-9-]{1,20}",
+        "[A-Za-z0-9_-]{1,30}",
+        0u64..4_000_000_000,
+        prop::option::of(prop::collection::vec("(GET|POST) /v1/[a-z*]{1,8}", 0..3)),
+    )
+        .prop_map(|(policy, label, exp, endpoints)| Claims {
+            v: 1,
+            id: "tok_prop".into(),
+            policy,
+            vendor: Vendor::Stripe,
+            iat: exp / 2,
+            exp,
+            label,
+            endpoints,
+            merchants: None,
+            caps: CapsNarrowing::default(),
+        })
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn only_the_signing_key_mints(
+        claims in any_claims(),
+        seed in any::<[u8; 32]>(),
+        signature in prop::collection::vec(any::<u8>(), 64),
+    ) {
+        let signer = SigningKey::from_seed("k2", &[2u8; 32]).unwrap();
+        let previous = SigningKey::from_seed("k1", &[1u8; 32]).unwrap();
+        let spec = format!("{},{}", signer.public_entry(), previous.public_entry());
+        let proxy = PublicKeys::parse(&spec).unwrap();
+        let token = signer.mint(&claims).unwrap();
+        prop_assert_eq!(proxy.verify(&token), Ok(claims.clone()));
+
+        let (signed, _) = token.rsplit_once('.').unwrap();
+        let random = format!("{signed}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&signature));
+        prop_assert!(proxy.verify(&random).is_err());
+
+        // Any other secret, and the proxy's own public keys taken for secrets, under each
+        // key id the proxy knows.
+        let public_halves: Vec<[u8; 32]> = spec
+            .split(',')
+            .map(|e| {
+                let b64 = e.split_once(':').unwrap().1;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(b64)
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
+            .collect();
+        for secret in std::iter::once(seed).chain(public_halves) {
+            if secret == [2u8; 32] || secret == [1u8; 32] {
+                continue;
+            }
+            for kid in ["k2", "k1"] {
+                let forger = SigningKey::from_seed(kid, &secret).unwrap();
+                prop_assert_eq!(
+                    proxy.verify(&forger.mint(&claims).unwrap()),
+                    Err(TokenError::BadSignature)
+                );
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Fixtures shared by Bridle's fuzz targets: a fixed test keyring, the example policies of
+//! Fixtures shared by Bridle's fuzz targets: fixed test signing keys, the example policies of
 //! `policies/`, the filter configuration `bridle render` makes of them, an encoder for
 //! `google.protobuf.Struct` (Envoy's binary plugin configuration), and the seed corpus.
 //!
@@ -6,50 +6,92 @@
 //! `write_or_check_seeds` test below compares them (or rewrites them with
 //! `BRIDLE_WRITE_SEEDS=1`, which `make fuzz-seeds` sets).
 
+pub mod llm;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_KEYRING_ENV};
+use bridle_core::config::{FilterConfig, LedgerLink, DEFAULT_PUBLIC_KEYS_ENV};
 use bridle_core::money::Usd;
 use bridle_core::policy::{CapsNarrowing, CompiledPolicy, Policy};
-use bridle_core::policy_files;
-use bridle_core::token::{Claims, Keyring};
+use bridle_core::llm::PriceEntry;
+use bridle_core::token::{Claims, PublicKeys, SigningKey};
+use bridle_core::{policy_files, price_files};
 use bridle_core::vendor::Vendor;
-use hmac::{Hmac, KeyInit, Mac};
+use ed25519_dalek::Signer;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-/// The fixed test keys: never used outside fuzzing.
+/// The fixed test signing keys (Ed25519 secrets): never used outside fuzzing.
 pub const KID_CURRENT: &str = "fuzz-2";
 pub const KEY_CURRENT: [u8; 32] = [0x5a; 32];
 pub const KID_PREVIOUS: &str = "fuzz-1";
 pub const KEY_PREVIOUS: [u8; 32] = [0xa5; 32];
 
-/// `fuzz-2` (current, mints) and `fuzz-1` (previous, still verifies).
-pub fn keyring() -> &'static Keyring {
-    static RING: OnceLock<Keyring> = OnceLock::new();
-    RING.get_or_init(|| {
-        Keyring::parse(&format!(
+/// The key that mints: `fuzz-2`.
+pub fn signing_key() -> &'static SigningKey {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    KEY.get_or_init(|| SigningKey::from_seed(KID_CURRENT, &KEY_CURRENT).expect("a valid kid"))
+}
+
+/// The previous key, `fuzz-1`: its tokens still verify.
+pub fn previous_signing_key() -> &'static SigningKey {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    KEY.get_or_init(|| SigningKey::from_seed(KID_PREVIOUS, &KEY_PREVIOUS).expect("a valid kid"))
+}
+
+/// What a proxy holds: the public keys of `fuzz-2` (current) and `fuzz-1` (previous).
+pub fn public_keys() -> &'static PublicKeys {
+    static KEYS: OnceLock<PublicKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        PublicKeys::parse(&format!(
             "{},{}",
-            Keyring::encode_entry(KID_CURRENT, &KEY_CURRENT),
-            Keyring::encode_entry(KID_PREVIOUS, &KEY_PREVIOUS)
+            signing_key().public_entry(),
+            previous_signing_key().public_entry()
         ))
-        .expect("the fixed keyring parses")
+        .expect("the fixed public keys parse")
     })
 }
 
-/// A token over any claims bytes, signed exactly as `Keyring::mint` signs: lets a target
-/// reach the claims decoder behind the signature check.
-pub fn sign_raw(kid: &str, key: &[u8], claims_json: &[u8]) -> String {
+/// A token over any claims bytes, signed with the Ed25519 secret `key` exactly as
+/// `SigningKey::mint` signs: lets a target reach the claims decoder behind the signature
+/// check.
+pub fn sign_raw(kid: &str, key: &[u8; 32], claims_json: &[u8]) -> String {
+    // Expanding a secret costs a scalar multiplication: the fixed keys are expanded once.
+    static CURRENT: OnceLock<ed25519_dalek::SigningKey> = OnceLock::new();
+    static PREVIOUS: OnceLock<ed25519_dalek::SigningKey> = OnceLock::new();
+    let expanded;
+    let dalek = match *key {
+        KEY_CURRENT => CURRENT.get_or_init(|| ed25519_dalek::SigningKey::from_bytes(key)),
+        KEY_PREVIOUS => PREVIOUS.get_or_init(|| ed25519_dalek::SigningKey::from_bytes(key)),
+        _ => {
+            expanded = ed25519_dalek::SigningKey::from_bytes(key);
+            &expanded
+        }
+    };
     let signed = format!("bvt_{kid}.{}", URL_SAFE_NO_PAD.encode(claims_json));
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(signed.as_bytes());
-    format!(
-        "{signed}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    )
+    let signature = dalek.sign(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+/// `token` with its signature's scalar `S` replaced by `S + l` (the group order): the same
+/// signature spelled another way, which a lax Ed25519 check accepts and Bridle must not.
+pub fn second_spelling(token: &str) -> Option<String> {
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let (signed, sig) = token.rsplit_once('.')?;
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+    let s = sig.get_mut(32..64)?;
+    let mut carry = 0u16;
+    for (byte, l) in s.iter_mut().zip(L) {
+        let sum = u16::from(*byte) + u16::from(l) + carry;
+        *byte = sum as u8;
+        carry = sum >> 8;
+    }
+    (carry == 0).then(|| format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
 /// The repository's example policies, as files.
@@ -129,7 +171,8 @@ pub fn extra_cost_policies() -> &'static [CompiledPolicy] {
                 "merchants": { "allow_unscoped": true },
                 "endpoints": [
                     { "method": "POST", "path": "/v1/messages", "cost": {
-                        "fixed": "0.01", "per": "sms_segment", "text_field": "message[text]" } },
+                        "fixed": "0.01", "per": "sms_segment", "text_field": "message[text]",
+                        "mms": "0.02", "template": "0.05" } },
                     { "method": "POST", "path": "/v1/calls", "cost": { "fixed": "0.25" } },
                 ],
             }),
@@ -167,17 +210,50 @@ pub fn ledger_link() -> LedgerLink {
     }
 }
 
-/// The filter configuration `bridle render` makes for one vendor's policies.
+/// The repository's price tables, as files.
+pub const PRICE_FILES: [(&str, &str); 2] = [
+    (
+        "anthropic.yaml",
+        include_str!("../../policies/prices/anthropic.yaml"),
+    ),
+    (
+        "openai.yaml",
+        include_str!("../../policies/prices/openai.yaml"),
+    ),
+];
+
+/// A vendor's shipped price table (empty for vendors without one).
+pub fn shipped_prices(vendor: Vendor) -> Vec<PriceEntry> {
+    PRICE_FILES
+        .iter()
+        .map(|(name, text)| {
+            price_files::parse(Path::new(name), text)
+                .unwrap_or_else(|e| panic!("policies/prices/{name} does not load: {e:?}"))
+        })
+        .find(|t| t.vendor == vendor)
+        .map(|t| t.models)
+        .unwrap_or_default()
+}
+
+/// The filter configuration `bridle render` makes for one vendor's policies: the vendor's
+/// price table goes with it when a policy prices calls by tokens.
 pub fn filter_config(vendor: Vendor, policies: &[&Policy]) -> FilterConfig {
+    let policies: Vec<Policy> = policies
+        .iter()
+        .filter(|p| p.vendor == vendor)
+        .map(|p| (*p).clone())
+        .collect();
+    let priced = policies.iter().any(|p| p.models.is_some());
     FilterConfig {
         vendor,
-        policies: policies
-            .iter()
-            .filter(|p| p.vendor == vendor)
-            .map(|p| (*p).clone())
-            .collect(),
+        policies,
         ledger: Some(ledger_link()),
-        keyring_env: DEFAULT_KEYRING_ENV.into(),
+        public_keys_env: DEFAULT_PUBLIC_KEYS_ENV.into(),
+        prices: if priced {
+            shipped_prices(vendor)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -330,9 +406,8 @@ fn token_seeds(out: &mut Vec<Seed>) {
             bytes,
         })
     };
-    let ring = keyring();
-    let previous = Keyring::parse(&Keyring::encode_entry(KID_PREVIOUS, &KEY_PREVIOUS))
-        .expect("the previous key parses");
+    let ring = signing_key();
+    let previous = previous_signing_key();
     let mut first = None;
     for p in example_policies() {
         let claims = claims_for(&p.policy, &format!("tok_{}", p.policy.vendor));
@@ -366,6 +441,18 @@ fn token_seeds(out: &mut Vec<Seed>) {
         *last = if *last == b'A' { b'B' } else { b'A' };
     }
     add("bad-signature.token", flipped);
+    add(
+        "second-spelling.token",
+        second_spelling(&token).expect("S + l fits").into(),
+    );
+    add(
+        "public-key-as-secret.token",
+        SigningKey::from_seed(KID_CURRENT, &public_half(signing_key()))
+            .expect("a valid kid")
+            .mint(&claims)
+            .expect("mints")
+            .into(),
+    );
     add("padded.token", format!("{token}=").into());
     add("bearer.token", format!("Bearer {token}").into());
     add(
@@ -395,18 +482,43 @@ fn token_seeds(out: &mut Vec<Seed>) {
         serde_json::to_vec_pretty(&claims).expect("claims serialize"),
     );
     add(
-        "keyring.spec",
+        "public-keys.spec",
         format!(
             "{}, {}",
-            Keyring::encode_entry("k2", &[2u8; 32]),
-            Keyring::encode_entry("k1", &[1u8; 32])
+            signing_key().public_entry(),
+            previous_signing_key().public_entry()
+        )
+        .into(),
+    );
+    add("signing-key.spec", signing_key().encode().into());
+    add(
+        "public-keys-with-a-signing-key.spec",
+        format!(
+            "{},{}",
+            signing_key().public_entry(),
+            previous_signing_key().encode()
         )
         .into(),
     );
     add(
-        "keyring-short-key.spec",
-        Keyring::encode_entry("k1", &[1u8; 16]).into(),
+        "hmac-key.spec",
+        format!("k1:{}", URL_SAFE_NO_PAD.encode([1u8; 32])).into(),
     );
+    add(
+        "short-key.spec",
+        format!("k1:{}", URL_SAFE_NO_PAD.encode([1u8; 16])).into(),
+    );
+}
+
+/// The 32 public bytes of a signing key.
+pub fn public_half(key: &SigningKey) -> [u8; 32] {
+    let entry = key.public_entry();
+    let b64 = entry.split_once(':').map_or("", |(_, k)| k);
+    URL_SAFE_NO_PAD
+        .decode(b64)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or([0; 32])
 }
 
 fn policy_seeds(out: &mut Vec<Seed>) {
@@ -458,10 +570,10 @@ fn policy_seeds(out: &mut Vec<Seed>) {
     // The same configuration with its first Struct entry exactly 123 bytes long: the
     // entry's tag is a newline and its length byte is `{`, so it looks like JSON text.
     let mut long_env = standalone.clone();
-    long_env["keyring_env"] = Value::String("K".repeat(106));
+    long_env["public_keys_env"] = Value::String("K".repeat(102));
     add(
         "config-first-entry-123-bytes.struct.pb",
-        pb::structure(&long_env, 0),
+        pb::structure(&long_env, 1),
     );
     let typo = POLICY_FILES[3].1.replacen("    path:", "    pth:", 1);
     add("bad-unknown-field.yaml", typo.into());
@@ -593,6 +705,48 @@ fn cost_seeds(out: &mut Vec<Seed>) {
         CT_FORM,
         "amount=1&amount=99999&currency=usd",
     );
+    // The body-ambiguity rule: what a Rack-style parser reads as another field.
+    add(
+        "rack-bracketed-name.form",
+        CT_FORM,
+        "amount=100&currency=usd&[amount]=9999999",
+    );
+    add(
+        "rack-semicolon.form",
+        CT_FORM,
+        "amount=100&currency=usd;amount=9999999",
+    );
+    add(
+        "rack-space-after-separator.form",
+        CT_FORM,
+        "amount=100&currency=usd& amount=9999999",
+    );
+    add(
+        "rack-closing-bracket.form",
+        CT_FORM,
+        "amount]=9999999&amount=100&currency=usd&transfer_data[amount]x=5",
+    );
+    add(
+        "rack-sniffed.none",
+        CT_NONE,
+        r#"{"amount": 1, "currency": "usd", "x": "&[amount]=99999"}"#,
+    );
+    // Twilio messages that are not plain SMS.
+    add(
+        "twilio-mms-two-media.form",
+        CT_FORM,
+        "To=%2B15551234567&From=%2B15557654321&Body=hi&MediaUrl=https%3A%2F%2Fexample.com%2Fa.png&MediaUrl=https%3A%2F%2Fexample.com%2Fb.png",
+    );
+    add(
+        "twilio-template.form",
+        CT_FORM,
+        "To=%2B15551234567&ContentSid=HX0123&ContentVariables=%7B%221%22%3A%22x%22%7D&SendAsMms=true",
+    );
+    add(
+        "twilio-whatsapp.form",
+        CT_FORM,
+        "To=whatsapp%3A%2B15551234567&From=whatsapp%3A%2B15557654321&Body=hi",
+    );
     add(
         "stripe-payment-intent.json",
         CT_JSON,
@@ -687,6 +841,7 @@ pub fn seeds() -> Vec<Seed> {
     policy_seeds(&mut out);
     path_seeds(&mut out);
     cost_seeds(&mut out);
+    llm::seeds(&mut out);
     out
 }
 
@@ -701,7 +856,7 @@ mod tests {
         let write = std::env::var_os("BRIDLE_WRITE_SEEDS").is_some();
         let seeds = seeds();
         let mut stale = Vec::new();
-        for target in ["token", "policy", "path", "cost"] {
+        for target in ["token", "policy", "path", "cost", "sse", "usage"] {
             let dir = root.join(target);
             let wanted: Vec<&Seed> = seeds.iter().filter(|s| s.target == target).collect();
             if write {
@@ -742,8 +897,19 @@ mod tests {
     fn fixtures_hold() {
         assert_eq!(example_policies().len(), POLICY_FILES.len());
         assert_eq!(extra_cost_policies().len(), 3);
-        let ring = keyring();
+        let keys = public_keys();
         let token = sign_raw(KID_CURRENT, &KEY_CURRENT, b"{}");
-        assert!(ring.verify(&token).is_err());
+        assert!(keys.verify(&token).is_err());
+        let claims = serde_json::to_vec(&claims_for(&example_policies()[0].policy, "tok_x"))
+            .expect("claims serialize");
+        let token = sign_raw(KID_CURRENT, &KEY_CURRENT, &claims);
+        assert!(keys.verify(&token).is_ok(), "sign_raw signs as mint does");
+        let other = second_spelling(&token).expect("S + l fits");
+        assert!(keys.verify(&other).is_err());
+        let long_env = seeds()
+            .into_iter()
+            .find(|s| s.name == "config-first-entry-123-bytes.struct.pb")
+            .expect("the seed exists");
+        assert_eq!(long_env.bytes[..2], *b"\n{", "the first entry is 123 bytes");
     }
 }

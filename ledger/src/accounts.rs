@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bridle_core::ledger_api::{ReserveRequest, ReserveResponse, Settle};
+use bridle_core::llm::TokenUsage;
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::revocation::{RevocationEntry, RevocationFeed};
 use bridle_core::settlement;
@@ -44,6 +45,9 @@ pub use crate::views::{token_status, PolicyView, SpendView, TokenView};
 struct TokenAccount {
     record: TokenRecord,
     windows: Windows,
+    /// Tokens of LLM calls committed at their usage, by class (for views of the memory
+    /// backend; the stored backends add up their rows).
+    usage: TokenUsage,
 }
 
 /// What changed in one operation, for a backend to persist.
@@ -83,6 +87,7 @@ fn deny(reason: Reason, message: impl Into<String>) -> ReserveResponse {
     ReserveResponse::Denied {
         reason,
         message: message.into(),
+        retry_after_secs: None,
     }
 }
 
@@ -135,6 +140,7 @@ impl Accounts {
         TokenAccount {
             windows: Windows::new(&self.token_spans(&record.policy)),
             record,
+            usage: TokenUsage::default(),
         }
     }
 
@@ -193,6 +199,22 @@ impl Accounts {
                 .insert((r.token_id.clone(), key.clone()), r.id.clone());
         }
         self.reservations.insert(r.id.clone(), r);
+    }
+
+    /// Remembers a reservation inside a token's window over `span` whose loaded sum already
+    /// counts it, with when it was made, so that a rule can ask what leaves when (the
+    /// breaker's `Retry-After`). Call in time order, before [`Accounts::know_reservation`]
+    /// of the reservations found by id and of key holders.
+    pub fn know_in_window(&mut self, span: Span, r: Reservation) {
+        let shared_id: Arc<str> = Arc::from(r.id.as_str());
+        if let Some(w) = self
+            .tokens
+            .get_mut(&r.token_id)
+            .and_then(|t| t.windows.get_mut(span))
+        {
+            w.know(r.at_ms, &shared_id);
+        }
+        self.know_reservation(r);
     }
 
     /// Sets one running sum, read from storage already advanced to its floor. A token's
@@ -320,16 +342,17 @@ impl Accounts {
         if let Err(refusal) = caps::check(amount, &caps, &tracked, |scope, span| {
             self.sum(scope, &claims.id, &claims.policy, span)
         }) {
+            let message = refusal.message(req.amount, &claims.policy, &policy_caps);
             if let Refusal::Over { rule, spent } = refusal {
+                if rule.kind == CapKind::PerShortWindow {
+                    return self.breaker_refusal(now_ms, &claims.id, &rule, spent, amount, message);
+                }
                 if let Some(t) = self.tokens.get(&claims.id) {
                     let firing = cap_alerts::on_refusal(now_ms, &t.record, &rule, spent);
                     self.fire(firing);
                 }
             }
-            return deny(
-                refusal.reason(),
-                refusal.message(req.amount, &claims.policy, &policy_caps),
-            );
+            return deny(refusal.reason(), message);
         }
 
         let r = Reservation {
@@ -346,6 +369,7 @@ impl Accounts {
             path: req.path.clone(),
             detail: req.detail.clone(),
             settled_at_ms: None,
+            usage: None,
         };
         let shared_id: Arc<str> = Arc::from(r.id.as_str());
         let mut overflow = false;
@@ -375,6 +399,37 @@ impl Accounts {
         ReserveResponse::Granted {
             reservation: req.request_id.clone(),
             replay: false,
+        }
+    }
+
+    /// The spend breaker's 429: when the agent may go on, from what is inside the breaker's
+    /// window and when it leaves. No alert: the breaker is for a loop, which would fire one
+    /// every window; the refusal and `Retry-After` are the signal.
+    fn breaker_refusal(
+        &self,
+        now_ms: u64,
+        token: &str,
+        rule: &caps::CapRule,
+        spent: i64,
+        amount: i64,
+        message: String,
+    ) -> ReserveResponse {
+        let inside = self
+            .tokens
+            .get(token)
+            .and_then(|t| t.windows.get(rule.span))
+            .into_iter()
+            .flat_map(|w| w.entries())
+            .map(|(at, id)| (at, self.reservations.get(id).map_or(0, |r| r.counted)));
+        let retry = caps::retry_after_secs(rule, now_ms, spent, amount, inside);
+        let message = match retry {
+            Some(secs) => format!("{message} It may continue in {secs}s."),
+            None => format!("{message} This call alone is over it: waiting will not help."),
+        };
+        ReserveResponse::Denied {
+            reason: rule.kind.reason(),
+            message,
+            retry_after_secs: retry,
         }
     }
 
@@ -447,7 +502,15 @@ impl Accounts {
         r.state = next.state;
         r.counted = next.counted;
         r.settled_at_ms = Some(now_ms);
+        // Usage is the vendor's account of a call it answered: kept with a commit only.
+        let usage = s
+            .usage
+            .filter(|_| next.state == ReservationState::Committed);
+        r.usage = usage;
         let (at, token_id, policy) = (r.at_ms, r.token_id.clone(), r.policy.clone());
+        if let (Some(u), Some(t)) = (usage, self.tokens.get_mut(&token_id)) {
+            t.usage.add(&u);
+        }
         self.changes.push(Change::Settled(s.reservation.clone()));
         for w in self.scopes_mut(&token_id, &policy).into_iter().flatten() {
             for window in w.iter_mut() {
@@ -590,12 +653,21 @@ impl Accounts {
             .filter_map(|rid| self.reservations.get(rid))
             .filter(|r| r.state.is_open())
             .fold(0i64, |acc, r| acc.saturating_add(r.counted));
+        // The oldest spend inside the breaker's window: a released call spent nothing.
+        let breaker_oldest = caps::short_span(&policy_caps)
+            .and_then(|span| t.windows.get(span))
+            .into_iter()
+            .flat_map(|w| w.entries())
+            .find(|(_, id)| self.reservations.get(*id).is_some_and(|r| r.counted > 0))
+            .map(|(at, _)| at);
         Some(views::token_view(
             t.record.clone(),
             &policy_caps,
             |span| t.windows.sum(span),
             open,
-            now_ms / 1000,
+            t.usage,
+            breaker_oldest,
+            now_ms,
         ))
     }
 

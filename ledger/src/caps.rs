@@ -27,6 +27,8 @@ pub enum CapKind {
     PerWindow,
     Lifetime,
     PolicyPerWindow,
+    /// The spend breaker: a token's spend over its policy's short window.
+    PerShortWindow,
 }
 
 impl CapKind {
@@ -35,6 +37,7 @@ impl CapKind {
             CapKind::PerWindow => "per_window",
             CapKind::Lifetime => "lifetime",
             CapKind::PolicyPerWindow => "policy_per_window",
+            CapKind::PerShortWindow => "per_short_window",
         }
     }
 
@@ -43,6 +46,7 @@ impl CapKind {
             CapKind::PerWindow => Reason::CapWindow,
             CapKind::Lifetime => Reason::CapLifetime,
             CapKind::PolicyPerWindow => Reason::CapPolicy,
+            CapKind::PerShortWindow => Reason::SpendRateLimited,
         }
     }
 }
@@ -112,10 +116,21 @@ pub fn window_span(caps: &Caps) -> Span {
     }
 }
 
+/// The spend breaker's short window, for a policy that has a breaker.
+pub fn short_span(caps: &Caps) -> Option<Span> {
+    caps.per_short_window?;
+    Some(Span::Rolling {
+        ms: u64::try_from(caps.short_window().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
 /// The sums every backend keeps for a policy's tokens and for the policy itself, capped or
 /// not (views and alerts read them too).
 pub fn tracked_spans(caps: &Caps) -> (Vec<Span>, Vec<Span>) {
-    (vec![window_span(caps), Span::Ever], vec![window_span(caps)])
+    let mut token = vec![window_span(caps), Span::Ever];
+    // A breaker as long as the window is the same sum, kept once.
+    token.extend(short_span(caps).filter(|s| *s != window_span(caps)));
+    (token, vec![window_span(caps)])
 }
 
 /// One capped sum.
@@ -146,6 +161,14 @@ pub fn cap_set(policy: &Caps, narrowing: &CapsNarrowing) -> CapSet {
             Scope::Policy,
             window,
             caps.policy_per_window,
+        ),
+        // Last: a refusal that waiting cures (429 with Retry-After) only when no cap that
+        // waiting does not cure is broken too.
+        (
+            CapKind::PerShortWindow,
+            Scope::Token,
+            short_span(policy).unwrap_or(window),
+            caps.per_short_window,
         ),
     ]
     .into_iter()
@@ -196,15 +219,24 @@ impl Refusal {
             }
             Refusal::Over { rule, spent } => {
                 let window_name = duration::format(policy_caps.window());
+                let short_name = duration::format(policy_caps.short_window());
                 let what = match rule.kind {
                     CapKind::PerWindow => format!("this token's spend in the last {window_name}"),
                     CapKind::Lifetime => "this token's lifetime spend".to_string(),
                     CapKind::PolicyPerWindow => {
                         format!("policy {policy:?}'s spend in the last {window_name}")
                     }
+                    CapKind::PerShortWindow => {
+                        format!("this token's spend in the last {short_name}")
+                    }
+                };
+                let noun = if rule.kind == CapKind::PerShortWindow {
+                    "spend breaker"
+                } else {
+                    "cap"
                 };
                 format!(
-                    "A ${amount} call would bring {what} to ${}, over its ${} cap (${} already spent or reserved).",
+                    "A ${amount} call would bring {what} to ${}, over its ${} {noun} (${} already spent or reserved).",
                     usd(spent.saturating_add(amount.micros())),
                     rule.limit,
                     usd(*spent),
@@ -247,6 +279,37 @@ pub fn check(
     Ok(())
 }
 
+/// When a breaker's refusal lifts: the seconds until enough of the spend inside the rule's
+/// window has left it for `amount` to fit under its limit. `inside` is what the window holds,
+/// oldest first, as (made at, counted now). `None` when waiting cannot help: the call alone
+/// is over the limit, or the span never moves.
+pub fn retry_after_secs(
+    rule: &CapRule,
+    now_ms: u64,
+    spent: i64,
+    amount: i64,
+    inside: impl IntoIterator<Item = (u64, i64)>,
+) -> Option<u64> {
+    let limit = rule.limit.micros();
+    let Span::Rolling { ms } = rule.span else {
+        return None;
+    };
+    if amount > limit {
+        return None;
+    }
+    let secs = |ms: u64| ms.div_ceil(1000).max(1);
+    let mut left = spent;
+    for (at, counted) in inside {
+        left = left.saturating_sub(counted);
+        if left.checked_add(amount).is_some_and(|after| after <= limit) {
+            // It leaves when the window's floor reaches it.
+            return Some(secs(at.saturating_add(ms).saturating_sub(now_ms)));
+        }
+    }
+    // Not everything inside was known: after a whole window, everything has left.
+    Some(secs(ms))
+}
+
 /// The thresholds (percent of `limit`) that `spent` has reached.
 pub fn reached(spent: i64, limit: Usd) -> impl Iterator<Item = u8> {
     THRESHOLDS.into_iter().filter(move |t| {
@@ -279,6 +342,7 @@ mod tests {
             lifetime: None,
             policy_per_window: Some(Usd::from_micros(250).unwrap()),
             window: Some(Duration::from_secs(3600)),
+            ..Caps::default()
         }
     }
 
@@ -329,6 +393,45 @@ mod tests {
             check(10, &uncapped, &[i64::MAX - 5], |_, _| 0),
             Err(Refusal::Overflow)
         );
+    }
+
+    #[test]
+    fn the_breaker_is_a_token_rule_over_its_short_span_checked_last() {
+        let breaker = Caps {
+            per_short_window: Some(Usd::from_micros(10).unwrap()),
+            short_window: Some(Duration::from_secs(60)),
+            ..caps()
+        };
+        let minute = Span::Rolling { ms: 60_000 };
+        let set = cap_set(&breaker, &CapsNarrowing::default());
+        let last = set.rules.last().unwrap();
+        assert_eq!(
+            (last.kind, last.scope, last.span),
+            (CapKind::PerShortWindow, Scope::Token, minute)
+        );
+        assert_eq!(last.kind.reason(), Reason::SpendRateLimited);
+        let hour = Span::Rolling { ms: 3_600_000 };
+        assert_eq!(
+            tracked_spans(&breaker),
+            (vec![hour, Span::Ever, minute], vec![hour])
+        );
+        // A daily cap broken too is the reason given: waiting for the breaker would not help.
+        let both = check(5, &set, &[0], |_, span| if span == minute { 8 } else { 98 });
+        assert_eq!(both.unwrap_err().reason(), Reason::CapWindow);
+        let Err(Refusal::Over { rule, spent }) =
+            check(5, &set, &[0], |_, span| if span == minute { 8 } else { 0 })
+        else {
+            panic!("the breaker refuses")
+        };
+        assert_eq!((rule.kind, spent), (CapKind::PerShortWindow, 8));
+        // 8 inside: 3 made at 1 s, 5 at 30 s. Room for 5 once the 3 has left, at 61 s; for 9
+        // once both have, at 90 s; for 11 never.
+        let inside = [(1_000, 3), (30_000, 5)];
+        assert_eq!(retry_after_secs(&rule, 40_000, 8, 5, inside), Some(21));
+        assert_eq!(retry_after_secs(&rule, 40_000, 8, 9, inside), Some(50));
+        assert_eq!(retry_after_secs(&rule, 40_000, 8, 11, inside), None);
+        // What is inside unknown: a whole window.
+        assert_eq!(retry_after_secs(&rule, 40_000, 8, 5, []), Some(60));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bridle_core::policy_files;
-use bridle_core::token::Keyring;
+use bridle_core::token::{PublicKeys, SigningKey, SigningKeyring};
 use bridle_ledger::Config;
 use clap::Parser;
 
@@ -49,8 +49,15 @@ struct Args {
     /// Where cap alerts are POSTed (JSON), retried with backoff.
     #[arg(long, env = "BRIDLE_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
-    #[arg(long, env = "BRIDLE_KEYRING", hide_env_values = true)]
-    keyring: String,
+    /// The private key that signs vault tokens, `kid:base64url` (`bridle keygen`). Only
+    /// the ledger (and `bridle mint`) hold it; proxies get its public key.
+    #[arg(long, env = "BRIDLE_SIGNING_KEY", hide_env_values = true)]
+    signing_key: String,
+    /// The public keys that verify tokens, `kid:base64url,...` (`bridle pubkey`): the same
+    /// list the proxies hold. Defaults to the signing key's own; during a rotation it keeps
+    /// the previous keys, and it must list the signing key.
+    #[arg(long, env = "BRIDLE_PUBLIC_KEYS")]
+    public_keys: Option<String>,
     #[arg(long, env = "BRIDLE_ADMIN_KEY", hide_env_values = true)]
     admin_key: String,
     #[arg(long, env = "BRIDLE_ENFORCER_KEY", hide_env_values = true)]
@@ -106,11 +113,20 @@ fn config(args: Args) -> Result<Config, String> {
         listen: args.listen,
         db: (!args.memory).then_some(args.db),
         policies,
-        keyring: Keyring::parse(&args.keyring).map_err(|e| format!("BRIDLE_KEYRING: {e}"))?,
+        keyring: keyring(&args.signing_key, args.public_keys.as_deref())?,
         admin_key: args.admin_key,
         enforcer_key: args.enforcer_key,
         reservation_ttl: bridle_core::duration::parse(&args.reservation_ttl)
             .map_err(|e| format!("--reservation-ttl: {e}"))?,
         alert_webhook: args.alert_webhook,
     })
+}
+
+fn keyring(signing_key: &str, public_keys: Option<&str>) -> Result<SigningKeyring, String> {
+    let signing = SigningKey::parse(signing_key).map_err(|e| format!("BRIDLE_SIGNING_KEY: {e}"))?;
+    let public = public_keys
+        .map(PublicKeys::parse)
+        .transpose()
+        .map_err(|e| format!("BRIDLE_PUBLIC_KEYS: {e}"))?;
+    SigningKeyring::new(signing, public).map_err(|e| format!("BRIDLE_PUBLIC_KEYS: {e}"))
 }

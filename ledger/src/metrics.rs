@@ -68,6 +68,9 @@ pub struct Metrics {
     pub reserved_usd: Family<PolicyLabel, Counter<f64, AtomicU64>>,
     pub settles: Family<OutcomeLabel, Counter>,
     pub audit_records: Counter,
+    /// LLM calls whose usage cost more than their reservation, and those settled without it.
+    pub over_reservation: Counter,
+    pub usage_missing: Counter,
     pub late_reserves: Counter,
     pub alerts: Family<AlertLabels, Counter>,
     pub window_spend_usd: Family<PolicyLabel, Gauge<f64, AtomicU64>>,
@@ -87,6 +90,8 @@ impl Default for Metrics {
             reserved_usd: Family::default(),
             settles: Family::default(),
             audit_records: Counter::default(),
+            over_reservation: Counter::default(),
+            usage_missing: Counter::default(),
             late_reserves: Counter::default(),
             alerts: Family::default(),
             window_spend_usd: Family::default(),
@@ -122,6 +127,16 @@ impl Default for Metrics {
             "audit_records",
             "Audit records stored",
             m.audit_records.clone(),
+        );
+        registry.register(
+            "llm_over_reservation",
+            "LLM calls whose reported usage cost more than their reservation (committed all the same)",
+            m.over_reservation.clone(),
+        );
+        registry.register(
+            "llm_usage_missing",
+            "LLM calls the vendor accepted whose usage was never read (committed at the reservation)",
+            m.usage_missing.clone(),
         );
         registry.register(
             "alerts",

@@ -27,6 +27,9 @@ pub struct Reservation {
     pub path: String,
     pub detail: String,
     pub settled_at_ms: Option<u64>,
+    /// For a call priced by tokens committed at its usage: its tokens, by class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<bridle_core::llm::TokenUsage>,
 }
 
 /// A token as the ledger knows it: issued here, or first seen at a reserve (minted offline).

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 
+use bridle_core::llm::TokenUsage;
 use bridle_core::money::Usd;
 use bridle_core::policy::{effective_caps, Caps, CompiledPolicy};
 use bridle_core::vendor::Vendor;
 use serde::Serialize;
 
-use crate::caps::{usd, utilization, window_span, Span};
+use crate::caps::{short_span, usd, utilization, window_span, Span};
 use crate::records::TokenRecord;
 
 /// A token's current spend and caps.
@@ -21,6 +22,47 @@ pub struct TokenView {
     /// The caps in force: the policy's, lowered by the token's narrowing.
     pub effective_caps: Caps,
     pub spend: SpendView,
+    /// Tokens of the token's LLM calls, by class, over its life (committed calls only).
+    pub tokens: TokenUsage,
+    /// The spend breaker's state, when the policy has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerView>,
+}
+
+/// Where a token stands against its spend breaker (`caps.per_short_window`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BreakerView {
+    pub cap: Usd,
+    pub window: String,
+    /// Committed and reserved spend in the breaker's window now.
+    pub spent: Usd,
+    /// No more spend fits: costed calls are refused with 429 until spend leaves the window.
+    pub tripped: bool,
+    /// When the oldest spend in the window leaves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eases_in_secs: Option<u64>,
+}
+
+/// The breaker's view: `spent` over its short window, the oldest spend inside made at
+/// `oldest_ms`.
+fn breaker_view(
+    caps: &Caps,
+    spent: i64,
+    oldest_ms: Option<u64>,
+    now_ms: u64,
+) -> Option<BreakerView> {
+    let cap = caps.per_short_window?;
+    let Span::Rolling { ms } = short_span(caps)? else {
+        return None;
+    };
+    Some(BreakerView {
+        cap,
+        window: bridle_core::duration::format(caps.short_window()),
+        spent: usd(spent),
+        tripped: spent >= cap.micros(),
+        eases_in_secs: oldest_ms
+            .map(|at| at.saturating_add(ms).saturating_sub(now_ms).div_ceil(1000)),
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -53,14 +95,17 @@ pub fn token_status(r: &TokenRecord, now_s: u64) -> &'static str {
     }
 }
 
-/// A token's view from its sums: `sum(span)` over each tracked span, and what of the window
-/// is still open (reserved or held).
+/// A token's view from its sums: `sum(span)` over each tracked span, what of the window is
+/// still open (reserved or held), its LLM tokens, and when the oldest spend still inside the
+/// breaker's window was made.
 pub fn token_view(
     record: TokenRecord,
     policy_caps: &Caps,
     sum: impl Fn(Span) -> i64,
     open: i64,
-    now_s: u64,
+    usage: TokenUsage,
+    breaker_oldest_ms: Option<u64>,
+    now_ms: u64,
 ) -> TokenView {
     let caps = effective_caps(policy_caps, &record.caps);
     let window = sum(window_span(policy_caps));
@@ -72,8 +117,10 @@ pub fn token_view(
     if let Some(u) = utilization(lifetime, caps.lifetime) {
         utilization_by_cap.insert("lifetime", u);
     }
+    let breaker = short_span(policy_caps)
+        .and_then(|span| breaker_view(policy_caps, sum(span), breaker_oldest_ms, now_ms));
     TokenView {
-        status: token_status(&record, now_s),
+        status: token_status(&record, now_ms / 1000),
         record,
         effective_caps: caps,
         spend: SpendView {
@@ -82,6 +129,8 @@ pub fn token_view(
             reserved: usd(open),
             utilization: utilization_by_cap,
         },
+        tokens: usage,
+        breaker,
     }
 }
 
@@ -95,6 +144,8 @@ pub fn archived_token_view(record: TokenRecord, lifetime: i64, now_s: u64) -> To
             lifetime: usd(lifetime),
             ..Default::default()
         },
+        tokens: TokenUsage::default(),
+        breaker: None,
     }
 }
 

@@ -109,6 +109,20 @@ impl Window {
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.events.iter().map(|(_, id)| &**id)
     }
+
+    /// The reservations inside with when each was made, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.events.iter().map(|(at, id)| (*at, &**id))
+    }
+
+    /// Remembers a reservation inside that the loaded sum already counts (PostgreSQL reads
+    /// the sum from its row and, where a rule needs them, the reservations apart). Call in
+    /// time order.
+    pub fn know(&mut self, at_ms: u64, id: &Arc<str>) {
+        if self.sum.contains(at_ms) && self.span != Span::Ever {
+            self.events.push_back((at_ms, id.clone()));
+        }
+    }
 }
 
 /// The windows of one scope (a token or a policy), one per tracked span.
@@ -122,6 +136,10 @@ impl Windows {
 
     pub fn get(&self, span: Span) -> Option<&Window> {
         self.0.iter().find(|w| w.span == span)
+    }
+
+    pub fn get_mut(&mut self, span: Span) -> Option<&mut Window> {
+        self.0.iter_mut().find(|w| w.span == span)
     }
 
     /// The sum over `span`, 0 when it is not tracked.

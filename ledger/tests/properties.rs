@@ -441,6 +441,7 @@ fn policy(setup: &Setup) -> CompiledPolicy {
         lifetime,
         policy_per_window,
         window: Some(Duration::from_millis(setup.window_ms)),
+        ..Caps::default()
     };
     p.compile().unwrap()
 }
@@ -1068,6 +1069,7 @@ fn run<B: Backend>(b: &mut B, setup: &Setup, ops: &[Op]) -> Result<(), TestCaseE
                     outcome: *outcome,
                     amount: amount.map(usd),
                     replay: *replay,
+                    usage: None,
                 };
                 let want = m.settle(&s);
                 let got = b.settle(&s);

@@ -39,7 +39,14 @@ fn policies() -> Vec<CompiledPolicy> {
         "caps": { "per_transaction": "50", "per_window": "100", "lifetime": "150", "policy_per_window": "250", "window": "1h" },
     }))
     .unwrap();
-    vec![p.compile().unwrap()]
+    // A spend breaker: $1.00 a minute per token, under a $100 daily cap.
+    let rate: Policy = serde_json::from_value(serde_json::json!({
+        "name": "rate", "vendor": "openai", "secret_env": "S", "max_ttl": "4h",
+        "endpoints": [{ "method": "POST", "path": "/v1/chat/completions" }],
+        "caps": { "per_window": "100", "per_short_window": "1.00", "short_window": "1m" },
+    }))
+    .unwrap();
+    vec![p.compile().unwrap(), rate.compile().unwrap()]
 }
 
 struct Fixture<S> {
@@ -158,6 +165,7 @@ async fn settle<S: Store>(
         outcome,
         amount: amount.map(usd),
         replay,
+        usage: None,
     }])
     .await
     .unwrap()
@@ -168,6 +176,121 @@ async fn window_spend<S: Store>(s: &S, id: &str) -> Usd {
 }
 
 // --- scenarios ------------------------------------------------------------------------
+
+async fn the_spend_breaker_stops_a_loop_until_its_window_eases<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = Claims {
+        policy: "rate".into(),
+        vendor: Vendor::Openai,
+        ..claims("tok_r", "loop/r")
+    };
+    // $1.00 a minute: four $0.25 calls ten seconds apart pass, the fifth is refused with
+    // when it may go on: once the first call (at 0 s) leaves the window, at 60 s.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(granted(&reserve(s, &a, "0.25").await));
+        f.clock.advance(10_000);
+    }
+    let r = reserve(s, &a, "0.25").await;
+    let ReserveResponse::Denied {
+        reason,
+        retry_after_secs,
+        message,
+    } = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*reason, Reason::SpendRateLimited);
+    assert_eq!(reason.status(), 429);
+    assert_eq!(*retry_after_secs, Some(20), "{message}");
+    let view = s.token("tok_r".into()).await.unwrap().unwrap();
+    let b = view.breaker.unwrap();
+    assert_eq!((b.spent, b.cap, b.tripped), (usd("1"), usd("1"), true));
+    assert_eq!(b.eases_in_secs, Some(20));
+    // A small call fits no better: the breaker counts dollars, not calls.
+    assert_eq!(
+        denied(&reserve(s, &a, "0.01").await),
+        Reason::SpendRateLimited
+    );
+    // Spend released (the vendor refused the call) leaves the breaker at once...
+    settle(s, &ids[3], SettleOutcome::Release, None, false).await;
+    granted(&reserve(s, &a, "0.25").await);
+    // ...and a commit below the reservation makes room.
+    settle(s, &ids[2], SettleOutcome::Commit, Some("0.05"), false).await;
+    granted(&reserve(s, &a, "0.20").await);
+    assert_eq!(
+        denied(&reserve(s, &a, "0.01").await),
+        Reason::SpendRateLimited
+    );
+    // A minute after the first call it has left the window: its $0.25 fits again.
+    f.clock.advance(20_001);
+    let view = s.token("tok_r".into()).await.unwrap().unwrap();
+    let b = view.breaker.unwrap();
+    assert_eq!((b.spent, b.tripped), (usd("0.75"), false));
+    granted(&reserve(s, &a, "0.25").await);
+    // Tokens without a breaker show none.
+    granted(&reserve(s, &claims("tok_plain", "x/p"), "1").await);
+    assert!(s
+        .token("tok_plain".into())
+        .await
+        .unwrap()
+        .unwrap()
+        .breaker
+        .is_none());
+}
+
+async fn token_usage_adds_up_by_class<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let a = claims("tok_u", "llm/u");
+    let usage = |input, cached, output| bridle_core::llm::TokenUsage {
+        input,
+        cached_input: cached,
+        output,
+        reasoning: output / 2,
+        ..Default::default()
+    };
+    for (u, outcome) in [
+        (usage(100, 20, 50), SettleOutcome::Commit),
+        (usage(7, 0, 3), SettleOutcome::Commit),
+        // A release carries no usage worth counting: the vendor refused.
+        (usage(1000, 0, 1000), SettleOutcome::Release),
+    ] {
+        let settle = Settle {
+            reservation: granted(&reserve(s, &a, "1").await),
+            outcome,
+            amount: None,
+            replay: false,
+            usage: Some(u),
+        };
+        assert_eq!(s.settle(vec![settle.clone()]).await.unwrap(), 1);
+        // A repeated settle changes nothing: its usage is not counted twice.
+        assert_eq!(s.settle(vec![settle]).await.unwrap(), 0);
+    }
+    let view = s.token("tok_u".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            view.tokens.input,
+            view.tokens.cached_input,
+            view.tokens.output,
+            view.tokens.reasoning
+        ),
+        (107, 20, 53, 26)
+    );
+    // The audit record keeps the model and the usage.
+    let mut record = self::record(99, T0, "tok_u", "llm/u");
+    record.model = Some("gpt-4o-mini".into());
+    record.usage = Some(usage(100, 20, 50));
+    record.over_reservation = true;
+    s.append_audit(vec![record.clone()]).await.unwrap();
+    let page = s
+        .audit(AuditQuery {
+            token_id: Some("tok_u".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.records, vec![record]);
+}
 
 async fn each_cap_kind_refuses_with_its_reason<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
@@ -509,6 +632,10 @@ fn record(id: u64, at_ms: u64, token: &str, label: &str) -> AuditRecord {
         cost: None,
         reservation: None,
         merchant: None,
+        model: None,
+        usage: None,
+        usage_missing: None,
+        over_reservation: false,
         replay: id.is_multiple_of(5),
     }
 }
@@ -718,6 +845,8 @@ macro_rules! scenarios {
 }
 
 scenarios!(
+    the_spend_breaker_stops_a_loop_until_its_window_eases,
+    token_usage_adds_up_by_class,
     each_cap_kind_refuses_with_its_reason,
     token_narrowing_lowers_caps,
     settles_move_spend_and_are_idempotent,
@@ -745,7 +874,19 @@ async fn sqlite_state_survives_a_reopen() {
         let s = SqliteStore::open(&path, &policies(), TTL_MS, shared.clone()).unwrap();
         s.issue(TokenRecord::from_claims(&a, true)).await.unwrap();
         let r1 = granted(&s.reserve(a.clone(), req("20")).await.unwrap());
-        settle(&s, &r1, SettleOutcome::Commit, Some("15"), false).await;
+        s.settle(vec![Settle {
+            reservation: r1,
+            outcome: SettleOutcome::Commit,
+            amount: Some(usd("15")),
+            replay: false,
+            usage: Some(bridle_core::llm::TokenUsage {
+                input: 11,
+                output: 22,
+                ..Default::default()
+            }),
+        }])
+        .await
+        .unwrap();
         let held = granted(&s.reserve(a.clone(), req("10")).await.unwrap());
         let keyed_id = granted(&s.reserve(a.clone(), keyed.clone()).await.unwrap());
         s.revoke(RevokeRequest {
@@ -764,6 +905,7 @@ async fn sqlite_state_survives_a_reopen() {
     let view = s.token("tok_p".into()).await.unwrap().unwrap();
     assert_eq!(view.spend.window, usd("85"));
     assert_eq!(view.spend.lifetime, usd("85"));
+    assert_eq!((view.tokens.input, view.tokens.output), (11, 22));
     assert!(view.record.issued);
     assert_eq!(s.revocations(0).await.unwrap().entries.len(), 1);
     assert_eq!(

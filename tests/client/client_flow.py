@@ -130,13 +130,13 @@ with bridle.run(
     )
     oc = creds.openai()
     c = oc.chat.completions.create(
-        model="gpt-test", messages=[{"role": "user", "content": "hello"}]
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
     )
     out["openai_allowed"] = {"id": c.id, "type": type(c).__name__}
     out["openai_endpoint"] = refused(lambda: oc.files.list())
     ac = creds.anthropic()
     m = ac.messages.create(
-        model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hello"}]
+        model="claude-haiku-4-5", max_tokens=16, messages=[{"role": "user", "content": "hello"}]
     )
     out["anthropic_allowed"] = {"id": m.id, "type": type(m).__name__}
     rs = creds.resend()
@@ -218,10 +218,10 @@ async def async_part():
         ) as c5:
             ids = {v: c5[v].id for v in c5.tokens}
             chat = await c5.async_openai().chat.completions.create(
-                model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
             )
             msg = await c5.async_anthropic().messages.create(
-                model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+                model="claude-haiku-4-5", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
             )
             res["async_calls"] = [chat.id, msg.id]
             res["async_during"] = (await admin.get(ids["openai"])).status

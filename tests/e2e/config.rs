@@ -1,6 +1,6 @@
 //! Configuration in the real Envoy: what the repository ships is what the policies render
-//! to, and a bad policy, a missing secret or keyring makes Envoy refuse to start, with a
-//! log line that says what is wrong.
+//! to, and a bad policy, a missing secret or bad public keys makes Envoy refuse to start,
+//! with a log line that says what is wrong.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -30,9 +30,15 @@ fn policy() -> serde_json::Value {
 fn the_shipped_envoy_config_is_the_rendering_of_the_shipped_policies() {
     let root = repo_root();
     let policies = policy_files::load(&[root.join("policies")]).unwrap();
-    let rendered =
-        render::to_yaml(&[render::envoy_bootstrap(&policies, &EnvoyOptions::default()).unwrap()])
-            .unwrap();
+    let rendered = render::to_yaml(&[render::envoy_bootstrap(
+        &policies,
+        &EnvoyOptions {
+            prices: bridle_e2e::shipped_prices(),
+            ..EnvoyOptions::default()
+        },
+    )
+    .unwrap()])
+    .unwrap();
     let shipped = std::fs::read_to_string(root.join("envoy/bridle.yaml")).unwrap();
     assert!(
         rendered == shipped,
@@ -89,7 +95,7 @@ async fn bad_configuration_is_refused_by_envoy_with_the_reason() {
         "{log}"
     );
 
-    // A missing secret or keyring is refused too, and the log never shows a secret.
+    // A missing secret or bad public keys are refused too, and the log never shows a secret.
     let no_secret = setup.clone().env("STRIPE_SECRET_KEY", "");
     let mut env = no_secret.environment();
     env.retain(|(n, _)| n != "STRIPE_SECRET_KEY");
@@ -102,15 +108,27 @@ async fn bad_configuration_is_refused_by_envoy_with_the_reason() {
         "{log}"
     );
 
-    let bad_keyring = setup.clone().env("BRIDLE_KEYRING", "k1:c2hvcnQ");
-    let log = match Envoy::start(&bad_keyring).await {
+    let bad_keys = setup.clone().env("BRIDLE_PUBLIC_KEYS", "k1:c2hvcnQ");
+    let log = match Envoy::start(&bad_keys).await {
         Ok(_) => panic!("started with a short key"),
         Err(log) => log,
     };
     assert!(
-        log.contains("BRIDLE_KEYRING: keyring entry 1 (k1): key is 5 bytes"),
+        log.contains("BRIDLE_PUBLIC_KEYS: entry 1 (k1): key is 5 bytes"),
         "{log}"
     );
+    // The signing key where the public keys go: a proxy must never hold it, so Envoy
+    // refuses to start, and says why without showing the key.
+    let private = setup.clone().env("BRIDLE_PUBLIC_KEYS", &keys.spec);
+    let log = match Envoy::start(&private).await {
+        Ok(_) => panic!("started with the signing key"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("is a private signing key: a proxy must hold only public keys"),
+        "{log}"
+    );
+    assert!(!log.contains(keys.spec.split_once(':').unwrap().1), "{log}");
 }
 
 /// Istio delivers `pluginConfig` as JSON text in a StringValue; a hand-written bootstrap
@@ -168,7 +186,7 @@ async fn the_example_policies_serve_requests() {
     let openai = keys.token("openai-chat", Vendor::Openai);
     let r = Request::new("POST", "/v1/chat/completions")
         .bearer(&openai)
-        .json(&json!({"model": "m", "messages": []}))
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
         .send(envoy.port(Vendor::Openai))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -187,6 +205,7 @@ async fn the_example_policies_serve_requests() {
     };
     let r = pay("2000").send(envoy.port(Vendor::Stripe)).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // 403, not 402: Stripe's SDK reads every 402 as a declined card.
     let r = pay("30000").send(envoy.port(Vendor::Stripe)).await;
-    assert_eq!((r.status, r.reason()), (402, "cap_per_transaction"));
+    assert_eq!((r.status, r.reason()), (403, "cap_per_transaction"));
 }

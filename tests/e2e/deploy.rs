@@ -1,7 +1,7 @@
 //! The deployment manifests (`deploy/`) and the ledger's OpenAPI document
 //! (`ledger/openapi.yaml`), kept honest against the code: what is rendered must be what the
 //! policies render to, every variable the filter reads must reach it, the admin key must never
-//! reach the proxy, the ledger must stay one replica behind a NetworkPolicy, and the API
+//! reach the proxy, the token signing key must reach only the ledger, the ledger must stay one replica behind a NetworkPolicy, and the API
 //! document must describe every route, field and reason code the ledger has.
 //!
 //! No cluster is needed: these read files and compare them with the code.
@@ -20,6 +20,7 @@ use bridle_core::ledger_api::{self, ReserveResponse};
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::policy_files;
 use bridle_core::Reason;
+use bridle_e2e::keys::{PUBLIC_KEYS_ENV, SIGNING_KEY_ENV};
 use bridle_e2e::repo_root;
 use serde_json::{json, Value};
 
@@ -29,6 +30,8 @@ const FILTER_IMAGE: &str = "oci://ghcr.io/example/bridle-filter:0.1.0";
 const ISTIO_NAMESPACE: &str = "istio-system";
 const ENVOY_LISTEN: &str = "0.0.0.0";
 const ENVOY_WASM: &str = "/etc/bridle/wasm/bridle_filter.wasm";
+/// The Secret only the ledger reads.
+const SIGNING_KEY_SECRET: &str = "bridle-signing-key";
 
 const ISTIO_RENDER: &str = "cargo run -q -p bridle-cli -- render istio --image oci://ghcr.io/example/bridle-filter:0.1.0 --namespace istio-system --ledger http://bridle-ledger.bridle.svc.cluster.local:8181 > deploy/istio/wasmplugins.yaml";
 const ENVOY_RENDER: &str = "cargo run -q -p bridle-cli -- render envoy --listen 0.0.0.0 --ledger http://bridle-ledger.bridle.svc.cluster.local:8181 --wasm /etc/bridle/wasm/bridle_filter.wasm -o deploy/kubernetes/envoy-bootstrap.yaml";
@@ -343,7 +346,14 @@ fn kustomizations_list_existing_files_and_every_policy_but_no_secret() {
 
 #[test]
 fn istio_wasmplugins_are_the_rendering_of_the_policies() {
-    let docs = render::istio(&policies(), FILTER_IMAGE, ISTIO_NAMESPACE, &ledger()).unwrap();
+    let docs = render::istio(
+        &policies(),
+        &bridle_e2e::shipped_prices(),
+        FILTER_IMAGE,
+        ISTIO_NAMESPACE,
+        &ledger(),
+    )
+    .unwrap();
     let rendered = render::to_yaml(&docs).unwrap();
     let shipped = read("deploy/istio/wasmplugins.yaml");
     assert!(
@@ -365,6 +375,7 @@ fn kubernetes_envoy_bootstrap_is_the_rendering_of_the_policies() {
         wasm: ENVOY_WASM.to_string(),
         listen: ENVOY_LISTEN.to_string(),
         ledger: Some(ledger()),
+        prices: bridle_e2e::shipped_prices(),
         ..EnvoyOptions::default()
     };
     let rendered =
@@ -455,7 +466,7 @@ fn the_proxies_get_every_variable_the_filter_reads() {
     let policies = policies();
     let link = render::ledger_link(&ledger());
     let needed = render::env_keys(&policies, Some(&link));
-    assert!(needed.contains(&"BRIDLE_KEYRING".to_string()));
+    assert!(needed.contains(&PUBLIC_KEYS_ENV.to_string()));
     assert!(needed.contains(&"BRIDLE_ENFORCER_KEY".to_string()));
 
     let docs = deploy_docs();
@@ -474,12 +485,19 @@ fn the_proxies_get_every_variable_the_filter_reads() {
         let have = env_names(c);
         for key in &needed {
             assert!(have.contains(key), "{what} is not given {key}");
+            // Public keys are public: a ConfigMap. Everything else is a secret.
+            let source = if key == PUBLIC_KEYS_ENV {
+                "configMapKeyRef"
+            } else {
+                "secretKeyRef"
+            };
+            let r = &env_entry(c, key)["valueFrom"][source];
             assert!(
-                env_entry(c, key)["valueFrom"]["secretKeyRef"]["name"].is_string(),
-                "{what}: {key} must come from a Secret, not a literal"
+                r["name"].is_string(),
+                "{what}: {key} must come from a {source}"
             );
             assert!(
-                env_entry(c, key)["valueFrom"]["secretKeyRef"]["optional"] != true,
+                r["optional"] != true,
                 "{what}: {key} must not be optional: the filter refuses to start without it"
             );
         }
@@ -494,7 +512,7 @@ fn the_ledger_holds_the_admin_key_and_the_proxies_never_do() {
         "ledger",
     );
     let have = env_names(ledger);
-    for key in ["BRIDLE_KEYRING", "BRIDLE_ADMIN_KEY", "BRIDLE_ENFORCER_KEY"] {
+    for key in ["BRIDLE_ADMIN_KEY", "BRIDLE_ENFORCER_KEY"] {
         assert!(have.contains(key), "the ledger is not given {key}");
         assert!(
             env_entry(ledger, key)["valueFrom"]["secretKeyRef"]["name"] == "bridle-secrets",
@@ -529,6 +547,64 @@ fn the_ledger_holds_the_admin_key_and_the_proxies_never_do() {
     }
 }
 
+/// A proxy verifies tokens and never mints them: the signing key is in a Secret of its own
+/// that only the ledger reads, and the ledger's public keys are the proxies'.
+#[test]
+fn the_signing_key_reaches_only_the_ledger() {
+    let docs = deploy_docs();
+    let ledger = container(
+        resource(&docs, "kubernetes/", "Deployment", "bridle-ledger"),
+        "ledger",
+    );
+    assert_eq!(
+        env_entry(ledger, SIGNING_KEY_ENV)["valueFrom"]["secretKeyRef"]["name"],
+        SIGNING_KEY_SECRET
+    );
+    assert_eq!(
+        env_entry(ledger, PUBLIC_KEYS_ENV)["valueFrom"]["configMapKeyRef"]["name"],
+        "bridle-public-keys"
+    );
+    let mut readers = Vec::new();
+    for d in resources(&docs, "", "Deployment") {
+        for c in all_containers(&d.value) {
+            let name = format!("{}/{}", d.name(), c["name"].as_str().unwrap_or("?"));
+            if env_names(c).contains(SIGNING_KEY_ENV)
+                || secret_refs(c)
+                    .iter()
+                    .any(|(_, secret, key)| secret == SIGNING_KEY_SECRET || key == SIGNING_KEY_ENV)
+            {
+                readers.push(name.clone());
+            }
+            for v in c["volumes"]
+                .as_array()
+                .into_iter()
+                .chain(d.value["spec"]["template"]["spec"]["volumes"].as_array())
+                .flatten()
+            {
+                assert_ne!(
+                    v["secret"]["secretName"], SIGNING_KEY_SECRET,
+                    "{name} mounts the signing key"
+                );
+            }
+        }
+    }
+    assert_eq!(readers, ["bridle-ledger/ledger"]);
+    // The example Secrets keep the signing key apart: no other Secret shows it.
+    for s in resources(&docs, "", "Secret") {
+        let has = s.value["stringData"]
+            .as_object()
+            .unwrap()
+            .contains_key(SIGNING_KEY_ENV);
+        assert_eq!(
+            has,
+            s.name() == SIGNING_KEY_SECRET,
+            "deploy/{}: {} and {SIGNING_KEY_ENV}",
+            s.file,
+            s.name()
+        );
+    }
+}
+
 #[test]
 fn every_secret_reference_has_its_key_in_the_example_secrets() {
     let docs = deploy_docs();
@@ -536,6 +612,17 @@ fn every_secret_reference_has_its_key_in_the_example_secrets() {
     for s in resources(&docs, "", "Secret") {
         for key in s.value["stringData"].as_object().unwrap().keys() {
             example.insert((s.name().to_string(), key.clone()));
+        }
+    }
+    let mut config_maps: BTreeSet<(String, String)> = BTreeSet::new();
+    for m in resources(&docs, "", "ConfigMap") {
+        for key in m.value["data"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
+            config_maps.insert((m.name().to_string(), key.clone()));
         }
     }
     let mut checked = 0;
@@ -548,6 +635,18 @@ fn every_secret_reference_has_its_key_in_the_example_secrets() {
                     d.file
                 );
                 checked += 1;
+            }
+            for e in c["env"].as_array().into_iter().flatten() {
+                let r = &e["valueFrom"]["configMapKeyRef"];
+                if let (Some(map), Some(key)) = (r["name"].as_str(), r["key"].as_str()) {
+                    assert!(
+                        config_maps.contains(&(map.to_string(), key.to_string())),
+                        "deploy/{}: {} reads ConfigMap {map}/{key}, which no example shows",
+                        d.file,
+                        e["name"]
+                    );
+                    checked += 1;
+                }
             }
         }
     }
@@ -673,6 +772,25 @@ fn istio_gateway_ports_match_the_wasmplugins() {
             BTreeSet::from([443]),
             "{host}"
         );
+    }
+}
+
+/// Istio retries a route twice by default (on 503 among others); to the vendor, a retry is a
+/// second call under the one reservation Bridle made. Every vendor route says no retries.
+#[test]
+fn istio_vendor_routes_never_retry() {
+    let docs = deploy_docs();
+    let services = resources(&docs, "istio/", "VirtualService");
+    assert_eq!(services.len(), vendor_ports().len());
+    for vs in services {
+        for route in vs.value["spec"]["http"].as_array().unwrap() {
+            assert_eq!(
+                route["retries"]["attempts"].as_u64(),
+                Some(0),
+                "{}: {route}",
+                vs.value["metadata"]["name"]
+            );
+        }
     }
 }
 
@@ -1304,18 +1422,26 @@ fn openapi_reserve_response_is_discriminated_by_decision() {
     let response = &schemas["ReserveResponse"];
     assert_eq!(response["discriminator"]["propertyName"], "decision");
     assert_eq!(response["oneOf"].as_array().unwrap().len(), 2);
-    let examples = [
-        ReserveResponse::Granted {
-            reservation: "0123456789abcdef".into(),
-            replay: false,
-        },
-        ReserveResponse::Denied {
-            reason: Reason::CapWindow,
-            message: "over".into(),
-        },
+    // Each with every field it can send, and those it may leave out.
+    let examples: [(ReserveResponse, &[&str]); 2] = [
+        (
+            ReserveResponse::Granted {
+                reservation: "0123456789abcdef".into(),
+                replay: false,
+            },
+            &[],
+        ),
+        (
+            ReserveResponse::Denied {
+                reason: Reason::SpendRateLimited,
+                message: "over".into(),
+                retry_after_secs: Some(20),
+            },
+            &["retry_after_secs"],
+        ),
     ];
     let mut decisions = BTreeSet::new();
-    for example in examples {
+    for (example, optional) in examples {
         let wire = serde_json::to_value(&example).unwrap();
         let decision = wire["decision"].as_str().unwrap().to_string();
         let target = response["discriminator"]["mapping"][&decision]
@@ -1334,7 +1460,11 @@ fn openapi_reserve_response_is_discriminated_by_decision() {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        let sent_names: BTreeSet<&str> = sent.iter().map(|s| s.as_str()).collect();
+        let sent_names: BTreeSet<&str> = sent
+            .iter()
+            .map(|s| s.as_str())
+            .filter(|s| !optional.contains(s))
+            .collect();
         assert_eq!(required, sent_names, "{decision}");
         decisions.insert(decision);
     }

@@ -10,7 +10,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use bridle_core::token::Keyring;
+use bridle_core::token::SigningKey;
 use bridle_core::vendor::Vendor;
 use bridle_e2e::client::{Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
@@ -214,7 +214,7 @@ fn denial_cases(keys: &Keys) -> Vec<Case> {
     let same_kid_other_key = {
         let mut k = [0u8; 32];
         k[0] = 1;
-        Keyring::parse(&Keyring::encode_entry(keys.ring.current_kid().unwrap(), &k))
+        SigningKey::from_seed(keys.ring.kid(), &k)
             .unwrap()
             .mint(&claims("stripe-payments", Vendor::Stripe))
             .unwrap()

@@ -129,14 +129,7 @@ impl Stack {
 
     /// Waits until the token has no open reservation left (settles arrive in batches).
     async fn settled(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let t = self.ledger.token(id).await;
-            if t["spend"]["reserved"] == "0.00" || Instant::now() > deadline {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.ledger.settled(id).await
     }
 }
 
@@ -310,13 +303,14 @@ fn base64_basic(user: &str, pass: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_cap_refuses_with_402_naming_the_cap() {
+async fn each_cap_refuses_naming_the_cap_never_as_a_card_decline() {
     let s = stack().await;
     let (token, _) = s.issue("pay", "acme/caps").await;
+    // Stripe: 403, so the SDK raises PermissionError; every 402 would be a CardError.
     let r = intent(&token, "5001", "usd").send(s.stripe()).await;
     assert_eq!(
         (r.status, r.reason()),
-        (402, "cap_per_transaction"),
+        (403, "cap_per_transaction"),
         "{}",
         r.text()
     );
@@ -329,7 +323,7 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
         r.text()
     );
     assert_eq!(r.header("stripe-should-retry"), Some("false"));
-    assert_eq!(r.json()["error"]["type"], "card_error");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     assert_eq!(
         intent(&token, "5000", "usd").send(s.stripe()).await.status,
         200
@@ -339,7 +333,7 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
         200
     );
     let r = intent(&token, "1", "usd").send(s.stripe()).await;
-    assert_eq!((r.status, r.reason()), (402, "cap_window"), "{}", r.text());
+    assert_eq!((r.status, r.reason()), (403, "cap_window"), "{}", r.text());
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(
         message.contains("$100.00 cap") && message.contains("$100.00 already spent"),
@@ -358,7 +352,7 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
     let r = intent(&narrowed, "1", "usd").send(s.stripe()).await;
     assert_eq!(
         (r.status, r.reason()),
-        (402, "cap_lifetime"),
+        (403, "cap_lifetime"),
         "{}",
         r.text()
     );
@@ -368,12 +362,12 @@ async fn each_cap_refuses_with_402_naming_the_cap() {
         ("t/a", "10000", 200),
         ("t/b", "10000", 200),
         ("t/c", "5000", 200),
-        ("t/d", "1", 402),
+        ("t/d", "1", 403),
     ] {
         let (t, _) = s.issue("tight", label).await;
         let r = intent(&t, amount, "usd").send(s.stripe()).await;
         assert_eq!(r.status, want, "{label}: {}", r.text());
-        if want == 402 {
+        if want == 403 {
             assert_eq!(r.reason(), "cap_policy");
         }
     }
@@ -449,13 +443,13 @@ async fn spend_never_exceeds_a_cap_under_concurrency() {
     assert_eq!(tight["window_spend"].as_str(), Some("249.75"), "{tight}");
 }
 
-/// Sends a costed call until the cap decides it (200 or 402), resending it when the ledger
+/// Sends a costed call until the cap decides it (200, or 403 on Stripe), resending it when the ledger
 /// did not answer in time (503), as an agent would; returns (status, resends).
 async fn until_decided(r: &Request, port: u16) -> (u16, u32) {
     for resends in 0..40 {
         let answer = r.send(port).await;
         match (answer.status, answer.reason()) {
-            (200 | 402, _) => return (answer.status, resends),
+            (200 | 403, _) => return (answer.status, resends),
             (503, "ledger_unavailable") => tokio::time::sleep(Duration::from_millis(20)).await,
             (status, reason) => panic!("unexpected status {status} {reason}"),
         }
@@ -731,7 +725,7 @@ async fn kill_9_under_load_loses_no_committed_spend() {
                     .expect("a request hung across the crash");
                 match r.status {
                     200 => granted += 1,
-                    503 | 402 => refused += 1,
+                    503 | 403 => refused += 1,
                     other => panic!("status {other}: {}", r.text()),
                 }
             }
@@ -787,7 +781,7 @@ async fn cap_alerts_fire_exactly_once_per_threshold() {
     for _ in 0..2 {
         assert_eq!(
             intent(&token, "2000", "usd").send(s.stripe()).await.status,
-            402
+            403
         ); // refused at the cap: 100%
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -884,6 +878,34 @@ async fn every_request_is_audited_once() {
         assert_eq!(
             rec["path"].as_str().unwrap(),
             got.path.split('?').next().unwrap()
+        );
+    }
+
+    // `bridle audit | head` (and `bridle tokens | head`): the reader has gone before the CLI
+    // writes a line. The CLI stops quietly with success; it used to panic on the broken pipe.
+    let policies = bridle_e2e::repo_root().join("policies");
+    let policies = policies.to_str().unwrap();
+    for args in [
+        &["audit", "--label-prefix", "acme/"][..],
+        &["tokens"][..],
+        &["blast-radius", "--policies", policies][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(bridle_e2e::workspace_binary("bridle"))
+            .args(args)
+            .args(["--ledger", &s.ledger.url()])
+            .env_clear()
+            .env("BRIDLE_ADMIN_KEY", ADMIN_KEY)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "bridle {args:?} into a closed pipe: {} {stderr}",
+            out.status
         );
     }
 }

@@ -170,12 +170,13 @@ async fn the_python_client_issues_calls_caps_and_revokes_on_exit() {
     // Per-run credentials: each SDK's allowed call went through, refusals raised the SDK's
     // own class with Bridle's reason.
     assert_eq!(out["stripe_allowed"]["type"], "PaymentIntent");
+    // A cap reads as a permission error, never a declined card (stripe.CardError).
     refusal(
         &out,
         "stripe_cap",
-        "stripe.CardError",
+        "stripe.PermissionError",
         "cap_per_transaction",
-        402,
+        403,
     );
     assert_eq!(out["stripe_cap"]["is_cap"], true);
     refusal(
@@ -211,7 +212,7 @@ async fn the_python_client_issues_calls_caps_and_revokes_on_exit() {
     );
     let answer = tool["refused"].as_str().unwrap();
     assert!(
-        answer.starts_with("Refused by Bridle (cap_per_transaction, HTTP 402): ")
+        answer.starts_with("Refused by Bridle (cap_per_transaction, HTTP 403): ")
             && answer.contains("do not retry"),
         "{answer}"
     );

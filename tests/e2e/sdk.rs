@@ -29,7 +29,7 @@ use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys};
 use bridle_e2e::ledger::Ledger;
 use bridle_e2e::mock::{MockVendor, Recorded};
-use bridle_e2e::python;
+use bridle_e2e::python::{self, assert_version, run_script};
 use bridle_e2e::repo_root;
 use serde_json::{json, Value};
 
@@ -180,30 +180,6 @@ impl Stack {
     }
 }
 
-/// The version tests/sdk/requirements.txt pins for `package`.
-fn pinned(package: &str) -> String {
-    let path = repo_root().join("tests/sdk/requirements.txt");
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{package}==")))
-        .unwrap_or_else(|| panic!("{} pins no {package}", path.display()))
-        .trim()
-        .to_string()
-}
-
-/// Runs a vendor script in tests/sdk/ and parses the one JSON object it prints.
-async fn run_script(script: &str, vars: &[(&str, String)]) -> Value {
-    python::run_json(&repo_root().join("tests/sdk"), script, vars).await
-}
-
-fn assert_version(out: &Value, package: &str) {
-    assert_eq!(
-        out["sdk_version"].as_str(),
-        Some(pinned(package).as_str()),
-        "the installed {package} is not the pinned one: run `make test`"
-    );
-}
-
 /// An allowed call: it returned a parsed result.
 fn allowed<'a>(out: &'a Value, case: &str) -> &'a Value {
     let o = &out[case];
@@ -311,9 +287,18 @@ async fn stripe_sdk() {
     );
     assert_eq!(e["error_code"], "merchant_not_allowed");
 
-    // (c) Over the cap: stripe.CardError, with the reason as its code.
-    let e = refused(&out, "cap", "stripe.CardError", 402, "cap_per_transaction");
-    assert_eq!(e["code"], "cap_per_transaction");
+    // (c) Over the cap: stripe.PermissionError (403), never stripe.CardError, which the SDK
+    // raises for any 402 and an agent would take for a declined card. The reason is on
+    // `e.error.code`.
+    let e = refused(
+        &out,
+        "cap",
+        "stripe.PermissionError",
+        403,
+        "cap_per_transaction",
+    );
+    assert_eq!(e["error_code"], "cap_per_transaction");
+    assert_ne!(e["error_type"], "card_error");
     assert!(
         e["str"]
             .as_str()
@@ -557,8 +542,9 @@ struct Llm {
     loop_call: (&'static str, &'static str),
     /// Allowed uncosted calls the script makes besides the loop.
     extra_allowed: u64,
-    /// Exception classes for 403, 402, 429 and 503.
-    classes: [&'static str; 4],
+    /// Exception classes for 403 (a policy refusal, and a cap: never the SDK's billing or
+    /// payment class), 429 and 503.
+    classes: [&'static str; 3],
 }
 
 async fn llm_sdk(llm: Llm, policy: Value) -> Value {
@@ -581,7 +567,7 @@ async fn llm_sdk(llm: Llm, policy: Value) -> Value {
     let out = run_script(llm.script, &main).await;
     assert_version(&out, llm.package);
     assert_eq!(out["max_retries"], 2, "the SDK's default retries are on");
-    let [forbidden, payment, rate, unavailable] = llm.classes;
+    let [forbidden, rate, unavailable] = llm.classes;
 
     allowed(&out, "allowed");
     allowed(&out, "cap_first");
@@ -596,7 +582,7 @@ async fn llm_sdk(llm: Llm, policy: Value) -> Value {
         e["str"].as_str().unwrap().starts_with("Error code: 403 - "),
         "{e}"
     );
-    refused(&out, "cap", payment, 402, "cap_lifetime");
+    refused(&out, "cap", forbidden, 403, "cap_lifetime");
     // The 429 comes with Retry-After (1-60 s) and x-should-retry: false; a retrying SDK
     // would have waited it out, twice (the counters below are the proof of one attempt).
     let looped = loop_refused(&out, rate, "repeat_limited", IDENTICAL_PER_MINUTE);
@@ -672,8 +658,6 @@ async fn openai_sdk() {
             extra_allowed: 0,
             classes: [
                 "openai.PermissionDeniedError",
-                // OpenAI's SDK has no class of its own for 402.
-                "openai.APIStatusError",
                 "openai.RateLimitError",
                 "openai.InternalServerError",
             ],
@@ -695,6 +679,10 @@ async fn openai_sdk() {
     assert_eq!(out["endpoint_denied"]["code"], "endpoint_not_allowed");
     assert_eq!(out["endpoint_denied"]["type"], "permission_error");
     assert_eq!(out["cap"]["code"], "cap_lifetime");
+    assert_eq!(
+        out["cap"]["type"], "permission_error",
+        "not the account's billing"
+    );
     assert_eq!(out["loop"]["code"], "repeat_limited");
 }
 
@@ -714,7 +702,6 @@ async fn anthropic_sdk() {
             extra_allowed: 1,
             classes: [
                 "anthropic.PermissionDeniedError",
-                "anthropic.PaymentRequiredError",
                 "anthropic.RateLimitError",
                 "anthropic.ServiceUnavailableError",
             ],
@@ -737,6 +724,10 @@ async fn anthropic_sdk() {
     assert_eq!(out["endpoint_denied"]["error_code"], "endpoint_not_allowed");
     assert_eq!(out["endpoint_denied"]["type"], "permission_error");
     assert_eq!(out["cap"]["error_code"], "cap_lifetime");
+    assert_eq!(
+        out["cap"]["type"], "permission_error",
+        "not the account's billing"
+    );
     assert_eq!(out["loop"]["error_code"], "repeat_limited");
 }
 

@@ -57,7 +57,8 @@ def main():
     # (b) Outside the policy: the models API.
     out["endpoint_denied"] = call(lambda: client.models.list(), MODULES, details=details)
 
-    # (c) A token whose lifetime cap holds one call: the second is refused with 402.
+    # (c) A token whose lifetime cap holds one call: the second is refused with 403, a
+    # permission error (402 would be PaymentRequiredError, the account's billing).
     capped = anthropic.Anthropic(api_key=env("BRIDLE_TOKEN_CAPPED"), base_url=URL)
     out["cap_first"] = call(lambda: message(capped), MODULES, details=details, result=result)
     out["cap"] = call(lambda: message(capped, "Again."), MODULES, details=details)

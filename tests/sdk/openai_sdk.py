@@ -43,8 +43,8 @@ def main():
     # (b) Outside the policy: the files API.
     out["endpoint_denied"] = call(lambda: client.files.list(), MODULES, details=details)
 
-    # (c) A token whose lifetime cap holds one call: the second is refused with 402, which
-    # the SDK has no class of its own for.
+    # (c) A token whose lifetime cap holds one call: the second is refused with 403, a
+    # permission error (402 would be a bare APIStatusError of type billing_error).
     capped = openai.OpenAI(api_key=env("BRIDLE_TOKEN_CAPPED"), base_url=URL)
     out["cap_first"] = call(lambda: chat(capped), MODULES, details=details, result=completion)
     out["cap"] = call(

@@ -147,21 +147,7 @@ impl Request {
             let r = wr.write_all(&out).await;
             (r, wr)
         };
-        let read = async move {
-            // Until the response is complete rather than until EOF: Envoy may hold the
-            // connection open after a response (delayed close).
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 16 * 1024];
-            while !complete(&raw, head_only) {
-                match rd.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => raw.extend_from_slice(&buf[..n]),
-                    Err(e) if raw.is_empty() => return Err(e.to_string()),
-                    Err(_) => break,
-                }
-            }
-            Ok(raw)
-        };
+        let read = read_response(&mut rd, head_only);
         let ((written, _wr), raw) = tokio::join!(write, read);
         match (raw, written) {
             (Ok(raw), _) if !raw.is_empty() => parse(&raw),
@@ -170,6 +156,50 @@ impl Request {
             (Ok(raw), Ok(())) => parse(&raw),
         }
     }
+}
+
+/// Writes `pieces` on one connection, `gap` apart, as given (request line and headers
+/// included), and reads the response: for a body that must reach Envoy in several reads,
+/// such as chunked encoding. Writing stops at the first error, once an answer has come.
+pub async fn send_raw(port: u16, pieces: &[Vec<u8>], gap: Duration) -> Result<Response, String> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut rd, mut wr) = stream.into_split();
+    let write = async move {
+        for piece in pieces {
+            if wr.write_all(piece).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        wr
+    };
+    let read = read_response(&mut rd, false);
+    let (_wr, raw) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(write, read) })
+            .await
+            .map_err(|_| "no answer within 30 s".to_string())?;
+    parse(&raw?)
+}
+
+/// Reads until the response is complete rather than until EOF: Envoy may hold the
+/// connection open after a response (delayed close).
+async fn read_response(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    head_only: bool,
+) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while !complete(&raw, head_only) {
+        match rd.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(e.to_string()),
+            Err(_) => break,
+        }
+    }
+    Ok(raw)
 }
 
 /// Whether `raw` holds a whole response: headers, then a body of content-length bytes or a

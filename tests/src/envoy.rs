@@ -10,7 +10,7 @@ use bridle_core::policy::{CompiledPolicy, Policy};
 use bridle_core::vendor::Vendor;
 
 use crate::client::Request;
-use crate::keys::{canary_secret, Keys, ENFORCER_KEY, KEYRING_ENV};
+use crate::keys::{canary_secret, Keys, ENFORCER_KEY, PUBLIC_KEYS_ENV};
 use crate::process::Guarded;
 use crate::repo_root;
 
@@ -68,6 +68,13 @@ pub struct Setup {
     pub wasm: Option<PathBuf>,
     /// Names from `env` that the Wasm VM may read besides those the policies need.
     pub vm_env: Vec<String>,
+    /// Envoy trusts clients on 127.0.0.0/8 as internal and so obeys their `x-envoy-*`
+    /// control headers, as a mesh that trusts its own network does: the filter stands alone.
+    pub trust_local_clients: bool,
+    /// The CA bundle Envoy checks https upstreams against (default: the system's).
+    pub ca_file: Option<PathBuf>,
+    /// Price tables for calls priced by tokens: the shipped ones unless a test changes them.
+    pub prices: bridle_cli::render::Prices,
 }
 
 impl Setup {
@@ -83,6 +90,9 @@ impl Setup {
             concurrency: 2,
             wasm: None,
             vm_env: Vec::new(),
+            trust_local_clients: false,
+            ca_file: None,
+            prices: crate::shipped_prices(),
         }
     }
 
@@ -99,10 +109,11 @@ impl Setup {
         self
     }
 
-    /// The environment Envoy runs with: the keyring, canary secrets, the enforcer key.
+    /// The environment Envoy runs with: the token public keys (never the signing key),
+    /// canary secrets, the enforcer key.
     pub fn environment(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
-            (KEYRING_ENV.into(), self.keys.spec.clone()),
+            (PUBLIC_KEYS_ENV.into(), self.keys.public_spec.clone()),
             ("BRIDLE_ENFORCER_KEY".into(), ENFORCER_KEY.into()),
         ];
         for v in Vendor::ALL {
@@ -133,8 +144,12 @@ impl Setup {
                 .map(|u| Upstream::parse(u).unwrap())
                 .collect(),
             envoy_path_hardening: self.envoy_path_hardening,
+            prices: self.prices.clone(),
             ..EnvoyOptions::default()
         };
+        if let Some(ca) = &self.ca_file {
+            opts.ca_file = ca.display().to_string();
+        }
         for v in Vendor::ALL {
             opts.ports.insert(v, 0);
         }
@@ -144,6 +159,16 @@ impl Setup {
         let mut bootstrap = render::envoy_bootstrap(&self.policies, &opts).unwrap();
         if !self.vm_env.is_empty() {
             add_vm_env(&mut bootstrap, &self.vm_env);
+        }
+        if self.trust_local_clients {
+            let listeners = bootstrap["static_resources"]["listeners"].as_array_mut();
+            for l in listeners.into_iter().flatten() {
+                let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+                hcm["use_remote_address"] = serde_json::json!(true);
+                hcm["internal_address_config"] = serde_json::json!({
+                    "cidr_ranges": [{ "address_prefix": "127.0.0.0", "prefix_len": 8 }],
+                });
+            }
         }
         render::to_yaml(&[bootstrap]).unwrap()
     }

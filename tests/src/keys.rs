@@ -1,14 +1,17 @@
 //! Signing keys, vault tokens and canary secrets for tests.
 //!
+//! Each test gets a fresh Ed25519 signing key: the ledger is given the key itself, Envoy only
+//! its public key, as in production.
+//!
 //! Every vendor secret the tests hand Envoy is a canary: a value that must never show up in
 //! a response, a log, an audit record or a metric. Tests grep for them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bridle_core::token::{Claims, Keyring};
+use bridle_core::token::{Claims, SigningKey};
 use bridle_core::vendor::Vendor;
 
-pub const KEYRING_ENV: &str = "BRIDLE_KEYRING";
+pub use bridle_core::config::{DEFAULT_PUBLIC_KEYS_ENV as PUBLIC_KEYS_ENV, SIGNING_KEY_ENV};
 pub const ENFORCER_KEY: &str = "enf_CANARY_enforcer_5b0d3a";
 pub const ADMIN_KEY: &str = "adm_CANARY_admin_7c11e4";
 
@@ -46,28 +49,40 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A fresh keyring for one test.
+/// A fresh signing key for one test, and the public keys proxies verify with.
 #[derive(Clone)]
 pub struct Keys {
+    /// The signing key, `kid:base64url`: what the ledger gets as `BRIDLE_SIGNING_KEY`.
     pub spec: String,
-    pub ring: Keyring,
+    /// The same key, to mint with.
+    pub ring: SigningKey,
+    /// `BRIDLE_PUBLIC_KEYS`, all Envoy gets: the signing key's public key, and any others
+    /// added with [`Keys::trusting`].
+    pub public_spec: String,
 }
 
 impl Keys {
     pub fn generate() -> Keys {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).unwrap();
-        Keys::from_spec(&Keyring::encode_entry(
-            &format!("e2e-{}", random_hex(3)),
-            &key,
-        ))
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).unwrap();
+        let key = SigningKey::from_seed(&format!("e2e-{}", random_hex(3)), &seed).unwrap();
+        Keys::from_spec(&key.encode())
     }
 
+    /// From a signing key spec (`bridle keygen`'s output).
     pub fn from_spec(spec: &str) -> Keys {
+        let ring = SigningKey::parse(spec).unwrap();
         Keys {
             spec: spec.to_string(),
-            ring: Keyring::parse(spec).unwrap(),
+            public_spec: ring.public_entry(),
+            ring,
         }
+    }
+
+    /// These keys, with `other`'s public keys verifying too (a rotation in progress).
+    pub fn trusting(mut self, other: &Keys) -> Keys {
+        self.public_spec = format!("{},{}", self.public_spec, other.public_spec);
+        self
     }
 
     pub fn mint(&self, claims: &Claims) -> String {

@@ -10,7 +10,7 @@ use bridle_core::policy::CompiledPolicy;
 use serde_json::Value;
 
 use crate::client::{Request, Response};
-use crate::keys::{Keys, ADMIN_KEY, ENFORCER_KEY};
+use crate::keys::{Keys, ADMIN_KEY, ENFORCER_KEY, PUBLIC_KEYS_ENV, SIGNING_KEY_ENV};
 use crate::process::Guarded;
 use crate::workspace_binary;
 
@@ -133,7 +133,8 @@ impl Ledger {
             .arg(self.dir.path().join("policies"))
             .args(&self.extra_args)
             .env_clear()
-            .env("BRIDLE_KEYRING", &self.keys.spec)
+            .env(SIGNING_KEY_ENV, &self.keys.spec)
+            .env(PUBLIC_KEYS_ENV, &self.keys.public_spec)
             .env("BRIDLE_ADMIN_KEY", ADMIN_KEY)
             .env("BRIDLE_ENFORCER_KEY", ENFORCER_KEY)
             .env("BRIDLE_LOG", "info")
@@ -227,6 +228,19 @@ impl Ledger {
     pub async fn token(&self, id: &str) -> Value {
         self.admin_ok("GET", &format!("/v1/tokens/{id}"), None)
             .await
+    }
+
+    /// The token's view once it has no open reservation left (the filter reports settles in
+    /// batches on its tick), or as it is after 10 s.
+    pub async fn settled(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = self.token(id).await;
+            if t["spend"]["reserved"] == "0.00" || Instant::now() > deadline {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Every audit record matching `query` (e.g. `token_id=tok_1`), following pages.

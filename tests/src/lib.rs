@@ -5,7 +5,10 @@
 //!   endpoint until every listener is up.
 //! - [`mock::MockVendor`] is a vendor upstream that records exactly what it receives.
 //! - [`client`] speaks raw HTTP/1.1, so tests can send paths and headers that a URL library
-//!   would normalize or refuse.
+//!   would normalize or refuse; [`h2c`] speaks HTTP/2 frame by frame (bodies in pieces,
+//!   trailers).
+//! - [`tls`] gives a test its own certificate authority, a mock vendor that speaks only TLS,
+//!   and a sink that records what a proxy sends to a port.
 //!
 //! Nothing here skips: a missing Envoy binary or `.wasm` fails the test with the command
 //! that builds it.
@@ -19,13 +22,16 @@
 pub mod artifacts;
 pub mod client;
 pub mod envoy;
+pub mod h2c;
 pub mod keys;
 pub mod ledger;
+pub mod llm_mock;
 pub mod mock;
 pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod stack;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -35,6 +41,12 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// The price tables the repository ships (`policies/prices/`), as `bridle render` reads them.
+pub fn shipped_prices() -> bridle_cli::render::Prices {
+    bridle_core::price_files::load(&repo_root().join("policies/prices"))
+        .unwrap_or_else(|e| panic!("policies/prices: {e:?}"))
 }
 
 /// A binary built by `cargo build` in this workspace (debug profile unless

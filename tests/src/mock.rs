@@ -74,6 +74,9 @@ struct MockState {
     default_reply: Option<Reply>,
     /// Print each request (without its credential) to stdout, for `make run`.
     verbose: bool,
+    /// How LLM answers stream, and when each stream's chunks went out.
+    llm: crate::llm_mock::StreamSettings,
+    streams: Arc<Mutex<Vec<crate::llm_mock::StreamTiming>>>,
 }
 
 #[derive(Clone)]
@@ -88,13 +91,21 @@ impl MockVendor {
     }
 
     pub async fn start_on(bind: &str, verbose: bool) -> MockVendor {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        MockVendor::serve(listener, verbose)
+    }
+
+    /// The same vendor behind any listener (a TLS one: `crate::tls::TlsVendor`).
+    pub fn serve<L>(listener: L, verbose: bool) -> MockVendor
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let state = Arc::new(Mutex::new(MockState {
             verbose,
             ..Default::default()
         }));
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let app = Router::new().fallback(handle).with_state(state.clone());
         tokio::spawn(async move {
@@ -125,6 +136,18 @@ impl MockVendor {
 
     pub fn reply_always(&self, reply: Reply) {
         self.state.lock().unwrap().default_reply = Some(reply);
+    }
+
+    /// The delay between two chunks of a streamed LLM answer.
+    pub fn set_chunk_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().llm.chunk_delay = delay;
+    }
+
+    /// When each streamed LLM answer's chunks went out, in the order the streams began.
+    pub fn streams(&self) -> Vec<crate::llm_mock::StreamTiming> {
+        let streams = self.state.lock().unwrap().streams.clone();
+        let timings = streams.lock().unwrap().clone();
+        timings
     }
 }
 
@@ -157,11 +180,11 @@ async fn handle(State(state): State<Arc<Mutex<MockState>>>, req: Request) -> Res
             "body": crate::artifacts::text(&recorded.body),
         }),
     );
-    let (reply, verbose) = {
+    let (reply, verbose, llm, streams) = {
         let mut s = state.lock().unwrap();
         s.requests.push(recorded);
         let reply = s.queued.pop_front().or_else(|| s.default_reply.clone());
-        (reply, s.verbose)
+        (reply, s.verbose, s.llm.clone(), s.streams.clone())
     };
     let credential = describe_credential(&parts.headers);
     if verbose {
@@ -178,6 +201,12 @@ async fn handle(State(state): State<Arc<Mutex<MockState>>>, req: Request) -> Res
             (status, [("content-type", "application/json")], r.body).into_response()
         }
         None => {
+            let path_only = path.split('?').next().unwrap_or("");
+            if parts.method == "POST" {
+                if let Some(r) = crate::llm_mock::respond(path_only, &body, &llm, streams) {
+                    return r;
+                }
+            }
             let mut answer = canned(
                 parts.method.as_str(),
                 path.split('?').next().unwrap_or(""),
@@ -221,7 +250,6 @@ fn describe_credential(headers: &HeaderMap) -> String {
 fn canned(method: &str, path: &str, body: &[u8]) -> serde_json::Value {
     let form: Vec<(String, String)> = url_decode_pairs(body);
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let json_body: serde_json::Value = serde_json::from_slice(body).unwrap_or(json!({}));
     match (method, path) {
         ("POST", "/v1/payment_intents") => json!({
             "id": "pi_mock_1", "object": "payment_intent", "status": "requires_payment_method",
@@ -230,16 +258,6 @@ fn canned(method: &str, path: &str, body: &[u8]) -> serde_json::Value {
         ("POST", "/v1/refunds") => {
             json!({ "id": "re_mock_1", "object": "refund", "amount": field("amount").and_then(|a| a.parse::<i64>().ok()).unwrap_or(1500), "currency": "usd", "status": "succeeded" })
         }
-        ("POST", "/v1/chat/completions") => json!({
-            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": json_body["model"],
-            "choices": [{ "index": 0, "finish_reason": "stop", "message": { "role": "assistant", "content": "Hello from the mock vendor." } }],
-            "usage": { "prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7 },
-        }),
-        ("POST", "/v1/messages") => json!({
-            "id": "msg_mock", "type": "message", "role": "assistant", "model": json_body["model"],
-            "content": [{ "type": "text", "text": "Hello from the mock vendor." }],
-            "stop_reason": "end_turn", "stop_sequence": null, "usage": { "input_tokens": 1, "output_tokens": 6 },
-        }),
         ("POST", "/emails") => json!({ "id": "4ef9a417-02e9-4d39-ad75-9611e0fcc33c" }),
         ("POST", p) if p.ends_with("/Messages.json") => json!({
             "sid": "SM00000000000000000000000000000001", "status": "queued", "body": field("Body"), "to": field("To"),

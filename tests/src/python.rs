@@ -64,6 +64,31 @@ pub async fn run(dir: &Path, args: &[String], vars: &[(&str, String)]) -> String
     stdout
 }
 
+/// The version tests/sdk/requirements.txt pins for `package`.
+pub fn pinned(package: &str) -> String {
+    let path = repo_root().join("tests/sdk/requirements.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{package}==")))
+        .unwrap_or_else(|| panic!("{} pins no {package}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// Runs a vendor script in tests/sdk/ and parses the one JSON object it prints.
+pub async fn run_script(script: &str, vars: &[(&str, String)]) -> Value {
+    run_json(&repo_root().join("tests/sdk"), script, vars).await
+}
+
+/// The official SDK a script reports is the one tests/sdk/requirements.txt pins.
+pub fn assert_version(out: &Value, package: &str) {
+    assert_eq!(
+        out["sdk_version"].as_str(),
+        Some(pinned(package).as_str()),
+        "the installed {package} is not the pinned one: run `make test`"
+    );
+}
+
 /// Runs a script and parses the one JSON object it prints last.
 pub async fn run_json(dir: &Path, script: &str, vars: &[(&str, String)]) -> Value {
     let stdout = run(dir, &[script.to_string()], vars).await;

@@ -15,7 +15,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts all three with `policies`, under a fresh keyring; Envoy is ready and has its
+    /// Starts all three with `policies`, under a fresh signing key; Envoy is ready and has its
     /// first revocation set when this returns.
     pub async fn start(policies: Vec<CompiledPolicy>) -> Stack {
         let mock = MockVendor::start().await;

@@ -19,7 +19,7 @@ pub struct BlastRadiusArgs {
     #[arg(long = "policy")]
     pub only: Vec<String>,
     /// One token instead of whole policies: a vault token (bvt_..., verified with
-    /// BRIDLE_KEYRING when set) or a token id (tok_..., read from the ledger).
+    /// BRIDLE_PUBLIC_KEYS when set) or a token id (tok_..., read from the ledger).
     #[arg(long)]
     pub token: Option<String>,
     /// List what the policies widen against another policy folder or a git revision
@@ -44,8 +44,10 @@ pub struct BlastRadiusArgs {
     pub ledger: String,
     #[arg(long, env = "BRIDLE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
-    #[arg(long, env = "BRIDLE_KEYRING", hide_env_values = true)]
-    pub keyring: Option<String>,
+    /// The public keys that verify a token given as text, `kid:base64url,...` (the
+    /// proxies' own: public, they verify and cannot mint).
+    #[arg(long, env = "BRIDLE_PUBLIC_KEYS")]
+    pub public_keys: Option<String>,
 }
 
 /// What the command exits with when `--exit-code` is given and something widens.
@@ -87,7 +89,8 @@ pub fn run(args: BlastRadiusArgs) -> Result<bool, Vec<String>> {
             base.retain(|p| args.only.contains(&p.policy.name));
         }
         let d = diff::diff(&base, &head, &assumptions);
-        print!("{}", output::diff(&d, base_arg, args.format).map_err(one)?);
+        let text = output::diff(&d, base_arg, args.format).map_err(one)?;
+        crate::stdout::write(format_args!("{text}")).map_err(one)?;
         return Ok(args.exit_code && !d.widens.is_empty());
     }
 
@@ -95,7 +98,7 @@ pub fn run(args: BlastRadiusArgs) -> Result<bool, Vec<String>> {
         None => head.iter().map(|p| for_policy(p, &assumptions)).collect(),
         Some(t) => {
             let input = if t.starts_with(bridle_core::token::PREFIX) {
-                source::token_text(t, args.keyring.as_deref()).map_err(one)?
+                source::token_text(t, args.public_keys.as_deref()).map_err(one)?
             } else {
                 let key = args.admin_key.as_deref().ok_or_else(|| {
                     one("a token id is looked up in the ledger: set BRIDLE_ADMIN_KEY (or give the token itself)".into())
@@ -120,9 +123,7 @@ pub fn run(args: BlastRadiusArgs) -> Result<bool, Vec<String>> {
             )]
         }
     };
-    print!(
-        "{}",
-        output::reports(&reports, &assumptions, args.format).map_err(one)?
-    );
+    let text = output::reports(&reports, &assumptions, args.format).map_err(one)?;
+    crate::stdout::write(format_args!("{text}")).map_err(one)?;
     Ok(false)
 }

@@ -44,7 +44,7 @@ pub struct TokenFacts {
     pub id: String,
     pub label: String,
     pub expires_at: u64,
-    /// Its signature was checked against the keyring (or the ledger issued it).
+    /// Its signature was checked against the public keys (or the ledger issued it).
     pub verified: bool,
     /// Why it can do nothing at all, if so: expired, revoked, or refused by its policy.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +140,10 @@ pub struct Radius {
 
 /// A short description of what a cost rule reserves.
 pub fn describe_cost(rule: &CostRule) -> String {
+    if rule.tokens.is_some() {
+        // Priced by tokens: a rule of its own (policy checks refuse it beside anything else).
+        return "its tokens at the model's prices: the most it can cost reserved, settled from its usage".into();
+    }
     let mut out = match (&rule.amount, &rule.fixed, &rule.max) {
         (Some(a), _, max) => {
             let currency = match (&a.currency, &a.currency_field) {

@@ -39,7 +39,7 @@ pub fn rows(r: &Radius) -> Vec<(&'static str, Vec<String>)> {
             if t.verified {
                 "verified"
             } else {
-                "decoded, not verified: no keyring given"
+                "decoded, not verified: no public keys given"
             }
         )];
         if let Some(why) = &t.inert {

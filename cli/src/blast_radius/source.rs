@@ -1,5 +1,5 @@
 //! Where a blast-radius report reads from: policy files in folders or at a git revision, and
-//! a token given as text (decoded, verified when the keyring is at hand) or by id (read
+//! a token given as text (decoded, verified when the public keys are at hand) or by id (read
 //! from the ledger's admin API).
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::process::Command;
 
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::policy_files;
-use bridle_core::token::{self, Claims, Keyring};
+use bridle_core::token::{self, Claims, PublicKeys};
 use serde_json::Value;
 
 use crate::ledger_client::LedgerClient;
@@ -98,15 +98,15 @@ pub struct TokenInput {
     pub revoked: bool,
 }
 
-/// A vault token's claims: verified with `keyring` when given, else only decoded (a
-/// reviewer may hold a token without the signing keys; a forged one would be refused by
+/// A vault token's claims: verified with the proxies' `public_keys` when given, else only
+/// decoded (a reviewer may hold a token without the keys; a forged one would be refused by
 /// the proxy anyway, so its report can only overstate).
-pub fn token_text(text: &str, keyring: Option<&str>) -> Result<TokenInput, String> {
+pub fn token_text(text: &str, public_keys: Option<&str>) -> Result<TokenInput, String> {
     let text = text.trim();
-    match keyring {
+    match public_keys {
         Some(spec) => {
-            let ring = Keyring::parse(spec).map_err(|e| format!("BRIDLE_KEYRING: {e}"))?;
-            let claims = ring.verify(text).map_err(|e| e.to_string())?;
+            let keys = PublicKeys::parse(spec).map_err(|e| format!("BRIDLE_PUBLIC_KEYS: {e}"))?;
+            let claims = keys.verify(text).map_err(|e| e.to_string())?;
             Ok(TokenInput {
                 claims,
                 verified: true,

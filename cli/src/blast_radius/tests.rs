@@ -338,13 +338,14 @@ fn a_new_policy_widens_and_a_narrower_endpoint_does_not() {
         "{:?}",
         d.widens
     );
-    // An endpoint within an old glob is no widening; a cheaper estimate is.
+    // An endpoint within an old glob is no widening; trading token pricing for a flat
+    // estimate is.
     let head = edited("openai-chat", |v| {
-        v["endpoints"][1]["cost"]["max"] = json!("0.01");
+        v["endpoints"][1]["cost"] = json!({ "max": "0.01" });
     });
     let d = diff(&[example("openai-chat")], &[head], &assumptions());
     let w = widened(&d);
-    assert!(w.iter().any(|x| x.contains("cost: POST /v1/responses cost changed from $0.05 estimate per call to $0.01 estimate per call: counts less")), "{w:#?}");
+    assert!(w.iter().any(|x| x.contains("cost: POST /v1/responses cost changed from its tokens at the model's prices: the most it can cost reserved, settled from its usage to $0.01 estimate per call: counts less")), "{w:#?}");
 }
 
 #[test]

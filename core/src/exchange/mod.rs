@@ -10,6 +10,11 @@
 //! on_response_head ─► (settle rule: on_response_body reads the amount) ─► finish: settle, audit
 //! ```
 //!
+//! A call priced by tokens (`tokens.rs`) takes one more step before its reservation, when
+//! Bridle writes into its body ([`Step::RewriteBody`]: an output maximum, a stream's usage
+//! option), and its response is watched as it passes ([`Exchange::on_response_chunk`]) for
+//! the usage it settles at.
+//!
 //! The filter's adapter (`src/stream.rs`) does what each [`Step`] asks — buffer the body, call
 //! the ledger, rewrite the headers, send a reply — and feeds what it read back in. Nothing here
 //! touches a host: the clock, the request and the ledger's answers arrive as arguments, the
@@ -25,34 +30,40 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use crate::config::{CompiledConfig, FilterConfig, LedgerLink};
 use crate::cost::{AmountField, CostRule, Pricing};
 use crate::decision::{Denial, Gate, Grant, Request, Subject};
+use crate::idempotency::{self, Reserved};
 use crate::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle, SettleOutcome};
+use crate::llm::Quote;
 use crate::loop_breaker::{Counter, Verdict};
 use crate::money::Usd;
 use crate::policy::FailureMode;
 use crate::revocation::RevocationSet;
 use crate::settlement::outcome_for_status;
-use crate::token::Keyring;
+use crate::token::PublicKeys;
+use crate::token_scan::{self, TokenScan};
 use crate::vendor::{ErrorResponse, Vendor};
 use crate::Reason;
+
+mod tokens;
+
+pub use tokens::ResponseBody;
+use tokens::TokenCall;
 
 /// Largest request body read to price a call; larger costed requests are refused.
 pub const MAX_BODY: usize = 1 << 20;
 /// Largest response body read to settle a call; a larger one settles at the reservation.
 pub const MAX_RESPONSE_BODY: usize = 1 << 20;
-/// Longest idempotency key passed to the ledger (Stripe's own limit).
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest path kept in the audit log.
 const MAX_AUDIT_PATH: usize = 512;
 
-/// Everything fixed for one listener: the checked policies with their secrets, the keyring,
-/// and the ledger link. Built once per configuration; every exchange reads it.
+/// Everything fixed for one listener: the checked policies with their secrets, the public
+/// keys that verify tokens, and the ledger link. Built once per configuration; every exchange reads it.
 pub struct Blueprint {
     gate: Gate,
 }
 
 impl Blueprint {
     /// Builds the blueprint from the plugin configuration and the filter's environment (the
-    /// keyring and each policy's vendor secret). Any problem refuses the whole configuration,
+    /// token public keys and each policy's vendor secret). Any problem refuses the whole configuration,
     /// with a message that names the field or variable at fault and never a secret.
     pub fn configure(
         bytes: Option<&[u8]>,
@@ -67,17 +78,14 @@ impl Blueprint {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        let keyring_spec = env(&compiled.keyring_env).ok_or_else(|| {
-            format!(
-                "environment variable {} (the signing keyring) is not set",
-                compiled.keyring_env
-            )
+        let keys_env = &compiled.public_keys_env;
+        let spec = env(keys_env).ok_or_else(|| {
+            format!("environment variable {keys_env} (the token public keys) is not set")
         })?;
-        let keyring =
-            Keyring::parse(&keyring_spec).map_err(|e| format!("{}: {e}", compiled.keyring_env))?;
+        let keys = PublicKeys::parse(&spec).map_err(|e| format!("{keys_env}: {e}"))?;
         let compiled = compiled.with_secrets(env)?;
         Ok(Blueprint {
-            gate: Gate::new(compiled, keyring),
+            gate: Gate::new(compiled, keys),
         })
     }
 
@@ -137,6 +145,9 @@ pub enum Step {
     /// Send this reservation (JSON) to the ledger, then call [`Exchange::on_reservation`] with
     /// its answer, or [`Exchange::on_reservation_unsent`] if it could not be sent.
     Reserve(Vec<u8>),
+    /// Replace the buffered request body with this one (and its `content-length`), then call
+    /// [`Exchange::on_body_rewritten`].
+    RewriteBody(Vec<u8>),
 }
 
 /// A refusal, ready to send.
@@ -173,6 +184,9 @@ pub enum Body<'a> {
 /// The headers to rewrite before the request goes to the vendor.
 pub struct Rewrite<'a> {
     grant: &'a Grant,
+    /// Headers removed for the exchange's own sake (a call priced by tokens asks for an
+    /// uncompressed response, so that its usage can be read).
+    extra: &'static [&'static str],
 }
 
 impl<'a> Rewrite<'a> {
@@ -185,6 +199,7 @@ impl<'a> Rewrite<'a> {
             .iter()
             .filter(move |name| !injection.iter().any(|(n, _)| n == name))
             .map(String::as_str)
+            .chain(self.extra.iter().copied())
     }
 
     /// Headers to set, carrying the vendor secret.
@@ -216,6 +231,9 @@ pub struct Exchange {
 enum Phase {
     /// Allowed on its headers, waiting for the body before the last word.
     ReadingBody(Box<Held>),
+    /// Priced; the adapter writes Bridle's changes into the body before the reservation
+    /// (encoded) is sent.
+    RewritingBody(Box<Held>, Usd, Vec<u8>),
     /// Priced and sent to the ledger, waiting for its answer.
     Reserving(Box<Held>, Usd),
     /// Allowed, and on its way to the vendor or back.
@@ -241,6 +259,8 @@ struct Held {
     raw_path: Vec<u8>,
     content_type: Option<Vec<u8>>,
     idempotency_key: Option<String>,
+    /// A call priced by tokens, once its body is priced.
+    quote: Option<Box<Quote>>,
 }
 
 struct Passage {
@@ -248,6 +268,10 @@ struct Passage {
     reservation: Option<Reservation>,
     status: Option<u16>,
     response: ResponseRead,
+    /// A request forwarded before its body ended: the body streams through, scanned for a
+    /// vault token as it goes.
+    body_scan: Option<TokenScan>,
+    tokens: Option<Box<TokenCall>>,
 }
 
 /// The money the ledger holds for a forwarded call.
@@ -306,6 +330,13 @@ impl Exchange {
         exchange.merchant.clone_from(&grant.merchant);
         let policy = &grant.policy.policy;
         let costed = grant.endpoint.cost.is_some();
+        if let Some(api) = grant.endpoint.cost.as_ref().and_then(|c| c.tokens) {
+            if let Err(e) = api.check_headers(arrival.headers) {
+                let denial = Denial::new(e.reason, e.message);
+                let step = exchange.refuse(bp, denial.about(&grant.subject), None);
+                return (exchange, step);
+            }
+        }
 
         // Costed calls ask the ledger, which checks revocation itself; free calls rely on the
         // revocation set, and a set nobody could refresh follows the policy.
@@ -332,14 +363,23 @@ impl Exchange {
             if let Some(step) = exchange.count(bp, counter, &grant, fp) {
                 return (exchange, step);
             }
-            let step = exchange.forward(grant, None);
+            let step = exchange.forward(grant, None, None);
+            if !arrival.end_of_stream {
+                exchange.stream_body();
+            }
             return (exchange, step);
         }
         let held = Box::new(Held {
             content_type: header(arrival.headers, "content-type").map(<[u8]>::to_vec),
-            idempotency_key: idempotency_key(bp.vendor(), arrival.headers),
+            idempotency_key: idempotency::key(
+                bp.vendor(),
+                &grant.method,
+                &grant.path,
+                arrival.headers,
+            ),
             raw_path: raw_path.to_vec(),
             grant,
+            quote: None,
         });
         if arrival.end_of_stream {
             let step = exchange.with_body(bp, counter, held, Body::Complete(&[]));
@@ -375,7 +415,10 @@ impl Exchange {
 
     /// Whether the request must stay where it is: refused, or waiting for the ledger.
     pub fn holds_request(&self) -> bool {
-        matches!(self.phase, Phase::Refused(_) | Phase::Reserving(..))
+        matches!(
+            self.phase,
+            Phase::Refused(_) | Phase::Reserving(..) | Phase::RewritingBody(..)
+        )
     }
 
     /// The body asked for by [`Step::ReadBody`] is read.
@@ -395,8 +438,15 @@ impl Exchange {
         held: Box<Held>,
         body: Body<'_>,
     ) -> Step {
-        let Some(rule) = held.grant.endpoint.cost.as_ref() else {
-            // A body too large to read still counts against the rate, just unfingerprinted.
+        if let Body::Complete(b) = body {
+            if token_scan::contains_token(b) {
+                return self.refuse(bp, token_elsewhere().about(&held.grant.subject), None);
+            }
+        }
+        let endpoint = held.grant.endpoint.clone();
+        let Some(rule) = endpoint.cost.as_ref() else {
+            // A body too large to read still counts against the rate, just unfingerprinted,
+            // and streams on, scanned as it goes.
             let fp = match body {
                 Body::Complete(b) => Some(fingerprint(&held.grant.method, &held.raw_path, b)),
                 Body::TooLarge => None,
@@ -404,7 +454,11 @@ impl Exchange {
             if let Some(step) = self.count(bp, counter, &held.grant, fp) {
                 return step;
             }
-            return self.forward(held.grant, None);
+            let step = self.forward(held.grant, None, None);
+            if matches!(body, Body::TooLarge) {
+                self.stream_body();
+            }
+            return step;
         };
         let Body::Complete(body) = body else {
             let denial = Denial::new(
@@ -433,8 +487,17 @@ impl Exchange {
         if let Some(step) = self.count(bp, counter, &held.grant, fp) {
             return step;
         }
+        let mut held = held;
         let pricing = Pricing::new(bp.vendor(), &held.grant.policy.policy.fx);
-        let estimate = match rule.estimate(pricing, held.content_type.as_deref(), body) {
+        let estimate = match rule.tokens {
+            Some(api) => tokens::quote(api, bp, &held, body).map(|q| {
+                let estimate = q.estimate();
+                held.quote = Some(q);
+                estimate
+            }),
+            None => rule.estimate(pricing, held.content_type.as_deref(), body),
+        };
+        let estimate = match estimate {
             Ok(e) => e,
             Err(e) => {
                 let denial = Denial::new(e.reason, e.message);
@@ -445,6 +508,19 @@ impl Exchange {
             let denial = Denial::new(Reason::LedgerUnavailable, "No ledger is configured.");
             return self.refuse(bp, denial.about(&held.grant.subject), None);
         }
+        // A key binds to what was reserved: the ledger replays it only for the same digest.
+        let digest = held.idempotency_key.as_ref().map(|_| {
+            Reserved {
+                vendor: bp.vendor(),
+                method: &held.grant.method,
+                path: &held.grant.path,
+                merchant: held.grant.merchant.as_deref(),
+                amount: estimate.reserve,
+                detail: &estimate.detail,
+                body,
+            }
+            .digest()
+        });
         let request = ReserveRequest {
             token: held.grant.credential.clone(),
             request_id: self.id.clone(),
@@ -454,10 +530,15 @@ impl Exchange {
             amount: estimate.reserve,
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
-            digest: None,
+            digest,
         };
         match serde_json::to_vec(&request) {
             Ok(encoded) => {
+                let rewrite = held.quote.as_mut().and_then(|q| q.body.take());
+                if let Some(body) = rewrite {
+                    self.phase = Phase::RewritingBody(held, estimate.reserve, encoded);
+                    return Step::RewriteBody(body);
+                }
                 self.phase = Phase::Reserving(held, estimate.reserve);
                 Step::Reserve(encoded)
             }
@@ -465,6 +546,28 @@ impl Exchange {
                 let denial = Denial::new(Reason::Internal, "encoding the reservation");
                 self.refuse(bp, denial.about(&held.grant.subject), None)
             }
+        }
+    }
+
+    /// The body asked for by [`Step::RewriteBody`] is in place (`Err`: the hostcall's status,
+    /// and the request is refused; nothing was reserved yet).
+    pub fn on_body_rewritten(&mut self, bp: &Blueprint, written: Result<(), u32>) -> Step {
+        match self.take_phase() {
+            Phase::RewritingBody(held, reserved, encoded) => match written {
+                Ok(()) => {
+                    self.phase = Phase::Reserving(held, reserved);
+                    Step::Reserve(encoded)
+                }
+                Err(status) => {
+                    let mut denial = Denial::new(
+                        Reason::Internal,
+                        format!("Could not rewrite the request body (status {status})."),
+                    );
+                    denial.subject = Some(held.grant.subject.clone());
+                    self.refuse(bp, denial, None)
+                }
+            },
+            other => self.unexpected(bp, other, "a rewritten body"),
         }
     }
 
@@ -504,30 +607,108 @@ impl Exchange {
                 }
                 step
             }
-            Ok(ReserveResponse::Denied { reason, message }) => self.refuse(
+            Ok(ReserveResponse::Denied {
+                reason,
+                message,
+                retry_after_secs,
+            }) => self.refuse(
                 bp,
                 Denial::new(reason, message).about(&held.grant.subject),
-                None,
+                retry_after_secs,
             ),
             Ok(ReserveResponse::Granted {
                 reservation,
                 replay,
-            }) => self.forward(
-                held.grant,
-                Some(Reservation {
-                    id: reservation,
-                    replay,
-                    reserved,
-                    settled: None,
-                }),
-            ),
+            }) => {
+                let held = *held;
+                self.forward(
+                    held.grant,
+                    Some(Reservation {
+                        id: reservation,
+                        replay,
+                        reserved,
+                        settled: None,
+                    }),
+                    held.quote.map(|q| Box::new(TokenCall::new(q))),
+                )
+            }
+        }
+    }
+
+    /// Whether the request was forwarded before its body ended: the adapter feeds each
+    /// piece of the body to [`Exchange::on_body_chunk`] before letting it through, and holds
+    /// back the last [`Exchange::body_pending`] bytes until it has seen what follows.
+    pub fn streams_body(&self) -> bool {
+        matches!(&self.phase, Phase::Forwarded(p) if p.body_scan.is_some())
+    }
+
+    /// The next piece of a body that streams through ([`Exchange::streams_body`]). `Some` is
+    /// the refusal: the piece (with everything held back) must not be let through.
+    pub fn on_body_chunk(&mut self, bp: &Blueprint, chunk: &[u8]) -> Option<Step> {
+        let Phase::Forwarded(p) = &mut self.phase else {
+            return None;
+        };
+        let scan = p.body_scan.as_mut()?;
+        if !scan.feed(chunk) {
+            return None;
+        }
+        let subject = p.grant.subject.clone();
+        Some(self.refuse(bp, token_elsewhere().about(&subject), None))
+    }
+
+    /// How many bytes at the end of the body streamed so far could begin a vault token: they
+    /// wait for the next piece (or the end of the body) before they go.
+    pub fn body_pending(&self) -> usize {
+        match &self.phase {
+            Phase::Forwarded(p) => p.body_scan.as_ref().map_or(0, TokenScan::pending),
+            _ => 0,
+        }
+    }
+
+    /// The request's trailers arrived (after the body, which has then ended). Trailers are
+    /// refused wherever the request is: no vendor SDK sends them, and what a vendor makes of
+    /// them (merged into the headers or not) is not Bridle's to guess. `None` when there are
+    /// none, or the request is already refused: the body has simply ended.
+    pub fn on_trailers(&mut self, bp: &Blueprint, trailers: &[(String, Vec<u8>)]) -> Option<Step> {
+        if trailers.is_empty() {
+            return None;
+        }
+        let denial = Denial::new(
+            Reason::TrailersNotAllowed,
+            "Request trailers are refused: send everything in the headers and the body.",
+        );
+        match self.take_phase() {
+            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => {
+                Some(self.refuse(bp, denial.about(&held.grant.subject), None))
+            }
+            // Reserved perhaps, never forwarded: released.
+            Phase::Reserving(held, _) => {
+                let release = Some((self.id.clone(), false));
+                Some(self.refuse_releasing(bp, denial.about(&held.grant.subject), release))
+            }
+            // Forwarded while its body streamed (a costed call only ever goes once its body
+            // and trailers are in): the trailers stop here and the vendor sees a request cut
+            // short. A reservation, were there one, is left to expire into spend.
+            Phase::Forwarded(p) => Some(self.refuse(bp, denial.about(&p.grant.subject), None)),
+            refused @ Phase::Refused(_) => {
+                self.phase = refused;
+                None
+            }
         }
     }
 
     /// The rewrite a [`Step::Forward`] asks for.
     pub fn rewrite(&self) -> Option<Rewrite<'_>> {
         match &self.phase {
-            Phase::Forwarded(p) => Some(Rewrite { grant: &p.grant }),
+            Phase::Forwarded(p) => Some(Rewrite {
+                grant: &p.grant,
+                // The response must arrive readable for its usage to be read.
+                extra: if p.tokens.is_some() {
+                    &["accept-encoding"]
+                } else {
+                    &[]
+                },
+            }),
             _ => None,
         }
     }
@@ -536,7 +717,9 @@ impl Exchange {
     /// whatever the ledger holds or may hold, since the request did not leave.
     pub fn fail(&mut self, bp: &Blueprint, message: String) -> Step {
         let (subject, release) = match &self.phase {
-            Phase::ReadingBody(held) => (Some(held.grant.subject.clone()), None),
+            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => {
+                (Some(held.grant.subject.clone()), None)
+            }
             Phase::Reserving(held, _) => (
                 Some(held.grant.subject.clone()),
                 Some((self.id.clone(), false)),
@@ -552,30 +735,64 @@ impl Exchange {
         self.refuse_releasing(bp, denial, release)
     }
 
-    /// Whether the response matters beyond its status: a settle rule reads its body.
+    /// Whether the response matters beyond its status: a settle rule reads its body, or a
+    /// call priced by tokens its usage.
     pub fn wants_response(&self) -> bool {
         matches!(&self.phase, Phase::Forwarded(p)
-            if p.reservation.is_some() && p.grant.endpoint.cost.as_ref().is_some_and(|c| c.settle.is_some()))
+            if p.reservation.is_some()
+                && (p.tokens.is_some()
+                    || p.grant.endpoint.cost.as_ref().is_some_and(|c| c.settle.is_some())))
     }
 
-    /// The response's head, for a request that [`Exchange::wants_response`]. Returns whether
-    /// to buffer its body (up to [`MAX_RESPONSE_BODY`]) for [`Exchange::on_response_body`];
-    /// `content_type` is read only if so.
+    /// The response's head, for a request that [`Exchange::wants_response`]. Says what to do
+    /// with its body: buffer it (up to [`MAX_RESPONSE_BODY`]) for
+    /// [`Exchange::on_response_body`], or watch it pass; `content_type` is read only if so.
     pub fn on_response_head(
         &mut self,
         status: Option<u16>,
         content_type: impl FnOnce() -> Option<Vec<u8>>,
-    ) -> bool {
+    ) -> ResponseBody {
         let wants = self.wants_response();
         let Phase::Forwarded(p) = &mut self.phase else {
-            return false;
+            return ResponseBody::Ignore;
         };
         p.status = status;
-        if wants && status.is_some_and(|s| (200..300).contains(&s)) {
-            p.response = ResponseRead::SettleBody(content_type());
-            return true;
+        if !(wants && status.is_some_and(|s| (200..300).contains(&s))) {
+            return ResponseBody::Ignore;
         }
-        false
+        if let Some(call) = p.tokens.as_mut() {
+            return call.watch(content_type().as_deref());
+        }
+        p.response = ResponseRead::SettleBody(content_type());
+        ResponseBody::Buffer
+    }
+
+    /// Whether the response body is being watched, chunk by chunk, as it passes.
+    pub fn watching_response(&self) -> bool {
+        matches!(&self.phase, Phase::Forwarded(p) if p.tokens.as_ref().is_some_and(|t| t.reader.is_some()))
+    }
+
+    /// A chunk of a response being watched could not be read (`why`): whatever the rest says,
+    /// the usage can no longer be trusted, and the call settles at its reservation.
+    pub fn on_response_unreadable(&mut self, why: String) {
+        if let Phase::Forwarded(p) = &mut self.phase {
+            if let Some(call) = p.tokens.as_mut() {
+                call.spoil(why);
+            }
+        }
+    }
+
+    /// The next chunk of a response being watched; `end_of_stream` when the vendor's
+    /// response is complete.
+    pub fn on_response_chunk(&mut self, chunk: &[u8], end_of_stream: bool) {
+        if let Phase::Forwarded(p) = &mut self.phase {
+            if let Some(call) = p.tokens.as_mut() {
+                call.feed(chunk);
+                if end_of_stream {
+                    call.end(true);
+                }
+            }
+        }
     }
 
     /// The response body asked for by [`Exchange::on_response_head`] (`None`: it could not be
@@ -639,22 +856,31 @@ impl Exchange {
             outcome: SettleOutcome::Release,
             amount: None,
             replay,
+            usage: None,
         };
         // A stream that ended before Bridle decided (the agent went away while its body was
         // read or its reservation made) is audited as the proxy's.
-        let (reason, cost, subject, reservation, settle) = match self.phase {
-            Phase::Forwarded(p) => {
+        let mut llm = tokens::Audited::default();
+        let (reason, cost, subject, reservation, settle, replay) = match self.phase {
+            Phase::Forwarded(mut p) => {
                 let outcome = outcome_for_status(status);
+                if let (Some(call), Some(r)) = (p.tokens.take(), p.reservation.as_mut()) {
+                    llm = call.audited(outcome, r);
+                }
                 let settle = p.reservation.as_ref().map(|r| Settle {
                     reservation: r.id.clone(),
                     outcome,
                     amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
                     replay: r.replay,
+                    usage: llm.usage.filter(|_| outcome == SettleOutcome::Commit),
                 });
+                // A replay counts nothing new: its cost is the original's, audited there.
                 let cost = p
                     .reservation
                     .as_ref()
+                    .filter(|r| !r.replay)
                     .map(|r| r.settled.unwrap_or(r.reserved));
+                let replay = p.reservation.as_ref().is_some_and(|r| r.replay);
                 let reservation = p.reservation.map(|r| r.id);
                 (
                     Reason::Allowed,
@@ -662,6 +888,7 @@ impl Exchange {
                     Some(p.grant.subject),
                     reservation,
                     settle,
+                    replay,
                 )
             }
             // Perhaps reserved, never answered: release.
@@ -673,19 +900,22 @@ impl Exchange {
                     Some(held.grant.subject),
                     None,
                     settle,
+                    false,
                 )
             }
-            Phase::ReadingBody(held) => (
+            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => (
                 Reason::ProxyRejected,
                 None,
                 Some(held.grant.subject),
                 None,
                 None,
+                false,
             ),
             Phase::Refused(r) => {
                 let settle = r.release.as_ref().map(|(id, replay)| release(id, *replay));
+                let replay = r.release.as_ref().is_some_and(|(_, replay)| *replay);
                 let reservation = r.release.map(|(id, _)| id);
-                (r.reason, None, r.subject, reservation, settle)
+                (r.reason, None, r.subject, reservation, settle, replay)
             }
         };
         Finished {
@@ -704,7 +934,11 @@ impl Exchange {
                 cost,
                 reservation,
                 merchant: self.merchant,
-                replay: false,
+                model: llm.model,
+                usage: llm.usage,
+                usage_missing: llm.missing,
+                over_reservation: llm.over_reservation,
+                replay,
             },
         }
     }
@@ -733,6 +967,10 @@ impl Exchange {
             cost: None,
             reservation: None,
             merchant: None,
+            model: None,
+            usage: None,
+            usage_missing: None,
+            over_reservation: false,
             replay: false,
         }
     }
@@ -777,15 +1015,30 @@ impl Exchange {
         Some(self.refuse(bp, denial.about(&grant.subject), retry_after))
     }
 
-    fn forward(&mut self, grant: Grant, reservation: Option<Reservation>) -> Step {
+    fn forward(
+        &mut self,
+        grant: Grant,
+        reservation: Option<Reservation>,
+        tokens: Option<Box<TokenCall>>,
+    ) -> Step {
         let slot = grant.subject.slot;
         self.phase = Phase::Forwarded(Box::new(Passage {
             grant,
             reservation,
             status: None,
             response: ResponseRead::Status,
+            body_scan: None,
+            tokens,
         }));
         Step::Forward { slot }
+    }
+
+    /// The request just forwarded goes before its body has ended: scan the body as it
+    /// streams.
+    fn stream_body(&mut self) {
+        if let Phase::Forwarded(p) = &mut self.phase {
+            p.body_scan = Some(TokenScan::default());
+        }
     }
 
     fn refuse(&mut self, bp: &Blueprint, denial: Denial, retry_after: Option<u64>) -> Step {
@@ -822,22 +1075,19 @@ impl Exchange {
     }
 }
 
+/// A vault token in a request body, which would reach the vendor.
+fn token_elsewhere() -> Denial {
+    Denial::new(
+        Reason::CredentialAmbiguous,
+        "A vault token may appear only in the credential header, never in the request body.",
+    )
+}
+
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_slice())
-}
-
-/// The request's idempotency key, if its vendor honours one and it is one the ledger can
-/// keep: printable ASCII, at most [`MAX_IDEMPOTENCY_KEY`] bytes.
-fn idempotency_key(vendor: Vendor, headers: &[(String, Vec<u8>)]) -> Option<String> {
-    let key = header(headers, vendor.idempotency_header()?)?;
-    let key = std::str::from_utf8(key).ok()?;
-    let valid = !key.is_empty()
-        && key.len() <= MAX_IDEMPOTENCY_KEY
-        && key.bytes().all(|b| (0x20..0x7f).contains(&b));
-    valid.then(|| key.to_string())
 }
 
 /// Identifies identical requests for the loop breaker: method, path with query, and body.
@@ -867,6 +1117,7 @@ impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let phase = match &self.phase {
             Phase::ReadingBody(_) => "reading body",
+            Phase::RewritingBody(..) => "rewriting body",
             Phase::Reserving(..) => "reserving",
             Phase::Forwarded(_) => "forwarded",
             Phase::Refused(_) => "refused",

@@ -1,8 +1,5 @@
 //! The request path without any host: every rule of the exchange, step by step.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-
 use super::*;
 use crate::ledger_api::ReserveRequest;
 use crate::loop_breaker::MemoryCounter;
@@ -12,7 +9,7 @@ const NOW_MS: u64 = 1_700_000_100_000;
 const SECRET: &str = "sk_test_CANARY_exchange_secret";
 
 fn keyring_spec() -> String {
-    format!("k1:{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+    crate::token::tests::public_spec()
 }
 
 /// A Stripe listener: a free endpoint, a costed one that settles from the response, and a
@@ -47,7 +44,7 @@ fn blueprint_with(loop_breaker: bool, on_unavailable: &str, ledger: bool) -> Blu
         config["ledger"] = serde_json::json!({ "cluster": "bridle_ledger" });
     }
     let env = |name: &str| match name {
-        "BRIDLE_KEYRING" => Some(keyring_spec()),
+        "BRIDLE_PUBLIC_KEYS" => Some(keyring_spec()),
         "STRIPE_SECRET_KEY" => Some(SECRET.to_string()),
         _ => None,
     };
@@ -59,8 +56,7 @@ fn blueprint() -> Blueprint {
 }
 
 fn token() -> String {
-    Keyring::parse(&keyring_spec())
-        .unwrap()
+    crate::token::tests::signing_key()
         .mint(&Claims {
             v: 1,
             id: "tok_abc".into(),
@@ -457,7 +453,63 @@ fn a_granted_reservation_forwards_and_settles_by_the_vendors_answer() {
     let run = Run::new(blueprint());
     let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=2000&currency=usd", &[]);
     run.granted(&mut x, &req, true);
-    assert!(x.finish(Vendor::Stripe, Some(200)).settle.unwrap().replay);
+    let done = x.finish(Vendor::Stripe, Some(200));
+    assert!(done.settle.unwrap().replay);
+    // Audited as a replay that counts nothing, so the audit log and the spend agree.
+    assert!(done.audit.replay);
+    assert_eq!(done.audit.cost, None);
+    assert_eq!(done.audit.reason, Reason::Allowed);
+}
+
+#[test]
+fn an_idempotency_key_is_bound_to_what_was_reserved() {
+    let run = Run::new(blueprint());
+    let key = [("idempotency-key", "order-42")];
+    let digest = |path: &str, body: &[u8], extra: &[(&str, &str)]| {
+        let (_, req) = run.reserve(path, body, extra);
+        assert_eq!(req.idempotency_key.as_deref(), Some("order-42"));
+        req.digest.unwrap()
+    };
+    let base = digest("/v1/payment_intents", b"amount=100&currency=usd", &key);
+    assert!(crate::ledger_api::check_digest(&base), "{base}");
+    assert_eq!(
+        base,
+        digest("/v1/payment_intents", b"amount=100&currency=usd", &key),
+        "the same request, the same digest"
+    );
+    let merchant = [key[0], ("stripe-account", "acct_1Merchant")];
+    for other in [
+        digest("/v1/payment_intents", b"amount=99999999&currency=usd", &key),
+        digest("/v1/payment_intents", b"amount=100&currency=usd", &merchant),
+        digest(
+            "/v1/payment_intents",
+            b"amount=100&currency=usd&description=x",
+            &key,
+        ),
+        digest("/v1/invoices/in_1/pay", b"", &key),
+    ] {
+        assert_ne!(base, other);
+    }
+    // Without a key there is nothing to bind.
+    let (_, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    assert_eq!((req.idempotency_key, req.digest), (None, None));
+}
+
+#[test]
+fn more_than_one_idempotency_key_is_refused() {
+    let run = Run::new(blueprint());
+    for extra in [
+        &[("idempotency-key", "a"), ("idempotency-key", "b")][..],
+        &[("idempotency-key", "a"), ("idempotency-key", "a")][..],
+        &[("idempotency-key", "a, b")][..],
+    ] {
+        let (x, step) = run.begin(&headers("POST", "/v1/payment_intents", extra), false);
+        let reply = refused(step);
+        assert_eq!(reply.reason, Reason::IdempotencyKeyAmbiguous, "{extra:?}");
+        assert_eq!(reply.response.status, 400);
+        assert!(reply.response.body.contains("idempotency_key_ambiguous"));
+        assert!(x.rewrite().is_none());
+    }
 }
 
 #[test]
@@ -466,13 +518,14 @@ fn the_ledgers_refusal_reaches_the_agent_and_holds_nothing() {
     let (mut x, _) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
     let answer = br#"{"decision":"denied","reason":"cap_window","message":"over the $1.00 cap"}"#;
     let reply = refused(x.on_reservation(&run.bp, Ok(answer)));
+    // 403 on Stripe, whose SDK reads every 402 as a declined card.
     assert_eq!(
         (reply.reason, reply.response.status),
-        (Reason::CapWindow, 402)
+        (Reason::CapWindow, 403)
     );
     assert!(reply.response.body.contains("over the $1.00 cap"));
     assert!(!reply.ledger_failed);
-    let done = x.finish(Vendor::Stripe, Some(402));
+    let done = x.finish(Vendor::Stripe, Some(403));
     assert!(done.settle.is_none());
     assert_eq!(done.audit.reason, Reason::CapWindow);
 }
@@ -583,10 +636,13 @@ fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
     };
     let mut x = reserve();
     let mut asked = false;
-    assert!(x.on_response_head(Some(200), || {
-        asked = true;
-        Some(b"application/json".to_vec())
-    }));
+    assert_eq!(
+        x.on_response_head(Some(200), || {
+            asked = true;
+            Some(b"application/json".to_vec())
+        }),
+        ResponseBody::Buffer
+    );
     assert!(asked && x.reading_response());
     let warning = x.on_response_body(
         &run.bp,
@@ -611,7 +667,10 @@ fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
 
     // A refusal from the vendor is not read: it releases.
     let mut x = reserve();
-    assert!(!x.on_response_head(Some(402), || panic!("not read")));
+    assert_eq!(
+        x.on_response_head(Some(402), || panic!("not read")),
+        ResponseBody::Ignore
+    );
     let settle = x.finish(Vendor::Stripe, Some(402)).settle.unwrap();
     assert_eq!(
         (settle.outcome, settle.amount),
@@ -626,7 +685,7 @@ fn a_settle_rule_reads_the_amount_from_a_2xx_response() {
         Some(Body::Complete(&br#"{"id":"in_1"}"#[..])),
     ] {
         let mut x = reserve();
-        assert!(x.on_response_head(Some(200), || None));
+        assert_eq!(x.on_response_head(Some(200), || None), ResponseBody::Buffer);
         let warning = x.on_response_body(&run.bp, body).unwrap();
         assert!(warning.contains("settling at the reservation"), "{warning}");
         let done = x.finish(Vendor::Stripe, Some(200));
@@ -674,7 +733,7 @@ fn configuration_problems_name_the_field_or_variable_and_never_a_secret() {
         Blueprint::configure(bytes, env).err().unwrap()
     };
     let full = |name: &str| match name {
-        "BRIDLE_KEYRING" => Some(keyring_spec()),
+        "BRIDLE_PUBLIC_KEYS" => Some(keyring_spec()),
         "STRIPE_SECRET_KEY" => Some("has space".to_string()),
         _ => None,
     };
@@ -692,5 +751,125 @@ fn configuration_problems_name_the_field_or_variable_and_never_a_secret() {
         "{e}"
     );
     let e = err(Some(config.as_bytes()), &|_| None);
-    assert!(e.contains("BRIDLE_KEYRING"), "{e}");
+    assert!(e.contains("BRIDLE_PUBLIC_KEYS"), "{e}");
+}
+
+/// `bvt_` and the rest of the token, percent-encoded.
+fn encoded_token() -> String {
+    token().bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn a_vault_token_in_a_body_bridle_reads_is_refused() {
+    let run = Run::new(blueprint_with(true, "deny", true));
+    // Costed: before any price or reservation.
+    for body in [
+        format!("amount=100&currency=usd&description={}", token()),
+        format!("amount=100&currency=usd&description={}", encoded_token()),
+    ] {
+        let (mut x, step) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+        assert!(matches!(step, Step::ReadBody));
+        let reply = refused(x.on_body(&run.bp, &run.counter, Body::Complete(body.as_bytes())));
+        assert_eq!(reply.reason, Reason::CredentialAmbiguous);
+        assert!(
+            !reply.response.body.contains("bvt_"),
+            "{}",
+            reply.response.body
+        );
+        let done = x.finish(Vendor::Stripe, Some(400));
+        assert!(done.settle.is_none());
+        assert_eq!(done.audit.reason, Reason::CredentialAmbiguous);
+    }
+    // Free, read for the loop breaker: the same.
+    let json = format!("{{\"description\": \"\\u0062vt_{}\"}}", &token()[4..]);
+    let (mut x, _) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    let reply = refused(x.on_body(&run.bp, &run.counter, Body::Complete(json.as_bytes())));
+    assert_eq!(reply.reason, Reason::CredentialAmbiguous);
+}
+
+#[test]
+fn a_streamed_body_is_scanned_piece_by_piece_and_its_tail_held_back() {
+    let run = Run::new(blueprint());
+    let (mut x, step) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
+    assert!(x.streams_body());
+    assert!(x.on_body_chunk(&run.bp, b"name=Ada&note=hello").is_none());
+    assert_eq!(x.body_pending(), 0);
+    // A piece that ends where a token could begin is held back.
+    assert!(x.on_body_chunk(&run.bp, b"+world+bv").is_none());
+    assert_eq!(x.body_pending(), 2);
+    assert!(x.on_body_chunk(&run.bp, b"x&city=Paris").is_none());
+    assert_eq!(x.body_pending(), 0);
+    // A token cut across pieces, every character encoded: found when it completes.
+    let t = encoded_token();
+    let (head, tail) = t.split_at(20);
+    assert!(x
+        .on_body_chunk(&run.bp, format!("&k={head}").as_bytes())
+        .is_none());
+    assert!(x.body_pending() >= head.len());
+    let reply = refused(x.on_body_chunk(&run.bp, tail.as_bytes()).unwrap());
+    assert_eq!(reply.reason, Reason::CredentialAmbiguous);
+    assert!(!x.streams_body(), "refused: nothing more goes");
+    let done = x.finish(Vendor::Stripe, Some(400));
+    assert_eq!(done.audit.reason, Reason::CredentialAmbiguous);
+    // A request whose whole body came with its headers streams nothing.
+    let (x, _) = run.begin(&headers("POST", "/v1/customers", &[]), true);
+    assert!(!x.streams_body());
+}
+
+#[test]
+fn a_body_too_large_to_read_streams_on_scanned() {
+    let run = Run::new(blueprint_with(true, "deny", true));
+    let (mut x, step) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(matches!(step, Step::ReadBody));
+    let step = x.on_body(&run.bp, &run.counter, Body::TooLarge);
+    assert!(matches!(step, Step::Forward { .. }), "{step:?}");
+    assert!(x.streams_body());
+    assert!(x.on_body_chunk(&run.bp, token().as_bytes()).is_some());
+}
+
+#[test]
+fn trailers_are_refused_wherever_the_request_is() {
+    let run = Run::new(blueprint());
+    let trailers = vec![("x-amount".to_string(), b"99999".to_vec())];
+    // While its body is read for a price.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    let reply = refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    assert_eq!(
+        (reply.reason, reply.response.status),
+        (Reason::TrailersNotAllowed, 400)
+    );
+    let done = x.finish(Vendor::Stripe, Some(400));
+    assert_eq!(done.audit.reason, Reason::TrailersNotAllowed);
+    assert!(done.settle.is_none());
+    // While the ledger reserves: the reservation, if made, is released.
+    let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
+    refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    let step = x.on_reservation(
+        &run.bp,
+        Ok(serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false})
+            .to_string()
+            .as_bytes()),
+    );
+    assert!(
+        !matches!(step, Step::Forward { .. }),
+        "a late grant never forwards"
+    );
+    let done = x.finish(Vendor::Stripe, Some(400));
+    let settle = done.settle.unwrap();
+    assert_eq!(
+        (settle.reservation.as_str(), settle.outcome),
+        (req.request_id.as_str(), SettleOutcome::Release)
+    );
+    // After a free request's headers went on, its body streaming.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/customers", &[]), false);
+    assert!(x.on_body_chunk(&run.bp, b"name=Ada").is_none());
+    refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    // No trailers at all: nothing to refuse, the body has simply ended.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
+    assert!(x.on_trailers(&run.bp, &[]).is_none());
+    assert!(x.awaits_body());
+    // Already refused: nothing more.
+    let (mut x, _) = run.begin(&headers("POST", "/v1/refunds", &[]), false);
+    assert!(x.on_trailers(&run.bp, &trailers).is_none());
 }

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::Body;
 use crate::decision::{Denial, Request};
 use crate::path::RequestPath;
 use crate::policy::Merchants;
@@ -64,6 +65,16 @@ pub enum Tenant {
     Unnamed,
 }
 
+/// What a message-sending request sends besides plain text, as its vendor reads the body:
+/// each is priced on its own, never per SMS segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageKind {
+    /// A multimedia message (MMS).
+    pub mms: bool,
+    /// A message rendered from a template stored at the vendor, whose text Bridle cannot see.
+    pub template: bool,
+}
+
 /// One vendor's API, as Bridle needs to know it.
 pub(crate) trait Profile: Sync {
     /// The live API, used when no other upstream is configured.
@@ -100,15 +111,29 @@ pub(crate) trait Profile: Sync {
     fn no_retry_headers(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
-    /// The header carrying a retry's idempotency key, if the vendor's API honours one.
-    fn idempotency_header(&self) -> Option<&'static str> {
-        Some("idempotency-key")
+    /// The HTTP status of a refusal, where this vendor's SDK would misread the reason's own
+    /// (a cap's 402 read as a declined card, say).
+    fn status(&self, reason: Reason) -> u16 {
+        reason.status()
+    }
+    /// The header whose key makes the vendor answer a retry of `method path` from its first
+    /// execution, if its API does so for that request. Only then does Bridle let a retry under
+    /// the same key count nothing: where the vendor would execute it again, so does the
+    /// ledger count it again. None by default: a vendor honours keys only where its own
+    /// documentation says so.
+    fn idempotency_header(&self, _method: &str, _path: &str) -> Option<&'static str> {
+        None
     }
     /// How many decimals an amount's minor unit has in this vendor's API. Vendors without a
     /// convention of their own are read the way Stripe documents it (ISO 4217 for the
     /// currencies that differ from two decimals).
     fn minor_unit_exponent(&self, currency: &str) -> u32 {
         stripe::minor_unit_exponent(currency)
+    }
+    /// What a message priced per SMS segment really sends, from its body; `Err` says why it
+    /// cannot be priced as a message at all.
+    fn message_kind(&self, _body: &Body) -> Result<MessageKind, String> {
+        Ok(MessageKind::default())
     }
 }
 
@@ -190,14 +215,20 @@ impl Vendor {
         self.profile().tenant(req, path, rules, policy).map(Some)
     }
 
-    /// The header carrying a retry's idempotency key, if the vendor's API honours one.
-    pub fn idempotency_header(self) -> Option<&'static str> {
-        self.profile().idempotency_header()
+    /// The header carrying a retry's idempotency key, if the vendor's API honours one for
+    /// `method path` (the matched, canonical path).
+    pub fn idempotency_header(self, method: &str, path: &str) -> Option<&'static str> {
+        self.profile().idempotency_header(method, path)
     }
 
     /// How many decimals an amount's minor unit has in this vendor's API.
     pub fn minor_unit_exponent(self, currency: &str) -> u32 {
         self.profile().minor_unit_exponent(currency)
+    }
+
+    /// What a message priced per SMS segment really sends (MMS, a template), from its body.
+    pub fn message_kind(self, body: &Body) -> Result<MessageKind, String> {
+        self.profile().message_kind(body)
     }
 
     /// The request headers that carry the real secret, computed once at configuration time.
@@ -222,7 +253,7 @@ impl Vendor {
         message: &str,
         retry_after_secs: Option<u64>,
     ) -> ErrorResponse {
-        let status = reason.status();
+        let status = self.profile().status(reason);
         let code = reason.code();
         let message = format!("Bridle: {message} [{code}]");
         let body = self.profile().error_body(status, code, &message);
@@ -351,5 +382,77 @@ mod tests {
         let r = Vendor::Stripe.error_response(Reason::RateLimited, "slow down", Some(30));
         assert!(r.headers.contains(&("stripe-should-retry", "false".into())));
         assert!(r.headers.contains(&("retry-after", "30".into())));
+    }
+
+    /// A cap is a refusal from Bridle, not the vendor account's money: no SDK may read it as
+    /// a declined card (Stripe's `CardError` for any 402) or as the account's billing (the
+    /// OpenAI and Anthropic SDKs' 402 classes).
+    #[test]
+    fn caps_read_as_refusals_in_every_sdk() {
+        for v in Vendor::ALL {
+            for reason in [
+                Reason::CapPerTransaction,
+                Reason::CapWindow,
+                Reason::CapLifetime,
+                Reason::CapPolicy,
+            ] {
+                let r = v.error_response(reason, "over", None);
+                let want = match v {
+                    Vendor::Stripe | Vendor::Openai | Vendor::Anthropic => 403,
+                    Vendor::Twilio | Vendor::Resend => 402,
+                };
+                assert_eq!(r.status, want, "{v} {reason}");
+                assert!(r
+                    .headers
+                    .contains(&(REASON_HEADER, reason.code().to_string())));
+                assert!(
+                    r.body.contains(&format!("[{}]", reason.code())),
+                    "{}",
+                    r.body
+                );
+                for misleading in ["card_error", "billing_error"] {
+                    assert!(!r.body.contains(misleading), "{v}: {}", r.body);
+                }
+            }
+            // Every other reason keeps its own status.
+            let r = v.error_response(Reason::RateLimited, "slow", Some(1));
+            assert_eq!(r.status, 429);
+        }
+    }
+
+    #[test]
+    fn twilio_messages_say_what_they_send() {
+        let kind = |body: &str| {
+            let b =
+                Body::read(Some(b"application/x-www-form-urlencoded"), body.as_bytes()).unwrap();
+            Vendor::Twilio.message_kind(&b)
+        };
+        assert_eq!(kind("To=%2B1555&Body=hi"), Ok(MessageKind::default()));
+        assert_eq!(
+            kind("To=%2B1555&Body=hi&SendAsMms=FALSE"),
+            Ok(MessageKind::default())
+        );
+        assert!(kind("To=%2B1555&MediaUrl=x").unwrap().mms);
+        assert!(kind("To=%2B1555&SendAsMms=true").unwrap().mms);
+        assert!(
+            kind("To=%2B1555&SendAsMms=false&SendAsMms=true")
+                .unwrap()
+                .mms
+        );
+        // Named by only one reading of a body sent without a content type: which message
+        // goes, and so its price, would be a guess.
+        for field in ["ContentSid", "MediaUrl", "SendAsMms"] {
+            // Sent without a content type, JSON to Bridle, a form to a form parser.
+            let sniffed = format!(r#"{{"To":"+1555","Body":"a&{field}=HX1"}}"#);
+            let b = Body::read(None, sniffed.as_bytes()).unwrap();
+            assert!(Vendor::Twilio.message_kind(&b).is_err(), "{sniffed}");
+        }
+        assert!(kind("To=%2B1555&ContentSid=HX1").unwrap().template);
+        assert!(kind("To=whatsapp%3A%2B1555").is_err());
+        assert!(kind("From=rcs%3Abrand").is_err());
+        assert!(kind("To=%2B1555&To=%2B1666").is_err());
+        // Only Twilio's bodies carry these.
+        let b = Body::read(Some(b"application/x-www-form-urlencoded"), b"MediaUrl=x").unwrap();
+        assert_eq!(Vendor::Stripe.message_kind(&b), Ok(MessageKind::default()));
     }
 }

@@ -38,4 +38,12 @@ impl Profile for Resend {
             "bridle_reason": code,
         })
     }
+
+    /// Resend honours `Idempotency-Key` (resend.com/docs/dashboard/emails/idempotency-keys)
+    /// on `POST /emails` and `POST /emails/batch` only: the same key within 24 hours returns
+    /// the first response without sending again. Other endpoints ignore the header.
+    fn idempotency_header(&self, method: &str, path: &str) -> Option<&'static str> {
+        (method == "POST" && matches!(path, "/emails" | "/emails/batch"))
+            .then_some("idempotency-key")
+    }
 }

@@ -81,10 +81,20 @@ impl Profile for Stripe {
         Ok(vec![("authorization", format!("Bearer {secret}"))])
     }
 
+    /// stripe-python raises `CardError` for every 402 (`_api_requestor.py`,
+    /// `specific_v1_api_error`): an agent would read a spending cap as a declined card and try
+    /// another. A cap is a limit on what the token may do, so it answers 403 here, and the SDK
+    /// raises `PermissionError`, as for an endpoint the policy does not allow.
+    fn status(&self, reason: Reason) -> u16 {
+        match reason.status() {
+            402 => 403,
+            status => status,
+        }
+    }
+
     fn error_body(&self, status: u16, code: &'static str, message: &str) -> serde_json::Value {
         // The SDK picks its exception class from the HTTP status; the type only refines it.
         let kind = match status {
-            402 => "card_error",
             429 => "rate_limit_error",
             500..=599 => "api_error",
             _ => "invalid_request_error",
@@ -94,6 +104,14 @@ impl Profile for Stripe {
 
     fn no_retry_headers(&self) -> &'static [(&'static str, &'static str)] {
         &[("stripe-should-retry", "false")]
+    }
+
+    /// Stripe's idempotent requests (docs.stripe.com/api/idempotent_requests): every `POST`
+    /// accepts `Idempotency-Key`; a retry under the same key gets the saved result of the
+    /// first, and Stripe errors if its parameters differ. GET and DELETE are idempotent by
+    /// nature and cost nothing.
+    fn idempotency_header(&self, method: &str, _path: &str) -> Option<&'static str> {
+        (method == "POST").then_some("idempotency-key")
     }
 }
 

@@ -52,6 +52,7 @@ pub async fn reserve<S: Store>(
         return Ok(Json(ReserveResponse::Denied {
             reason: Reason::LedgerUnavailable,
             message: "The ledger read this reservation after the proxy stopped waiting.".into(),
+            retry_after_secs: None,
         })
         .into_response());
     }
@@ -59,6 +60,7 @@ pub async fn reserve<S: Store>(
         Err(e) => ReserveResponse::Denied {
             reason: e.reason(),
             message: format!("{e}."),
+            retry_after_secs: None,
         },
         Ok(claims) => {
             let policy_vendor = app.policies.get(&claims.policy).map(|p| p.policy.vendor);
@@ -66,6 +68,7 @@ pub async fn reserve<S: Store>(
                 ReserveResponse::Denied {
                     reason: Reason::TokenWrongVendor,
                     message: "The token's vendor does not match its policy.".into(),
+                    retry_after_secs: None,
                 }
             } else {
                 let policy = claims.policy.clone();
@@ -158,6 +161,14 @@ pub async fn report<S: Store>(
         ));
     }
     count_settles(&app, &report.settles);
+    for r in &report.audit {
+        if r.over_reservation {
+            app.metrics.over_reservation.inc();
+        }
+        if r.usage_missing.is_some() {
+            app.metrics.usage_missing.inc();
+        }
+    }
     let settled = if report.settles.is_empty() {
         0
     } else {

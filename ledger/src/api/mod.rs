@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bridle_core::policy::CompiledPolicy;
-use bridle_core::token::{Claims, Keyring, TokenError};
+use bridle_core::token::{Claims, SigningKeyring, TokenError};
 use bridle_core::token_cache::TokenCache;
 
 use crate::clock::SharedClock;
@@ -33,7 +33,7 @@ pub use errors::ApiError;
 /// Everything a request handler needs.
 pub struct App<S> {
     pub store: Arc<S>,
-    pub keyring: Keyring,
+    pub keyring: SigningKeyring,
     /// Tokens already verified, so a busy token costs one signature check, not one per call.
     pub verified: TokenCache<Claims>,
     pub policies: HashMap<String, CompiledPolicy>,

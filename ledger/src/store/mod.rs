@@ -14,6 +14,7 @@
 use std::future::Future;
 
 use bridle_core::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle};
+use bridle_core::llm::TokenUsage;
 use bridle_core::revocation::RevocationFeed;
 use bridle_core::token::Claims;
 use serde::{Deserialize, Serialize};
@@ -128,17 +129,64 @@ pub struct OutboxAlert {
     pub attempts: u32,
 }
 
+/// The token classes of [`TokenUsage`] as stored (JSON keys), in the order
+/// [`usage_from_sums`] reads their sums.
+pub const USAGE_CLASSES: [&str; 6] = [
+    "input",
+    "cached_input",
+    "cache_write_5m",
+    "cache_write_1h",
+    "output",
+    "reasoning",
+];
+
+/// A reservation's usage as stored: JSON, or nothing.
+pub fn usage_json(u: Option<&TokenUsage>) -> StoreResult<Option<String>> {
+    u.map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError(format!("usage: {e}")))
+}
+
+/// A token's totals from the per-class sums of its rows, in [`USAGE_CLASSES`] order; a
+/// negative sum (never written) reads as 0.
+pub fn usage_from_sums(sums: [i64; 6]) -> TokenUsage {
+    let [input, cached_input, cache_write_5m, cache_write_1h, output, reasoning] =
+        sums.map(|n| u64::try_from(n).unwrap_or(0));
+    TokenUsage {
+        input,
+        cached_input,
+        cache_write_5m,
+        cache_write_1h,
+        output,
+        reasoning,
+    }
+}
+
 /// The audit record's fields beyond the indexed ones, stored as JSON so that a field can be
 /// added without a new column.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditExtra {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replay: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_missing: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub over_reservation: bool,
 }
 
 impl AuditExtra {
     pub fn of(r: &AuditRecord) -> AuditExtra {
-        AuditExtra { replay: r.replay }
+        AuditExtra {
+            replay: r.replay,
+            model: r.model.clone(),
+            usage: r.usage,
+            usage_missing: r.usage_missing.clone(),
+            over_reservation: r.over_reservation,
+        }
     }
 
     /// `None` when there is nothing beyond the defaults.

@@ -11,7 +11,9 @@ from enum import Enum
 
 
 class Reason(str, Enum):
-    """A reason code, with the HTTP status the proxy answers it with."""
+    """A reason code, with its HTTP status. A vendor's listener may answer another where that
+    vendor's SDK would misread it: caps are 403 on Stripe, OpenAI and Anthropic, whose SDKs
+    read 402 as a declined card or the account's billing."""
 
     status: int
 
@@ -36,12 +38,18 @@ class Reason(str, Enum):
     CREDENTIAL_AMBIGUOUS = ("credential_ambiguous", 400)
     PATH_REJECTED = ("path_rejected", 400)
     MERCHANT_AMBIGUOUS = ("merchant_ambiguous", 400)
+    BODY_ENCODED = ("body_encoded", 400)
+    TRAILERS_NOT_ALLOWED = ("trailers_not_allowed", 400)
     ENDPOINT_NOT_ALLOWED = ("endpoint_not_allowed", 403)
     MERCHANT_NOT_ALLOWED = ("merchant_not_allowed", 403)
     HEADER_NOT_ALLOWED = ("header_not_allowed", 403)
+    MODEL_NOT_ALLOWED = ("model_not_allowed", 403)
+    MODEL_UNPRICED = ("model_unpriced", 400)
+    MAX_TOKENS_NOT_ALLOWED = ("max_tokens_not_allowed", 403)
     BODY_TOO_LARGE = ("body_too_large", 413)
     BODY_UNREADABLE = ("body_unreadable", 400)
     IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused", 400)
+    IDEMPOTENCY_KEY_AMBIGUOUS = ("idempotency_key_ambiguous", 400)
     COST_UNDETERMINED = ("cost_undetermined", 400)
     CURRENCY_UNKNOWN = ("currency_unknown", 400)
     CAP_PER_TRANSACTION = ("cap_per_transaction", 402)
@@ -50,10 +58,13 @@ class Reason(str, Enum):
     CAP_POLICY = ("cap_policy", 402)
     RATE_LIMITED = ("rate_limited", 429)
     REPEAT_LIMITED = ("repeat_limited", 429)
+    SPEND_RATE_LIMITED = ("spend_rate_limited", 429)
     LEDGER_UNAVAILABLE = ("ledger_unavailable", 503)
     REVOCATION_STALE = ("revocation_stale", 503)
     INTERNAL = ("internal", 500)
     PROXY_REJECTED = ("proxy_rejected", 400)
+    UPSTREAM_UNAVAILABLE = ("upstream_unavailable", 502)
+    UPSTREAM_FAILED = ("upstream_failed", 502)
 
     def __str__(self) -> str:
         return self.value
@@ -67,8 +78,8 @@ class Reason(str, Enum):
 
     @property
     def is_cap(self) -> bool:
-        """Money: a spend cap stopped the call."""
-        return self.status == 402
+        """Money: a spend cap stopped the call (402, or 403 on some vendors)."""
+        return self.value.startswith("cap_")
 
     @property
     def is_loop(self) -> bool:

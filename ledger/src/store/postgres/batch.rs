@@ -32,12 +32,12 @@ use tokio_postgres::error::SqlState;
 use super::rows::{self, db, un, RESERVATION_COLUMNS, TOKEN_COLUMNS};
 use super::{pg, REVOCATION_LOCK};
 use crate::accounts::{Accounts, Change};
-use crate::caps::{Scope, Span};
+use crate::caps::{self, Scope, Span};
 use crate::clock::SharedClock;
 use crate::policies::Policies;
 use crate::records::Reservation;
 use crate::revocations::parse_kind;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{usage_json, StoreError, StoreResult};
 use crate::window::WindowSum;
 use bridle_core::revocation::RevocationEntry;
 
@@ -305,23 +305,40 @@ async fn attempt_batch(
         .into_iter()
         .collect();
     let (key_tokens, key_names): (Vec<String>, Vec<String>) = key_pairs.into_iter().unzip();
+    // The reservations inside each spend breaker's window, oldest first: when a breaker
+    // refuses, they say when it lifts.
+    let breakers: Vec<(String, Span)> = scopes
+        .iter()
+        .filter_map(|(token, policy)| {
+            let span = caps::short_span(&policies.get(policy)?.policy.policy.caps)?;
+            Some((token.clone(), span))
+        })
+        .collect();
+    let breaker_tokens: Vec<&str> = breakers.iter().map(|(t, _)| t.as_str()).collect();
+    let breaker_floors: Vec<i64> = breakers.iter().map(|(_, s)| db(s.floor(now))).collect();
     let now_s = db(now / 1000);
     let q_tokens = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ANY($1)");
     let q_by_id = format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     );
+    let r_columns = RESERVATION_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let q_holders = format!(
-        "SELECT DISTINCT ON (r.token_id, r.idempotency_key) {} FROM reservations r
+        "SELECT DISTINCT ON (r.token_id, r.idempotency_key) {r_columns} FROM reservations r
          JOIN unnest($1::text[], $2::text[]) AS k(token_id, idempotency_key)
            ON r.token_id = k.token_id AND r.idempotency_key = k.idempotency_key
-         ORDER BY r.token_id, r.idempotency_key, (r.state <> 'released') DESC, r.at_ms DESC",
-        RESERVATION_COLUMNS
-            .split(", ")
-            .map(|c| format!("r.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+         ORDER BY r.token_id, r.idempotency_key, (r.state <> 'released') DESC, r.at_ms DESC"
     );
-    let (tokens, revocations, by_id, holders, fired) = tokio::try_join!(
+    let q_breakers = format!(
+        "SELECT {r_columns} FROM reservations r
+         JOIN unnest($1::text[], $2::bigint[]) AS k(token_id, floor_ms)
+           ON r.token_id = k.token_id AND r.at_ms > k.floor_ms
+         ORDER BY r.at_ms, r.id"
+    );
+    let (tokens, revocations, by_id, holders, fired, inside) = tokio::try_join!(
         async {
             let st = tx.prepare_cached(&q_tokens).await?;
             tx.query(&st, &[&token_ids]).await
@@ -352,6 +369,13 @@ async fn attempt_batch(
                 .await?;
             tx.query(&st, &[&token_ids, &policy_names]).await
         },
+        async {
+            if breakers.is_empty() {
+                return Ok(Vec::new());
+            }
+            let st = tx.prepare_cached(&q_breakers).await?;
+            tx.query(&st, &[&breaker_tokens, &breaker_floors]).await
+        },
     )?;
 
     // 5. The rules, over what was read.
@@ -374,6 +398,13 @@ async fn attempt_batch(
                 // Only the feed needs the commit time; checks here do not.
                 at_ms: 0,
             });
+        }
+    }
+    let breaker_of: BTreeMap<&str, Span> = breakers.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+    for row in &inside {
+        let r = rows::reservation(row)?;
+        if let Some(span) = breaker_of.get(r.token_id.as_str()) {
+            accounts.know_in_window(*span, r);
         }
     }
     for row in by_id.iter().chain(&holders) {
@@ -568,16 +599,22 @@ async fn persist(
         let states: Vec<&str> = updates.iter().map(|r| r.state.as_str()).collect();
         let counted: Vec<i64> = updates.iter().map(|r| r.counted).collect();
         let at: Vec<Option<i64>> = updates.iter().map(|r| r.settled_at_ms.map(db)).collect();
+        let usage = updates
+            .iter()
+            .map(|r| usage_json(r.usage.as_ref()))
+            .collect::<StoreResult<Vec<Option<String>>>>()?;
         let st = tx
             .prepare_cached(
                 "UPDATE reservations r
-                 SET state = u.state, counted = u.counted, settled_at_ms = u.settled_at_ms
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-                      AS u(id, state, counted, settled_at_ms)
+                 SET state = u.state, counted = u.counted, settled_at_ms = u.settled_at_ms,
+                     usage = COALESCE(u.usage::jsonb, r.usage)
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
+                      AS u(id, state, counted, settled_at_ms, usage)
                  WHERE r.id = u.id",
             )
             .await?;
-        tx.execute(&st, &[&ids, &states, &counted, &at]).await?;
+        tx.execute(&st, &[&ids, &states, &counted, &at, &usage])
+            .await?;
     }
     let sums: Vec<(Scope, &str, Span, WindowSum)> = accounts
         .window_sums()

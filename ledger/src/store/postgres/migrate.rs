@@ -7,7 +7,10 @@
 use tokio_postgres::Client;
 
 /// Every migration, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_usage.sql")),
+];
 
 /// The advisory lock key migrations hold: "bridlemg" as bytes.
 const LOCK_KEY: i64 = 0x6272_6964_6c65_6d67;

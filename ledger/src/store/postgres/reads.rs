@@ -6,16 +6,19 @@
 use std::collections::HashMap;
 
 use bridle_core::ledger_api::AuditRecord;
+use bridle_core::llm::TokenUsage;
 use bridle_core::revocation::{RevocationEntry, RevocationFeed};
 use deadpool_postgres::{Pool, Transaction};
 use tokio_postgres::IsolationLevel;
 
 use super::rows::{self, db, un, TOKEN_COLUMNS};
 use super::{client, pg};
-use crate::caps::{window_span, Span};
+use crate::caps::{short_span, window_span, Span};
 use crate::policies::Policies;
 use crate::revocations::parse_kind;
-use crate::store::{AuditPage, AuditQuery, StoreError, StoreResult, TokenQuery};
+use crate::store::{
+    usage_from_sums, AuditPage, AuditQuery, StoreError, StoreResult, TokenQuery, USAGE_CLASSES,
+};
 use crate::views::{self, PolicyView, TokenView};
 
 async fn snapshot(c: &mut deadpool_postgres::Client) -> StoreResult<Transaction<'_>> {
@@ -108,7 +111,35 @@ async fn token_views(
     for r in tx.query(&st, &[&record_ids, &floors]).await.map_err(pg)? {
         open.insert(r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?);
     }
-    let now_s = now_ms / 1000;
+    // When the oldest spend inside each breaker's window was made.
+    let (breaker_ids, breaker_floors): (Vec<&str>, Vec<i64>) = records
+        .iter()
+        .filter_map(|t| {
+            let span = short_span(&policies.get(&t.policy)?.policy.policy.caps)?;
+            Some((t.id.as_str(), db(span.floor(now_ms))))
+        })
+        .unzip();
+    let mut oldest: HashMap<String, i64> = HashMap::new();
+    if !breaker_ids.is_empty() {
+        let st = tx
+            .prepare_cached(
+                "SELECT k.id, (SELECT MIN(r.at_ms) FROM reservations r
+                               WHERE r.token_id = k.id AND r.at_ms > k.floor AND r.counted > 0)
+                 FROM unnest($1::text[], $2::bigint[]) AS k(id, floor)",
+            )
+            .await
+            .map_err(pg)?;
+        for r in tx
+            .query(&st, &[&breaker_ids, &breaker_floors])
+            .await
+            .map_err(pg)?
+        {
+            if let Some(at) = r.try_get::<_, Option<i64>>(1).map_err(pg)? {
+                oldest.insert(r.try_get(0).map_err(pg)?, at);
+            }
+        }
+    }
+    let usage = usage_sums(tx, &record_ids).await?;
     Ok(records
         .into_iter()
         .map(|record| {
@@ -118,15 +149,47 @@ async fn token_views(
                 .unwrap_or_default();
             let id = record.id.clone();
             let o = open.get(&id).copied().unwrap_or(0);
+            let u = usage.get(&id).copied().unwrap_or_default();
+            let since = oldest.get(&id).map(|at| un(*at));
             views::token_view(
                 record,
                 &caps,
                 |span| sums.get(&(id.clone(), span)).copied().unwrap_or(0),
                 o,
-                now_s,
+                u,
+                since,
+                now_ms,
             )
         })
         .collect())
+}
+
+/// Each token's LLM tokens by class, from the usage its committed calls stored.
+async fn usage_sums(
+    tx: &Transaction<'_>,
+    ids: &[&str],
+) -> StoreResult<HashMap<String, TokenUsage>> {
+    let sums: Vec<String> = USAGE_CLASSES
+        .iter()
+        .map(|c| format!("COALESCE(SUM((usage->>'{c}')::bigint), 0)::bigint"))
+        .collect();
+    let st = tx
+        .prepare_cached(&format!(
+            "SELECT token_id, {} FROM reservations
+             WHERE token_id = ANY($1) AND usage IS NOT NULL GROUP BY token_id",
+            sums.join(", ")
+        ))
+        .await
+        .map_err(pg)?;
+    let mut out = HashMap::new();
+    for r in tx.query(&st, &[&ids]).await.map_err(pg)? {
+        let mut sums = [0i64; 6];
+        for (i, s) in sums.iter_mut().enumerate() {
+            *s = r.try_get(i + 1).map_err(pg)?;
+        }
+        out.insert(r.try_get(0).map_err(pg)?, usage_from_sums(sums));
+    }
+    Ok(out)
 }
 
 pub async fn token(

@@ -64,6 +64,8 @@ pub fn reservation(row: &Row) -> StoreResult<Reservation> {
         path: row.try_get(10).map_err(e)?,
         detail: row.try_get(11).map_err(e)?,
         settled_at_ms: row.try_get::<_, Option<i64>>(12).map_err(e)?.map(un),
+        // Written with a commit, added up by views; a batch's rules never read it.
+        usage: None,
     })
 }
 

@@ -20,8 +20,8 @@ use rusqlite::{params, Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
 use super::{
-    AuditExtra, AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult, TokenQuery,
-    ALERT_LEASE_MS,
+    usage_json, AuditExtra, AuditPage, AuditQuery, OutboxAlert, Store, StoreError, StoreResult,
+    TokenQuery, ALERT_LEASE_MS,
 };
 use crate::accounts::{Accounts, Alert, Change};
 use crate::clock::SharedClock;
@@ -54,6 +54,9 @@ const MIGRATIONS: &[&str] = &[
     // 2: when each revocation was committed, in milliseconds, served in the feed so that
     // proxies can measure how long it took to reach them (0 for older entries: unmeasured).
     "ALTER TABLE revocations ADD COLUMN at_ms INTEGER NOT NULL DEFAULT 0;",
+    // 3: the usage a call priced by tokens was committed at (JSON, tokens by class), which
+    // token views add up per class.
+    "ALTER TABLE reservations ADD COLUMN usage TEXT;",
 ];
 
 /// Applies the schema and whatever migrations the database lacks, each in its own
@@ -400,9 +403,10 @@ fn persist(tx: &Transaction<'_>, accounts: &Accounts, changes: Vec<Change>) -> S
                 let Some(r) = accounts.reservation(&id) else {
                     continue;
                 };
-                tx.prepare_cached("UPDATE reservations SET counted = ?2, state = ?3, settled_at_ms = ?4 WHERE id = ?1")
+                let usage = usage_json(r.usage.as_ref())?;
+                tx.prepare_cached("UPDATE reservations SET counted = ?2, state = ?3, settled_at_ms = ?4, usage = ?5 WHERE id = ?1")
                     .map_err(sql)?
-                    .execute(params![r.id, r.counted, r.state.as_str(), r.settled_at_ms.map(|s| s as i64)])
+                    .execute(params![r.id, r.counted, r.state.as_str(), r.settled_at_ms.map(|s| s as i64), usage])
                     .map_err(sql)?;
             }
             Change::Revocation(e) => {
@@ -489,6 +493,8 @@ fn load(
                 detail: r.get(10)?,
                 settled_at_ms: r.get::<_, Option<i64>>(11)?.map(|s| s as u64),
                 digest: r.get(12)?,
+                // Views add usage up from the file; the accounts need none of it.
+                usage: None,
             })
         })
         .map_err(sql)?;

@@ -14,11 +14,14 @@ use bridle_core::Reason;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sql;
-use crate::caps::{window_span, Span};
+use crate::caps::{short_span, window_span, Span};
 use crate::policies::Policies;
 use crate::records::{Narrowing, TokenRecord};
 use crate::revocations::parse_kind;
-use crate::store::{AuditExtra, AuditPage, AuditQuery, StoreError, StoreResult, TokenQuery};
+use crate::store::{
+    usage_from_sums, AuditExtra, AuditPage, AuditQuery, StoreError, StoreResult, TokenQuery,
+    USAGE_CLASSES,
+};
 use crate::views::{self, PolicyView, TokenView};
 
 pub const TOKEN_COLUMNS: &str =
@@ -89,19 +92,60 @@ pub fn token(
          WHERE token_id = ?1 AND at_ms > ?2 AND state IN ('reserved', 'held')",
         params![id, floor],
     )?;
+    // The breaker's window: its sum, and when the oldest spend inside was made.
+    let (in_short, short_oldest) = match short_span(&caps) {
+        Some(short) => conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(counted), 0), MIN(CASE WHEN counted > 0 THEN at_ms END)
+                 FROM reservations WHERE token_id = ?1 AND at_ms > ?2",
+            )
+            .map_err(sql)?
+            .query_row(params![id, short.floor(now_ms) as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .map_err(sql)?,
+        None => (0, None),
+    };
+    let usage = conn
+        .prepare_cached(&usage_sums_sql())
+        .map_err(sql)?
+        .query_row(params![id], |r| {
+            let mut sums = [0i64; 6];
+            for (i, s) in sums.iter_mut().enumerate() {
+                *s = r.get(i)?;
+            }
+            Ok(sums)
+        })
+        .map_err(sql)?;
     Ok(Some(views::token_view(
         record,
         &caps,
         |span| {
             if span == Span::Ever {
                 lifetime
-            } else {
+            } else if span == window {
                 in_window
+            } else {
+                in_short
             }
         },
         open,
-        now_ms / 1000,
+        usage_from_sums(usage),
+        short_oldest.map(|at| at as u64),
+        now_ms,
     )))
+}
+
+/// Each usage class's sum over a token's reservations (`?1`), in [`USAGE_CLASSES`] order.
+fn usage_sums_sql() -> String {
+    let sums: Vec<String> = USAGE_CLASSES
+        .iter()
+        .map(|c| format!("COALESCE(SUM(json_extract(usage, '$.{c}')), 0)"))
+        .collect();
+    format!(
+        "SELECT {} FROM reservations WHERE token_id = ?1 AND usage IS NOT NULL",
+        sums.join(", ")
+    )
 }
 
 pub fn tokens(
@@ -231,6 +275,7 @@ pub fn revocations(conn: &Connection, since: u64, now_ms: u64) -> StoreResult<Re
 fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     let vendor: String = r.get(2)?;
     let reason: String = r.get(9)?;
+    let extra = AuditExtra::from_json(r.get::<_, Option<String>>(13)?.as_deref());
     Ok(AuditRecord {
         id: r.get(0)?,
         at_ms: r.get::<_, i64>(1)? as u64,
@@ -245,7 +290,11 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         cost: r.get::<_, Option<i64>>(10)?.and_then(Usd::from_micros),
         reservation: r.get(11)?,
         merchant: r.get(12)?,
-        replay: AuditExtra::from_json(r.get::<_, Option<String>>(13)?.as_deref()).replay,
+        model: extra.model,
+        usage: extra.usage,
+        usage_missing: extra.usage_missing,
+        over_reservation: extra.over_reservation,
+        replay: extra.replay,
     })
 }
 
