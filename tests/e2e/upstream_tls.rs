@@ -173,7 +173,7 @@ async fn a_call_reaches_the_vendor_over_tls_with_sni_and_its_name_checked() {
     );
     assert!(!got[0].everything().contains(&token));
     // On the wire: a handshake naming the vendor, then only ciphertext.
-    let connections = vendor.connections();
+    let connections = vendor.connections().await;
     for c in &connections {
         assert_eq!(c.sni.as_deref(), Some(HOST), "SNI");
         assert_eq!(c.handshake, Some(Ok(())));
@@ -221,8 +221,8 @@ async fn an_upstream_that_is_not_the_vendor_fails_closed_in_the_vendors_format()
         let r = request.send(envoy.port(vendor)).await;
         assert_unreachable(what, vendor, &r);
         let connections = match vendor {
-            Vendor::Stripe => wrong_name.connections(),
-            Vendor::Openai => untrusted.connections(),
+            Vendor::Stripe => wrong_name.connections().await,
+            Vendor::Openai => untrusted.connections().await,
             _ => clear.connections(),
         };
         nothing_in_clear(what, &connections, &token, &path);

@@ -277,8 +277,19 @@ impl TlsVendor {
         format!("https://{host}:{}", self.port())
     }
 
-    pub fn connections(&self) -> Vec<Connection> {
-        self.log.snapshot()
+    /// Every connection so far, once each handshake has an outcome. Envoy answers its client
+    /// as soon as it gives up on a handshake, which can be before this side has read the
+    /// alert and recorded why; so wait (bounded) for the record rather than race it.
+    pub async fn connections(&self) -> Vec<Connection> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let connections = self.log.snapshot();
+            let settled = connections.iter().all(|c| c.handshake.is_some());
+            if settled || tokio::time::Instant::now() >= deadline {
+                return connections;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
