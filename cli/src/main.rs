@@ -159,6 +159,11 @@ struct EnvoyArgs {
     /// health-checked), or `none` to run the filter standalone (development only).
     #[arg(long, default_value = "http://127.0.0.1:8181")]
     ledger: String,
+    /// How Envoy speaks to the ledger: `http2` (one multiplexed connection per worker; the
+    /// ledger serves it in clear) or `http1`, for a ledger behind a front that cannot carry
+    /// HTTP/2.
+    #[arg(long, default_value = "http2")]
+    ledger_protocol: render::LedgerProtocol,
     #[arg(long, default_value = render::DEFAULT_CA_FILE)]
     ca_file: String,
     /// Leave out Envoy's path normalization (the filter's own checks still apply). For
@@ -535,6 +540,7 @@ fn render_envoy(args: EnvoyArgs) -> Result<(), Errors> {
         ca_file: args.ca_file,
         envoy_path_hardening: !args.no_envoy_path_hardening,
         prices,
+        ledger_protocol: args.ledger_protocol,
     };
     let bootstrap = render::envoy_bootstrap(&policies, &opts).map_err(one)?;
     let yaml = render::to_yaml(&[bootstrap]).map_err(one)?;

@@ -151,6 +151,33 @@ pub struct EnvoyOptions {
     pub envoy_path_hardening: bool,
     /// Each vendor's price table, rendered into its listener's filter configuration.
     pub prices: Prices,
+    /// How Envoy speaks to the ledger. HTTP/2 by default: each worker's reservations share
+    /// one multiplexed connection instead of opening one HTTP/1.1 connection per callout in
+    /// flight. HTTP/1.1 is for a ledger behind something that cannot carry HTTP/2.
+    pub ledger_protocol: LedgerProtocol,
+}
+
+/// The protocol of the ledger cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LedgerProtocol {
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (h2c), or HTTP/2 negotiated by ALPN over TLS.
+    #[default]
+    Http2,
+}
+
+impl std::str::FromStr for LedgerProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LedgerProtocol, String> {
+        match s {
+            "http1" => Ok(LedgerProtocol::Http1),
+            "http2" => Ok(LedgerProtocol::Http2),
+            other => Err(format!(
+                "{other:?} is not a ledger protocol (http1 or http2)"
+            )),
+        }
+    }
 }
 
 impl Default for EnvoyOptions {
@@ -170,6 +197,7 @@ impl Default for EnvoyOptions {
             ca_file: DEFAULT_CA_FILE.to_string(),
             envoy_path_hardening: true,
             prices: Prices::new(),
+            ledger_protocol: LedgerProtocol::default(),
         }
     }
 }
@@ -261,8 +289,12 @@ fn ledger_cluster(
     primary: &Upstream,
     replicas: &[Upstream],
     ca_file: &str,
+    protocol: LedgerProtocol,
 ) -> Result<Value, String> {
     let mut c = cluster(LEDGER_CLUSTER, primary, ca_file, "1s");
+    if protocol == LedgerProtocol::Http2 {
+        speak_http2(&mut c, primary.tls)?;
+    }
     if replicas.is_empty() {
         return Ok(c);
     }
@@ -289,7 +321,13 @@ fn ledger_cluster(
             "interval": "1s",
             "unhealthy_threshold": 2,
             "healthy_threshold": 1,
-            "http_health_check": { "path": "/healthz" },
+            "http_health_check": {
+                "path": "/healthz",
+                "codec_client_type": match protocol {
+                    LedgerProtocol::Http1 => "HTTP1",
+                    LedgerProtocol::Http2 => "HTTP2",
+                },
+            },
         }]),
     );
     o.insert(
@@ -302,6 +340,34 @@ fn ledger_cluster(
         }),
     );
     Ok(c)
+}
+
+/// Makes a cluster speak HTTP/2 only: with prior knowledge in clear (the ledger's server
+/// detects the preface), and over TLS with `h2` offered by ALPN, so that a TLS front that
+/// cannot carry HTTP/2 fails the handshake (and every reservation is denied) rather than
+/// being sent frames it cannot read.
+fn speak_http2(cluster: &mut Value, tls: bool) -> Result<(), String> {
+    let o = cluster
+        .as_object_mut()
+        .ok_or_else(|| "cluster is not an object".to_string())?;
+    o.insert(
+        "typed_extension_protocol_options".into(),
+        json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        }),
+    );
+    if tls {
+        let context = o
+            .get_mut("transport_socket")
+            .and_then(|t| t.pointer_mut("/typed_config/common_tls_context"))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| "a TLS cluster without a TLS context".to_string())?;
+        context.insert("alpn_protocols".into(), json!(["h2"]));
+    }
+    Ok(())
 }
 
 /// The Bridle filter entry of an HTTP filter chain.
@@ -489,6 +555,7 @@ pub fn envoy_bootstrap(policies: &[CompiledPolicy], opts: &EnvoyOptions) -> Resu
             ledger,
             &opts.ledger_replicas,
             &opts.ca_file,
+            opts.ledger_protocol,
         )?);
     }
     Ok(json!({
@@ -575,13 +642,40 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_is_spoken_to_in_http2_unless_told_otherwise() {
+        let clear = Upstream::parse("http://127.0.0.1:8181").unwrap();
+        let c = ledger_cluster(&clear, &[], DEFAULT_CA_FILE, LedgerProtocol::default()).unwrap();
+        let options = &c["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert!(options["explicit_http_config"]["http2_protocol_options"].is_object());
+        let tls = Upstream::parse("https://ledger.internal:8443").unwrap();
+        let c = ledger_cluster(&tls, &[], DEFAULT_CA_FILE, LedgerProtocol::Http2).unwrap();
+        assert_eq!(
+            c["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"],
+            json!(["h2"])
+        );
+        let (first, rest) = parse_ledgers("http://127.0.0.1:1,http://127.0.0.1:2")
+            .unwrap()
+            .unwrap();
+        let c = ledger_cluster(&first, &rest, DEFAULT_CA_FILE, LedgerProtocol::Http2).unwrap();
+        assert_eq!(
+            c["health_checks"][0]["http_health_check"]["codec_client_type"],
+            "HTTP2"
+        );
+        let c = ledger_cluster(&clear, &[], DEFAULT_CA_FILE, LedgerProtocol::Http1).unwrap();
+        assert!(c.get("typed_extension_protocol_options").is_none());
+        assert_eq!("http1".parse(), Ok(LedgerProtocol::Http1));
+        assert!("h2".parse::<LedgerProtocol>().is_err());
+    }
+
+    #[test]
     fn several_ledger_replicas_are_one_balanced_health_checked_cluster() {
         let (first, rest) =
             parse_ledgers("http://127.0.0.1:1,http://127.0.0.1:2, http://ledger-c:3")
                 .unwrap()
                 .unwrap();
         assert_eq!(rest.len(), 2);
-        let c = ledger_cluster(&first, &rest, DEFAULT_CA_FILE).unwrap();
+        let c = ledger_cluster(&first, &rest, DEFAULT_CA_FILE, LedgerProtocol::Http1).unwrap();
         let ports: Vec<u64> = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
             .as_array()
             .unwrap()
@@ -601,7 +695,7 @@ mod tests {
         assert!(c["outlier_detection"].is_object());
         // One endpoint renders as before.
         assert_eq!(
-            ledger_cluster(&first, &[], DEFAULT_CA_FILE).unwrap(),
+            ledger_cluster(&first, &[], DEFAULT_CA_FILE, LedgerProtocol::Http1).unwrap(),
             cluster(LEDGER_CLUSTER, &first, DEFAULT_CA_FILE, "1s")
         );
         assert_eq!(parse_ledgers("none").unwrap(), None);

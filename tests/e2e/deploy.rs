@@ -808,6 +808,23 @@ fn istio_defines_the_ledger_cluster_the_plugins_call() {
     let ledger = ledger();
     assert_eq!(address["address"], ledger.host.as_str());
     assert_eq!(address["port_value"], u64::from(ledger.port));
+    // It speaks to the ledger as the rendered bootstrap does (HTTP/2 by default).
+    let opts = EnvoyOptions {
+        ledger: Some(ledger.clone()),
+        prices: bridle_e2e::shipped_prices(),
+        ..EnvoyOptions::default()
+    };
+    let bootstrap = render::envoy_bootstrap(&policies(), &opts).unwrap();
+    let rendered = bootstrap["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == link.cluster.as_str())
+        .unwrap();
+    assert_eq!(
+        cluster["typed_extension_protocol_options"],
+        rendered["typed_extension_protocol_options"]
+    );
     for plugin in resources(&docs, "istio/", "WasmPlugin") {
         assert_eq!(
             plugin.value["spec"]["pluginConfig"]["ledger"]["cluster"],

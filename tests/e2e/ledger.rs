@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use bridle_cli::render::LedgerProtocol;
 use bridle_core::vendor::Vendor;
 use bridle_e2e::client::{Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
@@ -90,6 +91,10 @@ struct Stack {
 }
 
 async fn stack_with(extra_ledger_args: &[&str]) -> Stack {
+    stack_speaking(extra_ledger_args, LedgerProtocol::default()).await
+}
+
+async fn stack_speaking(extra_ledger_args: &[&str], protocol: LedgerProtocol) -> Stack {
     let mock = MockVendor::start().await;
     let keys = Keys::generate();
     let ps = policies(&[
@@ -103,6 +108,7 @@ async fn stack_with(extra_ledger_args: &[&str]) -> Stack {
     let ledger = Ledger::start_with(&ps, &keys, extra_ledger_args).await;
     let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
     setup.ledger = Some(ledger.url());
+    setup.ledger_protocol = protocol;
     let envoy = Envoy::start(&setup).await.unwrap();
     Stack {
         ledger,
@@ -195,6 +201,38 @@ async fn a_costed_call_reserves_forwards_and_commits() {
         ),
         (Some("7.00"), Some(false), Some("acme/offline"))
     );
+}
+
+/// The ledger cluster speaks HTTP/2 by default (one multiplexed connection per worker,
+/// h2c to the ledger) and HTTP/1.1 when rendered so; reservations, settles and revocation
+/// polls work over either, and Envoy's own counters show which was spoken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_travel_over_http2_by_default_and_http1_when_rendered_so() {
+    for (protocol, spoken, not_spoken) in [
+        (LedgerProtocol::Http2, "http2", "http1"),
+        (LedgerProtocol::Http1, "http1", "http2"),
+    ] {
+        let s = stack_speaking(&[], protocol).await;
+        let (token, id) = s.issue("pay", "acme/protocol").await;
+        for _ in 0..3 {
+            let r = intent(&token, "100", "usd").send(s.stripe()).await;
+            assert_eq!(r.status, 200, "{protocol:?}: {}", r.text());
+        }
+        let t = s.settled(&id).await;
+        assert_eq!(t["spend"]["window"].as_str(), Some("3.00"), "{protocol:?}");
+        let stats = s
+            .envoy
+            .stats("^cluster\\.bridle_ledger\\.upstream_cx_http")
+            .await;
+        let total = |p: &str| {
+            stats
+                .get(&format!("cluster.bridle_ledger.upstream_cx_{p}_total"))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert!(total(spoken) >= 1, "{protocol:?}: {stats:?}");
+        assert_eq!(total(not_spoken), 0, "{protocol:?}: {stats:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

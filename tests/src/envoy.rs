@@ -75,6 +75,8 @@ pub struct Setup {
     pub ca_file: Option<PathBuf>,
     /// Price tables for calls priced by tokens: the shipped ones unless a test changes them.
     pub prices: bridle_cli::render::Prices,
+    /// How Envoy speaks to the ledger (HTTP/2 unless a test says otherwise).
+    pub ledger_protocol: bridle_cli::render::LedgerProtocol,
 }
 
 impl Setup {
@@ -93,6 +95,7 @@ impl Setup {
             trust_local_clients: false,
             ca_file: None,
             prices: crate::shipped_prices(),
+            ledger_protocol: Default::default(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Setup {
                 .collect(),
             envoy_path_hardening: self.envoy_path_hardening,
             prices: self.prices.clone(),
+            ledger_protocol: self.ledger_protocol,
             ..EnvoyOptions::default()
         };
         if let Some(ca) = &self.ca_file {
