@@ -6,7 +6,8 @@
 //!    without a loop breaker, and with a new token each request, so that every request
 //!    verifies a signature (`token_churn.rs`);
 //! 3. a call Bridle denies;
-//! 4. a costed call (body priced, reserve with the ledger, settle in batches);
+//! 4. a costed call (body priced, reserve with the ledger, settle in batches), with the
+//!    ledger callout over HTTP/2 (as rendered) and over HTTP/1.1 (`ledger_protocol.rs`);
 //! 5. the OpenAI path, uncosted and costed, side by side with a peer, LiteLLM's proxy, on the
 //!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`);
 //! 6. a streamed completion priced by tokens beside no filter: time to the first event and
@@ -40,6 +41,7 @@
 mod compare;
 mod flatness;
 mod ledger_load;
+mod ledger_protocol;
 mod ledger_replicas;
 mod litellm;
 mod openai_scenarios;
@@ -110,6 +112,7 @@ struct Wrk {
 }
 
 /// One fixed request for wrk to repeat.
+#[derive(Clone)]
 struct Load {
     method: &'static str,
     path: &'static str,
@@ -388,6 +391,7 @@ struct ProxyStack {
     _baselines: Vec<Envoy>,
     _ledger: Ledger,
     _bridle: Envoy,
+    _bridle_http1: Envoy,
     _ablations: Vec<Envoy>,
     _peer: Option<litellm::LiteLlm>,
     /// What the peer was seen to do on a sanity request before it was measured.
@@ -449,6 +453,10 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
     let bridle = Envoy::start(&setup).await.unwrap();
     pin_to(bridle.pid(), 0);
     let port = bridle.port(Vendor::Stripe);
+    let mut http1 = setup.clone();
+    http1.ledger_protocol = bridle_cli::render::LedgerProtocol::Http1;
+    let bridle_http1 = Envoy::start(&http1).await.unwrap();
+    pin_to(bridle_http1.pid(), 0);
     // The same filter, built to stop its request path after a given step: where the time goes.
     let ablation_wasm =
         repo_root().join("target/ablation/wasm32-wasip1/release/bridle_filter.wasm");
@@ -518,19 +526,25 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
             headers: vec![auth("bench"), form.clone()],
         },
     });
+    let costed = Load {
+        method: "POST",
+        path: "/v1/payment_intents",
+        body: "amount=100&currency=usd".into(),
+        headers: vec![auth("bench"), form],
+    };
     scenarios.push(Scenario {
         name: "bridle_costed",
         description: "Bridle: costed (body priced, reserve with the ledger, batched settle)",
         port,
         proxy_pid: Some(bridle.pid()),
         baseline: "no_filter",
-        load: Load {
-            method: "POST",
-            path: "/v1/payment_intents",
-            body: "amount=100&currency=usd".into(),
-            headers: vec![auth("bench"), form],
-        },
+        load: costed.clone(),
     });
+    scenarios.push(ledger_protocol::scenario(
+        bridle_http1.port(Vendor::Stripe),
+        bridle_http1.pid(),
+        costed,
+    ));
     for (step, envoy) in ABLATION_STEPS.iter().zip(&ablations) {
         scenarios.push(Scenario {
             name: step.name,
@@ -572,6 +586,7 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
         _baselines: baselines,
         _ledger: ledger,
         _bridle: bridle,
+        _bridle_http1: bridle_http1,
         _ablations: ablations,
         _peer: peer,
         peer_checked,
@@ -929,6 +944,7 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
     json!({
         "ratios": rows,
         "token_verification": token_churn::summary(proxy),
+        "ledger_protocol": ledger_protocol::summary(proxy),
         "peer": openai_scenarios::summarize(proxy),
         "tail": tail,
         "flatness": flatness,
@@ -985,6 +1001,7 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     }
     s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n");
     s.push_str(&token_churn::markdown(&summary["token_verification"]));
+    s.push_str(&ledger_protocol::markdown(&summary["ledger_protocol"]));
     s.push('\n');
     s.push_str("| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds. \"vs no filter\" and \"added\" are against Envoy without a filter sending the same request (`no_filter`, or `openai_no_filter` for the OpenAI rows); the no-op filter was measured on the Stripe-shaped request only. Proxy CPU: Envoy's, or LiteLLM's for `litellm_proxy`.\n");

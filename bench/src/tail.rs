@@ -19,11 +19,12 @@ use crate::{cell, median_i, table_row, ScenarioResult, Wrk};
 
 /// The scenarios measured in both layouts: the baselines and everything that talks to the
 /// ledger, plus the build without the audit report (`ablate_3_rewrite`).
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "no_filter",
     "bridle_allowed",
     "bridle_denied",
     "bridle_costed",
+    crate::ledger_protocol::NAME,
     "ablate_3_rewrite",
     crate::openai_scenarios::NO_FILTER,
     crate::openai_scenarios::COSTED,
