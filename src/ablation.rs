@@ -7,20 +7,41 @@
 //! 3. rewrite the credentials and count, but no audit record;
 //!
 //! and the full filter beyond. The step comes from `BRIDLE_ABLATE` in the VM's environment.
+//!
+//! `BRIDLE_ABLATE=module` goes one step further back: the module is configured as usual
+//! (plugin, tick, revocation polls), but each request gets a context that holds nothing and
+//! returns `Continue` from every callback, as the no-op filter's does. Beside the no-op
+//! module it shows what the module costs by being this module (its size, its memory, its
+//! root context); beside step 0, what entering Bridle's own stream context costs.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use proxy_wasm::traits::{Context, HttpContext};
 
 use crate::host::Host;
 
 static STEP: AtomicU8 = AtomicU8::new(u8::MAX);
+static MODULE_ONLY: AtomicBool = AtomicBool::new(false);
 
 pub fn configure<H: Host>(host: &H) {
-    let step = host
-        .env("BRIDLE_ABLATE")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(u8::MAX);
+    let setting = host.env("BRIDLE_ABLATE");
+    MODULE_ONLY.store(setting.as_deref() == Some("module"), Ordering::Relaxed);
+    let step = setting.and_then(|s| s.parse().ok()).unwrap_or(u8::MAX);
     STEP.store(step, Ordering::Relaxed);
 }
+
+/// Whether requests get [`EmptyContext`] instead of a stream.
+pub fn module_only() -> bool {
+    MODULE_ONLY.load(Ordering::Relaxed)
+}
+
+/// A request context with no state whose callbacks all return `Continue` (the SDK's
+/// defaults): the no-op filter's, inside this module.
+pub struct EmptyContext;
+
+impl Context for EmptyContext {}
+
+impl HttpContext for EmptyContext {}
 
 /// Whether the request path stops at `step`.
 pub fn stop_at(step: u8) -> bool {

@@ -130,6 +130,10 @@ mod glue {
         }
 
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+            #[cfg(feature = "ablation")]
+            if crate::ablation::module_only() {
+                return Some(Box::new(crate::ablation::EmptyContext));
+            }
             Some(Box::new(StreamContext(Stream::new(self.plugin.clone()))))
         }
 

@@ -39,6 +39,7 @@
 )]
 
 mod compare;
+mod entry_cost;
 mod flatness;
 mod ledger_load;
 mod ledger_protocol;
@@ -356,31 +357,38 @@ fn token_for(keys: &Keys, policy: &str, id: String, vendor: Vendor) -> String {
 }
 
 struct AblationStep {
-    step: u8,
+    /// `BRIDLE_ABLATE` for the build.
+    step: &'static str,
     name: &'static str,
     description: &'static str,
 }
 
 /// The uncosted allowed call again, through filter builds that stop early (see
 /// `src/ablation.rs`); the full filter is `bridle_allowed`.
-const ABLATION_STEPS: [AblationStep; 4] = [
+const ABLATION_STEPS: [AblationStep; 5] = [
     AblationStep {
-        step: 0,
+        step: "module",
+        name: "ablate_module",
+        description:
+            "Bridle's module configured, each request an empty context (as the no-op filter's)",
+    },
+    AblationStep {
+        step: "0",
         name: "ablate_0_enter",
         description: "Bridle stopped at once: the filter's module and SDK dispatch",
     },
     AblationStep {
-        step: 1,
+        step: "1",
         name: "ablate_1_headers",
         description: "Bridle stopped after reading the clock and the request headers",
     },
     AblationStep {
-        step: 2,
+        step: "2",
         name: "ablate_2_decide",
         description: "Bridle stopped after the decision (token, policy, path, merchant)",
     },
     AblationStep {
-        step: 3,
+        step: "3",
         name: "ablate_3_rewrite",
         description: "Bridle without the audit record (credentials rewritten, counted)",
     },
@@ -599,6 +607,9 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
 enum Selection {
     /// Every scenario, the peer included: `make bench`.
     All,
+    /// Only the throughput of the no-op floor, the ablation builds and the uncosted call
+    /// (`bridle-bench entry`).
+    Entry,
     /// Only the one-connection latency of the tail scenarios, in both layouts
     /// (`bridle-bench tail`).
     Tail,
@@ -611,8 +622,10 @@ async fn proxy_benchmarks(
     selection: Selection,
 ) -> (Vec<ScenarioResult>, Option<litellm::Checked>) {
     let mut stack = proxy_stack(keys, selection == Selection::All).await;
-    if selection == Selection::Tail {
-        stack.scenarios.retain(|s| tail::measured(s.name));
+    match selection {
+        Selection::Tail => stack.scenarios.retain(|s| tail::measured(s.name)),
+        Selection::Entry => stack.scenarios.retain(|s| entry_cost::measured(s.name)),
+        Selection::All => {}
     }
     for s in &stack.scenarios {
         eprintln!("bench: warm up {}", s.name);
@@ -626,7 +639,7 @@ async fn proxy_benchmarks(
         for s in stack
             .scenarios
             .iter()
-            .filter(|_| selection == Selection::All)
+            .filter(|_| selection != Selection::Tail)
         {
             let cpu_before = s.proxy_pid.map(process_cpu_us);
             let w = wrk(s.port, 32, plan.throughput_s, &s.load);
@@ -648,6 +661,9 @@ async fn proxy_benchmarks(
             );
             w
         };
+        if selection == Selection::Entry {
+            continue;
+        }
         for s in &stack.scenarios {
             latency
                 .entry(s.name)
@@ -1176,6 +1192,18 @@ fn main() -> ExitCode {
                 let keys = Keys::generate();
                 let (proxy, _) = proxy_benchmarks(plan, &keys, Selection::Tail).await;
                 println!("{}", tail::markdown(&tail::summarize(&proxy)));
+            });
+            return ExitCode::SUCCESS;
+        }
+        Some("entry") => {
+            let plan = Plan {
+                rounds: n(2, 9) as usize,
+                ..FULL
+            };
+            rt.block_on(async move {
+                let keys = Keys::generate();
+                let (proxy, _) = proxy_benchmarks(plan, &keys, Selection::Entry).await;
+                println!("{}", entry_cost::markdown(&proxy));
             });
             return ExitCode::SUCCESS;
         }
