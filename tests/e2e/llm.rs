@@ -12,7 +12,9 @@
 //! - a model outside the policy, a model without a price and an output maximum above the
 //!   policy's are refused, once each (no SDK retry), and never reach the vendor;
 //! - a request without a maximum reaches the vendor with the policy's written in, and an
-//!   OpenAI stream with `include_usage` set.
+//!   OpenAI stream with `include_usage` set;
+//! - a stream whose event name outgrows the parser's bound once decoded settles at its
+//!   reservation, never at a usage that misses an event.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,12 +22,15 @@
     clippy::indexing_slicing
 )]
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bridle_core::llm::prices::Found;
+use bridle_core::llm::sse::MAX_EVENT;
 use bridle_core::llm::{PriceEntry, PriceList};
 use bridle_core::money::Usd;
 use bridle_core::vendor::Vendor;
+use bridle_e2e::client::Request;
 use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::Keys;
 use bridle_e2e::ledger::Ledger;
@@ -54,17 +59,23 @@ struct Stack {
 async fn start(ps: &[Value]) -> Stack {
     let mock = MockVendor::start().await;
     mock.set_chunk_delay(CHUNK_DELAY);
-    let keys = Keys::generate();
-    let ps = policies(ps);
-    let ledger = Ledger::start(&ps, &keys).await;
-    let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
-    setup.ledger = Some(ledger.url());
-    let envoy = Envoy::start(&setup).await.unwrap();
+    let (ledger, envoy) = start_in_front_of(ps, &mock.url()).await;
     Stack {
         ledger,
         envoy,
         mock,
     }
+}
+
+/// The ledger and Envoy in front of `upstream`.
+async fn start_in_front_of(ps: &[Value], upstream: &str) -> (Ledger, Envoy) {
+    let keys = Keys::generate();
+    let ps = policies(ps);
+    let ledger = Ledger::start(&ps, &keys).await;
+    let mut setup = Setup::new(ps, &keys).upstream_all(upstream);
+    setup.ledger = Some(ledger.url());
+    let envoy = Envoy::start(&setup).await.unwrap();
+    (ledger, envoy)
 }
 
 impl Stack {
@@ -74,18 +85,22 @@ impl Stack {
             .await
     }
 
-    /// The token's committed spend, once nothing is reserved any more.
     async fn committed(&self, token_id: &str) -> Usd {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let t = self.ledger.token(token_id).await;
-            let spend = &t["spend"];
-            if spend["reserved"] == "0.00" && spend["lifetime"] != "0.00" {
-                return Usd::parse(spend["lifetime"].as_str().unwrap()).unwrap();
-            }
-            assert!(Instant::now() < deadline, "never settled: {t}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        committed(&self.ledger, token_id).await
+    }
+}
+
+/// The token's committed spend, once nothing is reserved any more.
+async fn committed(ledger: &Ledger, token_id: &str) -> Usd {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = ledger.token(token_id).await;
+        let spend = &t["spend"];
+        if spend["reserved"] == "0.00" && spend["lifetime"] != "0.00" {
+            return Usd::parse(spend["lifetime"].as_str().unwrap()).unwrap();
         }
+        assert!(Instant::now() < deadline, "never settled: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -472,4 +487,136 @@ async fn anthropic_calls_are_billed_by_their_usage() {
         );
     }
     assert_eq!(s.mock.count(), 4);
+}
+
+/// An upstream that answers each call with the stream whose key its body contains, as one
+/// `text/event-stream` body, and keeps the bodies it received.
+async fn serve_streams(
+    streams: Vec<(&'static str, Vec<u8>)>,
+) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let seen = received.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let (seen, streams) = (seen.clone(), streams.clone());
+        async move {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            seen.lock().unwrap().push(body.to_vec());
+            let (_, stream) = streams
+                .into_iter()
+                .find(|(key, _)| text.contains(key))
+                .unwrap();
+            ([("content-type", "text/event-stream")], stream)
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, received)
+}
+
+/// An Anthropic stream with a ping in the middle that is one large `data` line then an
+/// event name of `name_byte` repeated, and an unnamed `message_delta` after it that reports
+/// `output` tokens. An event name of invalid UTF-8 grows threefold once decoded: with the
+/// ping's data it outgrows the parser's bound, while the bytes that arrived stay within it.
+fn stream_with_named_ping(name_byte: u8, output: u64) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(
+        b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n",
+    );
+    s.extend_from_slice(b"data: ");
+    s.extend(std::iter::repeat_n(b'a', MAX_EVENT / 5));
+    s.extend_from_slice(b"\nevent: ");
+    s.extend(std::iter::repeat_n(name_byte, MAX_EVENT * 3 / 10));
+    s.extend_from_slice(b"\n\n");
+    s.extend_from_slice(
+        format!(
+            "data: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{output}}}}}\n\n"
+        )
+        .as_bytes(),
+    );
+    s.extend_from_slice(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    s
+}
+
+/// A stream event whose name grows past the parser's bound once decoded (found by the sse
+/// fuzz target) is dropped as too large, and the call settles at its reservation. Before
+/// that, the name was kept whole, the parser went past its bound, the event's blank line was
+/// lost and the unnamed `message_delta` after it went unread under the ping's name: the call
+/// settled at the first event's single output token, under what the vendor reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_event_name_that_grows_when_decoded_settles_at_the_reservation() {
+    let model = "claude-sonnet-4-5";
+    let output = 90;
+    let grown = stream_with_named_ping(0xFF, output);
+    let ascii = stream_with_named_ping(b'x', output);
+    let (upstream, received) =
+        serve_streams(vec![("grown", grown.clone()), ("ascii", ascii.clone())]).await;
+    let (ledger, envoy) = start_in_front_of(
+        &[json!({
+            "name": "llm-anthropic", "vendor": "anthropic", "secret_env": "ANTHROPIC_API_KEY", "max_ttl": "1h",
+            "endpoints": [{ "method": "POST", "path": "/v1/messages", "cost": { "tokens": "messages" } }],
+            "models": { "allow": [model], "max_output_tokens": POLICY_MAX },
+            "caps": { "per_window": "5.00", "window": "24h" },
+        })],
+        &upstream,
+    )
+    .await;
+    let p = price(Vendor::Anthropic, model);
+    let port = envoy.port(Vendor::Anthropic);
+    let mut settled = Vec::new();
+    for (case, sent) in [("grown", &grown), ("ascii", &ascii)] {
+        let (token, id) = ledger
+            .issue(json!({ "policy": "llm-anthropic", "label": format!("llm/sse/{case}"), "expires_in": "30m" }))
+            .await;
+        let body = json!({ "model": model, "max_tokens": 100, "stream": true,
+                           "messages": [{ "role": "user", "content": case }] });
+        let r = Request::new("POST", "/v1/messages")
+            .header("x-api-key", &token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send(port)
+            .await;
+        // The agent got the stream as the vendor sent it, whatever Bridle made of it.
+        assert_eq!(r.status, 200, "{case}: {}", r.text());
+        assert!(
+            r.body == *sent,
+            "{case}: the stream reached the agent altered"
+        );
+        let audit = ledger.await_audit(&format!("token_id={id}"), 1).await;
+        settled.push((committed(&ledger, &id).await, audit[0].clone()));
+    }
+    let bodies = received.lock().unwrap().clone();
+    let reserved = reservation(&p, bodies[0].len(), 100);
+    let reported = bill(&[(10, p.input), (output, p.output)]);
+    assert!(reported < reserved);
+
+    // The grown name: the usage after it cannot be trusted to be whole; the reservation holds.
+    let (spent, audit) = &settled[0];
+    assert_eq!(
+        (*spent, audit["usage_missing"].as_str()),
+        (reserved, Some("a stream event was too large to read")),
+        "the vendor reported {output} output tokens ({reported}); committed {spent}: {audit}"
+    );
+    // Control: the same stream with an ASCII name of the same length is read whole.
+    let (spent, audit) = &settled[1];
+    assert_eq!(*spent, reported, "{audit}");
+    assert_eq!(
+        audit["usage"],
+        json!({ "input": 10, "output": output }),
+        "{audit}"
+    );
+    assert!(audit["usage_missing"].is_null(), "{audit}");
+    for (stat, count) in [
+        ("usage_missing", 1),
+        ("usage_read", 1),
+        ("over_reservation", 0),
+    ] {
+        let name = format!("wasmcustom.bridle.llm.anthropic.{stat}");
+        let stats = envoy
+            .stats(&format!("^{}$", name.replace('.', "\\.")))
+            .await;
+        assert_eq!(stats.get(&name), Some(&count), "{stat}");
+    }
 }

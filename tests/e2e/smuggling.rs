@@ -109,6 +109,14 @@ fn intent(token: &str, body: &str) -> Request {
         .form(body)
 }
 
+/// A message sent with the token as Twilio's SDKs present a key: Basic `<AccountSid>:<key>`.
+fn message(token: &str) -> Request {
+    Request::new("POST", MESSAGES).header(
+        "authorization",
+        format!("Basic {}", STANDARD.encode(format!("{SID}:{token}"))),
+    )
+}
+
 fn refused(r: &Response, status: u16, reason: &str, case: &str) {
     assert_eq!(
         (r.status, r.reason()),
@@ -376,14 +384,7 @@ async fn twilio_media_and_templates_are_priced_by_the_policy() {
     ])
     .await;
     let port = s.envoy.port(Vendor::Twilio);
-    let send = |token: &str, body: &str| {
-        Request::new("POST", MESSAGES)
-            .header(
-                "authorization",
-                format!("Basic {}", STANDARD.encode(format!("{SID}:{token}"))),
-            )
-            .form(body)
-    };
+    let send = |token: &str, body: &str| message(token).form(body);
     let mms =
         "To=%2B15551234567&From=%2B15557654321&Body=hi&MediaUrl=https%3A%2F%2Fexample.com%2Fa.png";
     let template = "To=%2B15551234567&From=%2B15557654321&ContentSid=HX0123";
@@ -409,4 +410,86 @@ async fn twilio_media_and_templates_are_priced_by_the_policy() {
     }
     assert_eq!(s.spent(&priced_id).await, Usd::parse("0.07").unwrap());
     assert_eq!(s.mock.count(), 2);
+}
+
+/// A body sent without a content type that reads as JSON is read by Bridle as JSON; Twilio
+/// reads its API's bodies as forms. A JSON string can hide `&ContentSid=...` (or `MediaUrl`,
+/// `SendAsMms`) that only the form reading names: which message goes, a template or an MMS
+/// or a plain SMS of however many segments, and so its price, would be a guess. Refused;
+/// the same bytes declared as JSON, and a form that names nothing special, are plain SMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_kind_named_only_by_the_form_reading_is_refused() {
+    let s = stack(&[twilio("mms", json!({ "mms": "0.02", "template": "0.05" }))]).await;
+    let port = s.envoy.port(Vendor::Twilio);
+    let (token, id) = s.issue("mms").await;
+    let json_body = |field: &str| {
+        format!(r#"{{"To":"+15551234567","From":"+15557654321","Body":"hi&{field}=HX0123"}}"#)
+    };
+    for field in ["ContentSid", "MediaUrl", "SendAsMms"] {
+        let r = message(&token).body(json_body(field)).send(port).await;
+        refused(&r, 400, "cost_undetermined", field);
+        let b = r.json();
+        assert_eq!(
+            (
+                b["code"].as_u64(),
+                b["status"].as_u64(),
+                b["more_info"].as_str()
+            ),
+            (Some(21000), Some(400), Some("bridle:cost_undetermined")),
+            "{field}: {b}"
+        );
+        let text = b["message"].as_str().unwrap();
+        assert!(
+            text.contains(&format!(
+                "{field} is named only when the body is read as a form"
+            )) && text.ends_with("[cost_undetermined]"),
+            "{field}: {text}"
+        );
+    }
+    assert_eq!(s.mock.count(), 0, "{:#?}", s.mock.requests());
+    assert_eq!(s.spent(&id).await, Usd::ZERO);
+
+    // The refusal is specific: the same bytes declared as JSON, and a form that names no
+    // template or media, are one SMS segment each, priced and sent.
+    let r = message(&token)
+        .header("content-type", "application/json")
+        .body(json_body("ContentSid"))
+        .send(port)
+        .await;
+    assert_eq!(r.status, 200, "declared JSON: {}", r.text());
+    let r = message(&token)
+        .form("To=%2B15551234567&From=%2B15557654321&Body=hi%26ContentSid%3DHX0123")
+        .send(port)
+        .await;
+    assert_eq!(r.status, 200, "form: {}", r.text());
+    let segment = Usd::parse("0.0079").unwrap();
+    assert_eq!(s.spent(&id).await, segment.checked_add(segment).unwrap());
+    assert_eq!(s.mock.count(), 2);
+
+    // The ledger saw three refusals that cost nothing and two segments.
+    let audit = s.ledger.await_audit(&format!("token_id={id}"), 5).await;
+    let mut outcomes: Vec<(Option<u64>, Option<&str>, Option<&str>)> = audit
+        .iter()
+        .map(|a| {
+            (
+                a["status"].as_u64(),
+                a["reason"].as_str(),
+                a["cost"].as_str(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    let refusal = (Some(400), Some("cost_undetermined"), None);
+    let sent = (Some(200), Some("allowed"), Some("0.0079"));
+    assert_eq!(
+        outcomes,
+        vec![sent, sent, refusal, refusal, refusal],
+        "{audit:#?}"
+    );
+    assert_eq!(
+        s.envoy
+            .counter(Vendor::Twilio, "mms", "cost_undetermined")
+            .await,
+        3
+    );
 }
