@@ -237,15 +237,15 @@ impl Body {
         }
     }
 
-    /// What the body holds under `field`, in bracket notation: `amount`,
-    /// `transfer_data[amount]`, `items[0][price]`. A name that is not in that notation is
-    /// never found.
     /// Whether the body came without a content type and looks like JSON: a field its form
     /// reading names reads two ways ([`Lookup::Ambiguous`]).
     pub fn is_sniffed(&self) -> bool {
         matches!(self.inner, Inner::Sniffed { .. })
     }
 
+    /// What the body holds under `field`, in bracket notation: `amount`,
+    /// `transfer_data[amount]`, `items[0][price]`. A name that is not in that notation is
+    /// never found.
     pub fn get(&self, field: &str) -> Lookup<'_> {
         match &self.inner {
             Inner::Form(pairs) => form_get(pairs, field),
