@@ -827,6 +827,31 @@ impl<S> Fixture<S> {
     }
 }
 
+/// A record whose text holds NUL (a model name read from a request body can): stored, so
+/// that the report carrying it, resent until it is, does not block every later one.
+async fn a_record_with_any_text_is_stored<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let mut odd = record(900, T0, "tok_nul\u{0}", "acme/nul\u{0}");
+    odd.model = Some("gpt\u{0}-4o".into());
+    odd.path = "/v1/x\u{0}y".into();
+    assert_eq!(s.append_audit(vec![odd]).await.unwrap(), 1);
+    let stored = s
+        .audit(AuditQuery {
+            label_prefix: Some("acme/nul".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(stored.len(), 1);
+    // Kept as sent where the database can hold it, else with U+FFFD in the NUL's place.
+    let model = stored[0].model.clone().unwrap();
+    assert!(
+        model == "gpt\u{0}-4o" || model == "gpt\u{fffd}-4o",
+        "{model:?}"
+    );
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -857,6 +882,7 @@ scenarios!(
     audit_is_deduplicated_filtered_and_paged,
     alerts_fire_once_per_threshold_per_window,
     concurrent_reserves_never_exceed_a_cap,
+    a_record_with_any_text_is_stored,
 );
 
 /// SQLite's own promise: whatever was answered is on disk, and a reopened store has the

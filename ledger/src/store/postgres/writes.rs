@@ -146,13 +146,20 @@ pub async fn append_audit(pool: &Pool, records: Vec<AuditRecord>) -> StoreResult
     let c = client(pool).await?;
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
     let at: Vec<i64> = records.iter().map(|r| db(r.at_ms)).collect();
-    let tokens: Vec<Option<&str>> = records.iter().map(|r| r.token_id.as_deref()).collect();
-    let labels: Vec<Option<&str>> = records.iter().map(|r| r.label.as_deref()).collect();
-    let policies: Vec<Option<&str>> = records.iter().map(|r| r.policy.as_deref()).collect();
+    let text = |f: fn(&AuditRecord) -> Option<&str>| -> Vec<Option<String>> {
+        records.iter().map(|r| f(r).map(without_nul)).collect()
+    };
+    let tokens = text(|r| r.token_id.as_deref());
+    let labels = text(|r| r.label.as_deref());
+    let policies = text(|r| r.policy.as_deref());
     let bodies = records
         .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<_>, _>>()
+        .map(|r| {
+            let mut body = serde_json::to_value(r)?;
+            scrub_nul(&mut body);
+            Ok(body)
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()
         .map_err(|e| StoreError(format!("audit record: {e}")))?;
     let st = c
         .prepare_cached(
@@ -167,6 +174,22 @@ pub async fn append_audit(pool: &Pool, records: Vec<AuditRecord>) -> StoreResult
         .await
         .map_err(pg)?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// PostgreSQL's text and JSON cannot hold NUL, which a record's text may (a model name read
+/// from a request body): it is stored as U+FFFD. Refused, it would fail the whole report
+/// on every resend, and with it every later audit record of that filter.
+fn without_nul(s: &str) -> String {
+    s.replace('\0', "\u{fffd}")
+}
+
+fn scrub_nul(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => *s = without_nul(s),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(scrub_nul),
+        serde_json::Value::Object(o) => o.values_mut().for_each(scrub_nul),
+        _ => {}
+    }
 }
 
 /// Reservations left unsettled for the whole TTL expire into spend (counted as they are:
