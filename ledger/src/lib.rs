@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use bridle_core::policy::CompiledPolicy;
 use bridle_core::token::SigningKeyring;
 
@@ -144,6 +145,13 @@ async fn serve<S: Store>(config: Config, store: S, clock: SharedClock) -> Result
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!("listening on http://{}", config.listen);
+    // Without TCP_NODELAY an HTTP/2 answer written as several frames waits on Nagle for the
+    // peer's delayed ACK (about 40 ms): every reservation would pay it.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("could not set TCP_NODELAY on a connection: {e}");
+        }
+    });
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
