@@ -7,7 +7,7 @@
 //!    verifies a signature (`token_churn.rs`);
 //! 3. a call Bridle denies;
 //! 4. a costed call (body priced, reserve with the ledger, settle in batches), with the
-//!    ledger callout over HTTP/2 (as rendered) and over HTTP/1.1 (`ledger_protocol.rs`);
+//!    ledger callout over HTTP/1.1 (as rendered) and over HTTP/2 (`ledger_protocol.rs`);
 //! 5. the OpenAI path, uncosted and costed, side by side with a peer, LiteLLM's proxy, on the
 //!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`);
 //! 6. a streamed completion priced by tokens beside no filter: time to the first event and
@@ -399,7 +399,7 @@ struct ProxyStack {
     _baselines: Vec<Envoy>,
     _ledger: Ledger,
     _bridle: Envoy,
-    _bridle_http1: Envoy,
+    _bridle_http2: Envoy,
     _ablations: Vec<Envoy>,
     _peer: Option<litellm::LiteLlm>,
     /// What the peer was seen to do on a sanity request before it was measured.
@@ -461,10 +461,10 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
     let bridle = Envoy::start(&setup).await.unwrap();
     pin_to(bridle.pid(), 0);
     let port = bridle.port(Vendor::Stripe);
-    let mut http1 = setup.clone();
-    http1.ledger_protocol = bridle_cli::render::LedgerProtocol::Http1;
-    let bridle_http1 = Envoy::start(&http1).await.unwrap();
-    pin_to(bridle_http1.pid(), 0);
+    let mut http2 = setup.clone();
+    http2.ledger_protocol = bridle_cli::render::LedgerProtocol::Http2;
+    let bridle_http2 = Envoy::start(&http2).await.unwrap();
+    pin_to(bridle_http2.pid(), 0);
     // The same filter, built to stop its request path after a given step: where the time goes.
     let ablation_wasm =
         repo_root().join("target/ablation/wasm32-wasip1/release/bridle_filter.wasm");
@@ -549,8 +549,8 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
         load: costed.clone(),
     });
     scenarios.push(ledger_protocol::scenario(
-        bridle_http1.port(Vendor::Stripe),
-        bridle_http1.pid(),
+        bridle_http2.port(Vendor::Stripe),
+        bridle_http2.pid(),
         costed,
     ));
     for (step, envoy) in ABLATION_STEPS.iter().zip(&ablations) {
@@ -594,7 +594,7 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
         _baselines: baselines,
         _ledger: ledger,
         _bridle: bridle,
-        _bridle_http1: bridle_http1,
+        _bridle_http2: bridle_http2,
         _ablations: ablations,
         _peer: peer,
         peer_checked,

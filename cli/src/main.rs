@@ -159,10 +159,10 @@ struct EnvoyArgs {
     /// health-checked), or `none` to run the filter standalone (development only).
     #[arg(long, default_value = "http://127.0.0.1:8181")]
     ledger: String,
-    /// How Envoy speaks to the ledger: `http2` (one multiplexed connection per worker; the
-    /// ledger serves it in clear) or `http1`, for a ledger behind a front that cannot carry
-    /// HTTP/2.
-    #[arg(long, default_value = "http2")]
+    /// How Envoy speaks to the ledger: `http1` (a pool of connections, the faster in
+    /// BENCHMARKS.md) or `http2` (one multiplexed connection per worker; the ledger serves it
+    /// in clear, h2c).
+    #[arg(long, default_value = "http1")]
     ledger_protocol: render::LedgerProtocol,
     #[arg(long, default_value = render::DEFAULT_CA_FILE)]
     ca_file: String,

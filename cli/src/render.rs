@@ -151,18 +151,18 @@ pub struct EnvoyOptions {
     pub envoy_path_hardening: bool,
     /// Each vendor's price table, rendered into its listener's filter configuration.
     pub prices: Prices,
-    /// How Envoy speaks to the ledger. HTTP/2 by default: each worker's reservations share
-    /// one multiplexed connection instead of opening one HTTP/1.1 connection per callout in
-    /// flight. HTTP/1.1 is for a ledger behind something that cannot carry HTTP/2.
+    /// How Envoy speaks to the ledger. HTTP/1.1 by default: measured side by side in
+    /// `make bench` (BENCHMARKS.md), HTTP/2's one multiplexed connection per worker cost
+    /// Envoy more CPU per costed call and added latency.
     pub ledger_protocol: LedgerProtocol,
 }
 
 /// The protocol of the ledger cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LedgerProtocol {
+    #[default]
     Http1,
     /// Cleartext HTTP/2 with prior knowledge (h2c), or HTTP/2 negotiated by ALPN over TLS.
-    #[default]
     Http2,
 }
 
@@ -642,9 +642,11 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_is_spoken_to_in_http2_unless_told_otherwise() {
+    fn the_ledger_is_spoken_to_in_http1_unless_told_otherwise() {
         let clear = Upstream::parse("http://127.0.0.1:8181").unwrap();
         let c = ledger_cluster(&clear, &[], DEFAULT_CA_FILE, LedgerProtocol::default()).unwrap();
+        assert!(c.get("typed_extension_protocol_options").is_none());
+        let c = ledger_cluster(&clear, &[], DEFAULT_CA_FILE, LedgerProtocol::Http2).unwrap();
         let options = &c["typed_extension_protocol_options"]
             ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
         assert!(options["explicit_http_config"]["http2_protocol_options"].is_object());

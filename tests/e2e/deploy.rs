@@ -808,7 +808,7 @@ fn istio_defines_the_ledger_cluster_the_plugins_call() {
     let ledger = ledger();
     assert_eq!(address["address"], ledger.host.as_str());
     assert_eq!(address["port_value"], u64::from(ledger.port));
-    // It speaks to the ledger as the rendered bootstrap does (HTTP/2 by default).
+    // It speaks to the ledger as the rendered bootstrap does (HTTP/1.1 by default).
     let opts = EnvoyOptions {
         ledger: Some(ledger.clone()),
         prices: bridle_e2e::shipped_prices(),

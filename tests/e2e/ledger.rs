@@ -203,14 +203,14 @@ async fn a_costed_call_reserves_forwards_and_commits() {
     );
 }
 
-/// The ledger cluster speaks HTTP/2 by default (one multiplexed connection per worker,
-/// h2c to the ledger) and HTTP/1.1 when rendered so; reservations, settles and revocation
+/// The ledger cluster speaks HTTP/1.1 by default and HTTP/2 (h2c to the ledger, one
+/// multiplexed connection per worker) when rendered so; reservations, settles and revocation
 /// polls work over either, and Envoy's own counters show which was spoken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reservations_travel_over_http2_by_default_and_http1_when_rendered_so() {
+async fn reservations_travel_over_http1_by_default_and_http2_when_rendered_so() {
     for (protocol, spoken, not_spoken) in [
+        (LedgerProtocol::default(), "http1", "http2"),
         (LedgerProtocol::Http2, "http2", "http1"),
-        (LedgerProtocol::Http1, "http1", "http2"),
     ] {
         let s = stack_speaking(&[], protocol).await;
         let (token, id) = s.issue("pay", "acme/protocol").await;
