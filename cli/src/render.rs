@@ -664,8 +664,6 @@ mod tests {
             c["health_checks"][0]["http_health_check"]["codec_client_type"],
             "HTTP2"
         );
-        let c = ledger_cluster(&clear, &[], DEFAULT_CA_FILE, LedgerProtocol::Http1).unwrap();
-        assert!(c.get("typed_extension_protocol_options").is_none());
         assert_eq!("http1".parse(), Ok(LedgerProtocol::Http1));
         assert!("h2".parse::<LedgerProtocol>().is_err());
     }
