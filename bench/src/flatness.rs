@@ -1,6 +1,11 @@
 //! Flatness: whether the ledger's durable throughput holds as its store grows, from 1 to 1M
 //! recorded calls and from 10 to 100k live tokens.
 //!
+//! The load is the same before and after each growth (over the same 10 tokens), so that what
+//! is measured is the store's size. How many distinct tokens the load touches is another
+//! axis, with a cost of its own (more index pages written per group commit), and is given
+//! as its own row: the same store under a load spread over 64 tokens.
+//!
 //! The host's noise moves a run by ±20% minute to minute, as much as the effect measured. So
 //! the stores are measured in many short interleaved rounds (one ledger running at a time,
 //! the others stopped), each grown store is divided by its base store *within a round*, and
@@ -13,22 +18,78 @@ use crate::{median_f, round3, LedgerResult};
 /// The client count the store sizes are compared at.
 const CLIENTS: usize = 64;
 
-/// (what grows, base store, grown stores), a store being (recorded calls, live tokens).
-type Growth = (&'static str, (usize, usize), [(usize, usize); 2]);
+/// A store as (recorded calls, live tokens, tokens the load spreads over).
+type StoreKey = (usize, usize, usize);
 
-const GROWTHS: [Growth; 2] = [
-    ("recorded calls", (1, 10), [(10_000, 10), (1_000_000, 10)]),
+/// (what grows, base store, grown stores).
+type Growth = (&'static str, StoreKey, &'static [StoreKey]);
+
+const GROWTHS: [Growth; 3] = [
+    (
+        "recorded calls",
+        (1, 10, 10),
+        &[(10_000, 10, 10), (1_000_000, 10, 10)],
+    ),
     (
         "live tokens",
-        (10_000, 10),
-        [(10_000, 10_000), (10_000, 100_000)],
+        (10_000, 10, 10),
+        &[(10_000, 10_000, 10), (10_000, 100_000, 10)],
+    ),
+    (
+        "tokens the load spreads over",
+        (10_000, 10_000, 10),
+        &[(10_000, 10_000, 64)],
     ),
 ];
 
-fn find(ledger: &[LedgerResult], (calls, tokens): (usize, usize)) -> Option<&LedgerResult> {
-    ledger
-        .iter()
-        .find(|r| r.recorded_calls == calls && r.live_tokens == tokens && r.clients == CLIENTS)
+/// The stores `make bench` grows: a concurrency sweep on a small store, then every store
+/// the growths above name, at [`CLIENTS`].
+pub const STORES: [crate::LedgerStore; 6] = [
+    crate::LedgerStore {
+        calls: 1,
+        tokens: 10,
+        load_tokens: 10,
+        clients: &[1, 16, CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 10,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 1_000_000,
+        tokens: 10,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 10_000,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 100_000,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 10_000,
+        load_tokens: 64,
+        clients: &[CLIENTS],
+    },
+];
+
+fn find(ledger: &[LedgerResult], (calls, tokens, load): StoreKey) -> Option<&LedgerResult> {
+    ledger.iter().find(|r| {
+        r.recorded_calls == calls
+            && r.live_tokens == tokens
+            && r.load_tokens == load
+            && r.clients == CLIENTS
+    })
 }
 
 /// Each grown store against its base, round by round; and the worst median per growth.
@@ -40,7 +101,7 @@ pub fn summarize(ledger: &[LedgerResult]) -> Value {
             continue;
         };
         let mut lowest: Option<f64> = None;
-        for g in grown {
+        for &g in grown {
             let Some(r) = find(ledger, g) else { continue };
             let ratios: Vec<f64> = r
                 .rounds
@@ -56,8 +117,8 @@ pub fn summarize(ledger: &[LedgerResult]) -> Value {
             lowest = Some(lowest.map_or(median, |l: f64| l.min(median)));
             rows.push(json!({
                 "grows": what,
-                "base": { "recorded_calls": base.0, "live_tokens": base.1 },
-                "grown": { "recorded_calls": g.0, "live_tokens": g.1 },
+                "base": { "recorded_calls": base.0, "live_tokens": base.1, "load_tokens": base.2 },
+                "grown": { "recorded_calls": g.0, "live_tokens": g.1, "load_tokens": g.2 },
                 "ratio_median": median,
                 "ratio_min": round3(ratios.iter().cloned().fold(f64::INFINITY, f64::min)),
                 "ratio_max": round3(ratios.iter().cloned().fold(0.0, f64::max)),
@@ -76,21 +137,89 @@ pub fn markdown(flat: &Value) -> String {
         return String::new();
     };
     let mut s = format!(
-        "\n### Flatness: the ledger as its store grows\n\nDurable pairs/s at {} clients of each grown store divided by its base store's, within each round (one ledger running at a time); median and spread over rounds.\n\n| grows | base store (calls, tokens) | grown store (calls, tokens) | ratio, median | min | max | rounds |\n|---|---|---|---:|---:|---:|---:|\n",
+        "\n### Flatness: the ledger as its store grows\n\nDurable pairs/s at {} clients of each grown store divided by its base store's, within each round (one ledger running at a time); median and spread over rounds.\n\n| grows | base store (calls, tokens, load over) | grown store (calls, tokens, load over) | ratio, median | min | max | rounds |\n|---|---|---|---:|---:|---:|---:|\n",
         flat["clients"]
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {}, {} | {}, {} | {} | {} | {} | {} |\n",
+            "| {} | {}, {}, {} | {}, {}, {} | {} | {} | {} | {} |\n",
             r["grows"].as_str().unwrap_or("?"),
             r["base"]["recorded_calls"],
             r["base"]["live_tokens"],
+            r["base"]["load_tokens"],
             r["grown"]["recorded_calls"],
             r["grown"]["live_tokens"],
+            r["grown"]["load_tokens"],
             r["ratio_median"],
             r["ratio_min"],
             r["ratio_max"],
             r["rounds"],
+        ));
+    }
+    s
+}
+
+/// `bridle-bench live-tokens`: the live-token growth taken apart. The first store is the
+/// base; the others grow the live tokens with the load kept over the same 10, or keep the
+/// store and spread the load over 64 tokens, so that the two causes separate.
+pub const LIVE_TOKEN_STORES: [crate::LedgerStore; 5] = [
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 10,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 10_000,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 100_000,
+        load_tokens: 10,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 10_000,
+        load_tokens: 64,
+        clients: &[CLIENTS],
+    },
+    crate::LedgerStore {
+        calls: 10_000,
+        tokens: 64,
+        load_tokens: 64,
+        clients: &[CLIENTS],
+    },
+];
+
+/// Each store against the first, within rounds: median and spread.
+pub fn live_tokens_markdown(ledger: &[LedgerResult]) -> String {
+    let Some(base) = ledger.first() else {
+        return String::new();
+    };
+    let mut s = format!(
+        "| live tokens | load over | pairs/s, median | vs {} live tokens, load over {}: median | min | max |\n|---:|---:|---:|---:|---:|---:|\n",
+        base.live_tokens, base.load_tokens
+    );
+    for r in ledger {
+        let ratios: Vec<f64> = r
+            .rounds
+            .iter()
+            .zip(&base.rounds)
+            .filter(|(_, b)| b.pairs_per_sec > 0.0)
+            .map(|(x, b)| x.pairs_per_sec / b.pairs_per_sec)
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {} |\n",
+            r.live_tokens,
+            r.load_tokens,
+            r.pairs_per_sec,
+            round3(median_f(ratios.clone())),
+            round3(ratios.iter().cloned().fold(f64::INFINITY, f64::min)),
+            round3(ratios.iter().cloned().fold(0.0, f64::max)),
         ));
     }
     s

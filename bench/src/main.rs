@@ -50,6 +50,7 @@ mod sse_upstream;
 mod store_fill;
 mod streaming;
 mod tail;
+mod tail_where;
 mod token_churn;
 mod upstream;
 
@@ -723,9 +724,11 @@ async fn proxy_benchmarks(
 }
 
 #[derive(Clone, Debug, Serialize)]
-struct LedgerResult {
+pub(crate) struct LedgerResult {
     recorded_calls: usize,
     live_tokens: usize,
+    /// How many of the live tokens the load spreads over.
+    load_tokens: usize,
     clients: usize,
     /// Medians over rounds.
     pairs_per_sec: f64,
@@ -735,18 +738,26 @@ struct LedgerResult {
     rounds: Vec<ledger_load::LoadResult>,
 }
 
-async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
+/// One ledger store the bench grows and loads: its recorded calls and live tokens, over how
+/// many of those tokens the load spreads, and at which client counts it is measured.
+#[derive(Clone, Copy)]
+pub(crate) struct LedgerStore {
+    pub(crate) calls: usize,
+    pub(crate) tokens: usize,
+    pub(crate) load_tokens: usize,
+    pub(crate) clients: &'static [usize],
+}
+
+async fn ledger_benchmarks(plan: Plan, keys: &Keys, stores: &[LedgerStore]) -> Vec<LedgerResult> {
     let policies = vec![bench_policies().remove(0)];
-    // A concurrency sweep on a small store, then store growth at a fixed concurrency.
-    let stores: [(usize, usize, &[usize]); 5] = [
-        (1, 10, &[1, 16, 64]),
-        (10_000, 10, &[64]),
-        (1_000_000, 10, &[64]),
-        (10_000, 10_000, &[64]),
-        (10_000, 100_000, &[64]),
-    ];
     let mut ledgers = Vec::new();
-    for (calls, tokens, clients) in stores {
+    for &LedgerStore {
+        calls,
+        tokens,
+        load_tokens,
+        clients,
+    } in stores
+    {
         let t = Instant::now();
         let now_ms = now() * 1000;
         // One HTTP thread: the ledger has one core here, and its writer thread besides.
@@ -759,13 +770,13 @@ async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
             "bench: ledger with {calls} recorded calls and {tokens} live tokens ready in {:.1}s",
             t.elapsed().as_secs_f64()
         );
-        // The load spreads over up to 64 of the live tokens.
-        let minted: Vec<String> = (0..tokens.min(64))
+        let minted: Vec<String> = (0..load_tokens.min(tokens))
             .map(|i| token(keys, "bench", store_fill::token_id(i)))
             .collect();
         ledgers.push((calls, tokens, clients, ledger, minted));
     }
-    let mut runs: BTreeMap<(usize, usize, usize), Vec<ledger_load::LoadResult>> = BTreeMap::new();
+    let mut runs: BTreeMap<(usize, usize, usize, usize), Vec<ledger_load::LoadResult>> =
+        BTreeMap::new();
     // Only the ledger being measured runs: the others are stopped (SIGSTOP), so that their
     // timers and maintenance do not share its core.
     let pids: Vec<u32> = ledgers.iter().filter_map(|l| l.3.pid()).collect();
@@ -806,9 +817,11 @@ async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
                     Duration::from_secs(plan.ledger_s),
                 )
                 .await;
-                eprintln!("bench: round {round} ledger {calls} calls {tokens} tokens {c} clients: {:.0} pairs/s", r.pairs_per_sec);
+                eprintln!("bench: round {round} ledger {calls} calls {tokens} tokens (load over {}) {c} clients: {:.0} pairs/s", minted.len(), r.pairs_per_sec);
                 assert_eq!(r.errors + r.denied, 0, "ledger load had failures: {r:?}");
-                runs.entry((*calls, *tokens, c)).or_default().push(r);
+                runs.entry((*calls, *tokens, minted.len(), c))
+                    .or_default()
+                    .push(r);
             }
         }
     }
@@ -817,12 +830,15 @@ async fn ledger_benchmarks(plan: Plan, keys: &Keys) -> Vec<LedgerResult> {
         unsafe { libc::kill(*p as i32, libc::SIGCONT) };
     }
     let mut out = Vec::new();
-    for (calls, tokens, clients, _, _) in &ledgers {
+    for (calls, tokens, clients, _, minted) in &ledgers {
         for &c in clients.iter() {
-            let rounds = runs.remove(&(*calls, *tokens, c)).unwrap_or_default();
+            let rounds = runs
+                .remove(&(*calls, *tokens, minted.len(), c))
+                .unwrap_or_default();
             out.push(LedgerResult {
                 recorded_calls: *calls,
                 live_tokens: *tokens,
+                load_tokens: minted.len(),
                 clients: c,
                 pairs_per_sec: median_f(rounds.iter().map(|r| r.pairs_per_sec).collect()),
                 reserve_p50_us: median_i(rounds.iter().map(|r| r.reserve_p50_us as i64).collect())
@@ -1027,12 +1043,13 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     ));
     s.push_str(&streaming::markdown(&doc["streamed"]));
     s.push_str(&tail::markdown(&summary["tail"]));
-    s.push_str("\n### The ledger alone\n\n| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("\n### The ledger alone\n\n| recorded calls | live tokens | load over tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in ledger {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
             r.recorded_calls,
             r.live_tokens,
+            r.load_tokens,
             r.clients,
             r.pairs_per_sec,
             r.reserve_p50_us,
@@ -1195,6 +1212,25 @@ fn main() -> ExitCode {
             });
             return ExitCode::SUCCESS;
         }
+        Some("tail-where") => {
+            let isolated = args.iter().any(|a| a == "--isolated");
+            println!("{}", rt.block_on(tail_where::run(n(2, 20), isolated)));
+            return ExitCode::SUCCESS;
+        }
+        // `bridle-bench live-tokens [rounds]`: whether live tokens cost the ledger, or the
+        // load spread over more of them does.
+        Some("live-tokens") => {
+            let plan = Plan {
+                ledger_rounds: n(2, 9) as usize,
+                ..FULL
+            };
+            rt.block_on(async move {
+                let keys = Keys::generate();
+                let ledger = ledger_benchmarks(plan, &keys, &flatness::LIVE_TOKEN_STORES).await;
+                println!("{}", flatness::live_tokens_markdown(&ledger));
+            });
+            return ExitCode::SUCCESS;
+        }
         Some("entry") => {
             let plan = Plan {
                 rounds: n(2, 9) as usize,
@@ -1273,7 +1309,7 @@ fn main() -> ExitCode {
         let machine = machine();
         let steal_before = steal_ticks();
         let (proxy, peer) = proxy_benchmarks(plan, &keys, Selection::All).await;
-        let ledger = ledger_benchmarks(plan, &keys).await;
+        let ledger = ledger_benchmarks(plan, &keys, &flatness::STORES).await;
         let streamed = streaming::run(plan, &keys).await;
         let replicas = ledger_replicas::run(plan.rounds, plan.ledger_s, &keys).await;
         let steal_after = steal_ticks();
