@@ -1031,11 +1031,9 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
             q["p99_added_us_vs_no_filter"]
         ));
     }
-    s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds.\n");
     s.push_str(&token_churn::markdown(&summary["token_verification"]));
     s.push_str(&ledger_protocol::markdown(&summary["ledger_protocol"]));
     s.push('\n');
-    s.push_str("| recorded calls | live tokens | clients | durable pairs/s | reserve p50 µs | p99 µs | p99.9 µs |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds. \"vs no filter\" and \"added\" are against Envoy without a filter sending the same request (`no_filter`, or `openai_no_filter` for the OpenAI rows); the no-op filter was measured on the Stripe-shaped request only. Proxy CPU: Envoy's, or LiteLLM's for `litellm_proxy`.\n");
     s.push_str(&openai_scenarios::markdown(
         &summary["peer"],

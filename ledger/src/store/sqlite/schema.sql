@@ -35,7 +35,6 @@ CREATE TABLE IF NOT EXISTS reservations (
     detail          TEXT NOT NULL,
     settled_at_ms   INTEGER
 );
-CREATE INDEX IF NOT EXISTS reservations_token ON reservations (token_id);
 CREATE INDEX IF NOT EXISTS reservations_at ON reservations (at_ms);
 
 CREATE TABLE IF NOT EXISTS revocations (
