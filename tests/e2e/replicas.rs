@@ -94,7 +94,9 @@ impl Stack {
     }
 
     /// Granted reservations each replica has counted (its own metric).
-    async fn grants_per_replica(&self) -> Vec<u64> {
+    /// Reservations each replica answered with the given decision (`granted`, `denied`,
+    /// `replay`), or with any decision for `None`.
+    async fn reservations_per_replica(&self, decision: Option<&str>) -> Vec<u64> {
         let mut out = Vec::new();
         for l in &self.ledgers {
             let m = l.metrics().await;
@@ -102,7 +104,7 @@ impl Stack {
                 m.lines()
                     .filter(|l| {
                         l.starts_with("bridle_ledger_reservations_total{")
-                            && l.contains("decision=\"granted\"")
+                            && decision.is_none_or(|d| l.contains(&format!("decision=\"{d}\"")))
                     })
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                     .sum(),
@@ -196,10 +198,15 @@ async fn five_hundred_concurrent_calls_over_three_replicas_stop_exactly_at_the_c
         let window = Usd::parse(t["spend"]["window"].as_str().unwrap()).unwrap();
         assert!(window <= Usd::parse("1.00").unwrap(), "{t}");
     }
-    let per_replica = s.grants_per_replica().await;
+    // Every replica decided part of the load. Not necessarily a grant: the 40 grants go to
+    // whichever replicas reach the policy's row first, and a replica can answer all of its
+    // share after the cap is full (seen on CI: grants [13, 0, 27]).
+    let answered = s.reservations_per_replica(None).await;
+    let granted_per_replica = s.reservations_per_replica(Some("granted")).await;
     assert!(
-        per_replica.iter().all(|n| *n > 0) && per_replica.iter().sum::<u64>() >= granted as u64,
-        "load not spread over every replica: {per_replica:?}"
+        answered.iter().all(|n| *n > 0)
+            && granted_per_replica.iter().sum::<u64>() >= granted as u64,
+        "load not spread over every replica: answered {answered:?}, granted {granted_per_replica:?}"
     );
 }
 
