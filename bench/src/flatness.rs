@@ -51,37 +51,22 @@ pub const STORES: [crate::LedgerStore; 6] = [
         load_tokens: 10,
         clients: &[1, 16, CLIENTS],
     },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 10,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 1_000_000,
-        tokens: 10,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 10_000,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 100_000,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 10_000,
-        load_tokens: 64,
-        clients: &[CLIENTS],
-    },
+    at_clients(10_000, 10, 10),
+    at_clients(1_000_000, 10, 10),
+    at_clients(10_000, 10_000, 10),
+    at_clients(10_000, 100_000, 10),
+    at_clients(10_000, 10_000, 64),
 ];
+
+/// A store measured at [`CLIENTS`] only: (recorded calls, live tokens, load over tokens).
+const fn at_clients(calls: usize, tokens: usize, load_tokens: usize) -> crate::LedgerStore {
+    crate::LedgerStore {
+        calls,
+        tokens,
+        load_tokens,
+        clients: &[CLIENTS],
+    }
+}
 
 fn find(ledger: &[LedgerResult], (calls, tokens, load): StoreKey) -> Option<&LedgerResult> {
     ledger.iter().find(|r| {
@@ -163,36 +148,11 @@ pub fn markdown(flat: &Value) -> String {
 /// base; the others grow the live tokens with the load kept over the same 10, or keep the
 /// store and spread the load over 64 tokens, so that the two causes separate.
 pub const LIVE_TOKEN_STORES: [crate::LedgerStore; 5] = [
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 10,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 10_000,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 100_000,
-        load_tokens: 10,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 10_000,
-        load_tokens: 64,
-        clients: &[CLIENTS],
-    },
-    crate::LedgerStore {
-        calls: 10_000,
-        tokens: 64,
-        load_tokens: 64,
-        clients: &[CLIENTS],
-    },
+    at_clients(10_000, 10, 10),
+    at_clients(10_000, 10_000, 10),
+    at_clients(10_000, 100_000, 10),
+    at_clients(10_000, 10_000, 64),
+    at_clients(10_000, 64, 64),
 ];
 
 /// Each store against the first, within rounds: median and spread.
