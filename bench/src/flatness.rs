@@ -68,6 +68,17 @@ const fn at_clients(calls: usize, tokens: usize, load_tokens: usize) -> crate::L
     }
 }
 
+/// A store's pairs/s divided by its base's, round by round.
+fn within_rounds(grown: &LedgerResult, base: &LedgerResult) -> Vec<f64> {
+    grown
+        .rounds
+        .iter()
+        .zip(&base.rounds)
+        .filter(|(_, b)| b.pairs_per_sec > 0.0)
+        .map(|(g, b)| g.pairs_per_sec / b.pairs_per_sec)
+        .collect()
+}
+
 fn find(ledger: &[LedgerResult], (calls, tokens, load): StoreKey) -> Option<&LedgerResult> {
     ledger.iter().find(|r| {
         r.recorded_calls == calls
@@ -88,13 +99,7 @@ pub fn summarize(ledger: &[LedgerResult]) -> Value {
         let mut lowest: Option<f64> = None;
         for &g in grown {
             let Some(r) = find(ledger, g) else { continue };
-            let ratios: Vec<f64> = r
-                .rounds
-                .iter()
-                .zip(&b.rounds)
-                .filter(|(_, y)| y.pairs_per_sec > 0.0)
-                .map(|(x, y)| x.pairs_per_sec / y.pairs_per_sec)
-                .collect();
+            let ratios = within_rounds(r, b);
             if ratios.is_empty() {
                 continue;
             }
@@ -165,13 +170,7 @@ pub fn live_tokens_markdown(ledger: &[LedgerResult]) -> String {
         base.live_tokens, base.load_tokens
     );
     for r in ledger {
-        let ratios: Vec<f64> = r
-            .rounds
-            .iter()
-            .zip(&base.rounds)
-            .filter(|(_, b)| b.pairs_per_sec > 0.0)
-            .map(|(x, b)| x.pairs_per_sec / b.pairs_per_sec)
-            .collect();
+        let ratios = within_rounds(r, base);
         s.push_str(&format!(
             "| {} | {} | {:.0} | {} | {} | {} |\n",
             r.live_tokens,

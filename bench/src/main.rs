@@ -1074,18 +1074,26 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     s
 }
 
+/// The upstream and a ledger with the bench policies (on core 1), and the Envoy setup of one
+/// Bridle worker in front of them.
+async fn ledger_and_setup(keys: &Keys) -> (Ledger, Setup) {
+    let upstream = upstream::spawn().port();
+    let policies = bench_policies();
+    let ledger = Ledger::start(&policies, keys).await;
+    pin_to(ledger.pid().unwrap(), 1);
+    let mut setup =
+        Setup::new(policies, keys).upstream_all(&format!("http://127.0.0.1:{upstream}"));
+    setup.ledger = Some(ledger.url());
+    setup.concurrency = 1;
+    (ledger, setup)
+}
+
 /// `bridle-bench profile <allowed|uncached|costed|standalone> [seconds]`: drives one Bridle scenario
 /// with wrk while `perf` samples Envoy.
 async fn profile(scenario: &str, seconds: u64) {
     let keys = Keys::generate();
-    let upstream = upstream::spawn().port();
-    let policies = bench_policies();
-    let ledger = Ledger::start(&policies, &keys).await;
-    pin_to(ledger.pid().unwrap(), 1);
-    let mut setup =
-        Setup::new(policies, &keys).upstream_all(&format!("http://127.0.0.1:{upstream}"));
-    setup.ledger = Some(ledger.url());
-    setup.concurrency = 1;
+    // The ledger runs until the profile ends.
+    let (_ledger, mut setup) = ledger_and_setup(&keys).await;
     if scenario == "standalone" {
         setup.ledger = None;
         setup

@@ -17,12 +17,11 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bridle_core::vendor::Vendor;
-use bridle_e2e::envoy::{Envoy, Setup};
+use bridle_e2e::envoy::Envoy;
 use bridle_e2e::keys::Keys;
-use bridle_e2e::ledger::Ledger;
 use hdrhistogram::Histogram;
 
-use crate::{bench_policies, pin_to, token, upstream};
+use crate::{pin_to, token};
 
 /// One request's start (since the run began) and latency.
 struct Timed {
@@ -32,14 +31,7 @@ struct Timed {
 
 pub async fn run(seconds: u64, isolated: bool) -> String {
     let keys = Keys::generate();
-    let upstream = upstream::spawn().port();
-    let policies = bench_policies();
-    let ledger = Ledger::start(&policies, &keys).await;
-    pin_to(ledger.pid().unwrap(), 1);
-    let mut setup =
-        Setup::new(policies, &keys).upstream_all(&format!("http://127.0.0.1:{upstream}"));
-    setup.ledger = Some(ledger.url());
-    setup.concurrency = 1;
+    let (ledger, setup) = crate::ledger_and_setup(&keys).await;
     let envoy = Envoy::start(&setup).await.unwrap();
     pin_to(envoy.pid(), 0);
     let request = format!(
