@@ -63,7 +63,7 @@ impl Stream {
             core::arch::wasm32::unreachable();
         }
         let now_ms = host.now_ms();
-        let id = plugin.ids.next();
+        let id = plugin.ids.next(now_ms);
         let bp = &plugin.blueprint;
         let headers = match host.header_map(MapType::RequestHeaders) {
             Ok(h) => h,
@@ -319,10 +319,11 @@ impl Stream {
         let Some(exchange) = self.exchange.take() else {
             // Envoy answered before the filter ran (a malformed request): audit it anyway.
             let headers = host.header_map(MapType::RequestHeaders).unwrap_or_default();
+            let now_ms = host.now_ms();
             let record = Exchange::proxy_rejected(
                 vendor,
-                plugin.ids.next(),
-                host.now_ms(),
+                plugin.ids.next(now_ms),
+                now_ms,
                 &headers,
                 response_status(host),
             );
