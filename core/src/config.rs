@@ -19,7 +19,12 @@ pub const SIGNING_KEY_ENV: &str = "BRIDLE_SIGNING_KEY";
 /// The filter's tick: how often each worker copies the shared revocation set, takes the poll
 /// lease when it is due, and flushes reports. The fastest of the revocation poll and the
 /// report flush.
-pub const TICK_MS: u32 = 100;
+///
+/// Short, so that reports are small and steady: a report every 100 ms arrived as one burst
+/// the ledger's core took a millisecond or two to ingest, and the reservations that landed
+/// in it made most of the costed call's one-connection tail (p99 3.2-3.5 ms with 100 ms,
+/// 2.8-2.9 ms with 20 ms; BENCHMARKS.md). It also brings revocations sooner.
+pub const TICK_MS: u32 = 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

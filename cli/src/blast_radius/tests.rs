@@ -100,8 +100,8 @@ fn a_policy_reports_its_whole_reach() {
         .bounds
         .iter()
         .any(|b| b.usd == Usd::parse("250").unwrap().checked_mul(120 * 61).unwrap()));
-    // Revocation: poll 200 + tick 100 + callout 500 + tick 100, from the rendered link.
-    assert_eq!(r.revocation.worst_ms, 900);
+    // Revocation: poll 200 + tick 20 + callout 500 + tick 20, from the rendered link.
+    assert_eq!(r.revocation.worst_ms, 740);
     assert!(r.revocation.ledger_unreachable.contains("3000 ms"));
 }
 
@@ -359,7 +359,7 @@ fn the_three_formats_say_the_same() {
     for text in [&table, &md] {
         assert!(text.contains("policy stripe-payments (stripe)"), "{text}");
         assert!(text.contains("$1000.00"));
-        assert!(text.contains("within 900 ms"));
+        assert!(text.contains("within 740 ms"));
         assert!(text.contains("120 per minute (10 identical), per proxy"));
     }
     assert!(
@@ -370,7 +370,7 @@ fn the_three_formats_say_the_same() {
     let stripe = &json["reports"][3];
     assert_eq!(stripe["policy"], "stripe-payments");
     assert_eq!(stripe["spend"]["max_usd"], "1000.00");
-    assert_eq!(stripe["revocation"]["worst_ms"], 900);
+    assert_eq!(stripe["revocation"]["worst_ms"], 740);
     assert_eq!(
         json["assumptions"]["ledger_link"]["revocation_poll_ms"],
         200
