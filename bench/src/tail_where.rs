@@ -192,7 +192,7 @@ fn report(
             &buckets(ledger_after, "bridle_ledger_reserve_duration_seconds", "")
         )
     );
-    for cluster in ["bridle_ledger", "stripe"] {
+    for cluster in ["bridle_ledger", "vendor_stripe"] {
         let select = format!("envoy_cluster_name=\"{cluster}\"");
         s += &format!(
             "Envoy {cluster} upstream_rq_time (ms) over the run: {}\n",
