@@ -817,6 +817,63 @@ async fn concurrent_reserves_never_exceed_a_cap<S: Store>(f: Fixture<S>) {
     assert_eq!(policy[0].window_spend.micros(), granted_micros);
 }
 
+/// A large report (settles and audit records) with reservations arriving while it is
+/// applied: every item is stored once, every reservation is counted, and the report's
+/// answer counts all of it.
+async fn reservations_made_during_a_large_report_and_the_report_all_count<S: Store>(f: Fixture<S>) {
+    let store = f.store.clone();
+    let big = claims("tok_big", "acme/big");
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(granted(&reserve(&*store, &big, "0.50").await));
+    }
+    let settles: Vec<Settle> = held
+        .iter()
+        .map(|id| Settle {
+            reservation: id.clone(),
+            outcome: SettleOutcome::Release,
+            amount: None,
+            replay: false,
+            usage: None,
+        })
+        .collect();
+    let records: Vec<AuditRecord> = (0..300)
+        .map(|i| record(1000 + i, T0 + i, "tok_big", "acme/big"))
+        .collect();
+    let reports = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let settled = store.settle(settles).await.unwrap();
+            let audited = store.append_audit(records).await.unwrap();
+            (settled, audited)
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = claims(&format!("tok_s{}", i % 6), "acme/s");
+            store.reserve(c, req("1")).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        granted(&t.await.unwrap());
+    }
+    assert_eq!(reports.await.unwrap(), (100, 300));
+    assert_eq!(window_spend(&*store, "tok_big").await, Usd::ZERO);
+    assert_eq!(window_spend(&*store, "tok_s0").await, usd("10"));
+    assert_eq!(store.policies().await.unwrap()[0].window_spend, usd("60"));
+    let stored = store
+        .audit(AuditQuery {
+            token_id: Some("tok_big".into()),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.records.len(), 300);
+}
+
 impl<S> Fixture<S> {
     fn clock_now_ms(&self) -> u64 {
         bridle_ledger::clock::Clock::now_ms(&self.clock)
@@ -882,6 +939,7 @@ scenarios!(
     audit_is_deduplicated_filtered_and_paged,
     alerts_fire_once_per_threshold_per_window,
     concurrent_reserves_never_exceed_a_cap,
+    reservations_made_during_a_large_report_and_the_report_all_count,
     a_record_with_any_text_is_stored,
 );
 
