@@ -202,7 +202,12 @@ impl SqliteStore {
                     .lock()
                     .map_err(|_| StoreError("reader lock poisoned".into()))?,
             };
-            f(&conn)
+            // One snapshot for the whole view: outside a transaction each SELECT sees the
+            // latest commit, and a token's view read its window sum before a release and its
+            // open reservations after it ($40 spent, nothing open, for a call that spent
+            // nothing). Dropped, it rolls back: there is nothing to write.
+            let snapshot = conn.unchecked_transaction().map_err(sql)?;
+            f(&snapshot)
         })
         .await
         .map_err(|e| StoreError(format!("reader task: {e}")))?
@@ -637,6 +642,16 @@ mod tests {
                 first == "token_id"
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_view_reads_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let store = SqliteStore::open(&dir.path().join("l.db"), &[], 60_000, clock).unwrap();
+        // Inside a transaction, every statement of a view sees the same commit.
+        let in_transaction = store.read(|c| Ok(!c.is_autocommit())).await.unwrap();
+        assert!(in_transaction);
     }
 
     #[test]

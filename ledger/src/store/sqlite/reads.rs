@@ -1,7 +1,8 @@
 //! Read-only views on SQLite, from the database file on reader connections of their own:
-//! token and policy spend, the revocation feed, the audit log. They never wait for the
-//! writer (WAL readers see the last commit), so a burst of reserves cannot slow a health
-//! check, a metrics scrape or a revocation poll.
+//! token and policy spend, the revocation feed, the audit log. Each view runs inside one
+//! read transaction (`SqliteStore::read`), so all its statements see the same commit. They
+//! never wait for the writer (WAL readers see the last commit), so a burst of reserves
+//! cannot slow a health check, a metrics scrape or a revocation poll.
 //!
 //! Sums are read as the in-memory accounts keep them: a rolling window holds the
 //! reservations made after `now - window`, the lifetime every one ever made.
@@ -253,23 +254,18 @@ pub fn revocation_entries(
     Ok(entries)
 }
 
-/// The feed and its sequence number from one read transaction: one snapshot.
+/// The feed and its sequence number, from the one snapshot every view reads in.
 pub fn revocations(conn: &Connection, since: u64, now_ms: u64) -> StoreResult<RevocationFeed> {
-    conn.execute_batch("BEGIN").map_err(sql)?;
-    let feed = (|| {
-        let seq: i64 = conn
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM revocations")
-            .map_err(sql)?
-            .query_row([], |r| r.get(0))
-            .map_err(sql)?;
-        Ok(RevocationFeed {
-            seq: seq as u64,
-            entries: revocation_entries(conn, since, now_ms / 1000)?,
-            reset: false,
-        })
-    })();
-    conn.execute_batch("COMMIT").map_err(sql)?;
-    feed
+    let seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+        .map_err(sql)?
+        .query_row([], |r| r.get(0))
+        .map_err(sql)?;
+    Ok(RevocationFeed {
+        seq: seq as u64,
+        entries: revocation_entries(conn, since, now_ms / 1000)?,
+        reset: false,
+    })
 }
 
 fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
