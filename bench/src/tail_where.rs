@@ -107,12 +107,16 @@ fn read_response(conn: &mut TcpStream, buf: &mut [u8]) {
     }
 }
 
-/// Envoy's upstream request time histograms, as cumulative bucket counts.
+/// Envoy's upstream request and connect time histograms, as cumulative bucket counts, and
+/// its connection counters.
 async fn envoy_histograms(envoy: &Envoy) -> String {
-    bridle_e2e::client::Request::new("GET", "/stats/prometheus?filter=upstream_rq_time")
-        .send(envoy.admin)
-        .await
-        .text()
+    bridle_e2e::client::Request::new(
+        "GET",
+        "/stats/prometheus?filter=upstream_(rq_time|cx_total|cx_connect_ms)",
+    )
+    .send(envoy.admin)
+    .await
+    .text()
 }
 
 /// `(upper bound, cumulative count)` of every bucket of the named histogram series in a
@@ -202,5 +206,21 @@ fn report(
             )
         );
     }
+    // A request that waits for a new connection to the ledger pays a connect as well.
+    let select = "envoy_cluster_name=\"bridle_ledger\"";
+    let connections = |page: &str| {
+        page.lines()
+            .find(|l| l.starts_with("envoy_cluster_upstream_cx_total{") && l.contains(select))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    s += &format!(
+        "Envoy bridle_ledger connections opened over the run: {}; connect time (ms): {}\n",
+        connections(envoy_after) - connections(envoy_before),
+        delta(
+            &buckets(envoy_before, "envoy_cluster_upstream_cx_connect_ms", select),
+            &buckets(envoy_after, "envoy_cluster_upstream_cx_connect_ms", select)
+        )
+    );
     s
 }
