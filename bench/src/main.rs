@@ -1220,7 +1220,13 @@ fn main() -> ExitCode {
         }
         Some("tail-where") => {
             let isolated = args.iter().any(|a| a == "--isolated");
-            println!("{}", rt.block_on(tail_where::run(n(2, 20), isolated)));
+            // Another build of the filter, to set its tail beside this one's.
+            let wasm = args
+                .iter()
+                .position(|a| a == "--wasm")
+                .and_then(|i| args.get(i + 1))
+                .map(PathBuf::from);
+            println!("{}", rt.block_on(tail_where::run(n(2, 20), isolated, wasm)));
             return ExitCode::SUCCESS;
         }
         // `bridle-bench live-tokens [rounds]`: whether live tokens cost the ledger, or the

@@ -11,9 +11,12 @@
 //!
 //! Layout as every other measurement (Envoy alone on core 0; this client, the upstream and
 //! the ledger on core 1), or with `--isolated` as `tail.rs`'s: the ledger alone on core 1.
+//! `--wasm <path>` runs another build of the filter (say, the commit before a change), so
+//! that runs of two builds can alternate.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bridle_core::vendor::Vendor;
@@ -29,9 +32,13 @@ struct Timed {
     latency: Duration,
 }
 
-pub async fn run(seconds: u64, isolated: bool) -> String {
+pub async fn run(seconds: u64, isolated: bool, wasm: Option<PathBuf>) -> String {
     let keys = Keys::generate();
-    let (ledger, setup) = crate::ledger_and_setup(&keys).await;
+    let (ledger, mut setup) = crate::ledger_and_setup(&keys).await;
+    if let Some(wasm) = wasm {
+        assert!(wasm.exists(), "no filter build at {}", wasm.display());
+        setup.wasm = Some(wasm);
+    }
     let envoy = Envoy::start(&setup).await.unwrap();
     pin_to(envoy.pid(), 0);
     let request = format!(
