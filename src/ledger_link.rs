@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 
 use bridle_core::config::LedgerLink;
+use bridle_core::lease::LeaseBook;
 use bridle_core::ledger_api::{DEADLINE_HEADER, REPORT_PATH, REVOCATIONS_PATH};
 use bridle_core::revocation::RevocationFeed;
 
@@ -22,6 +23,8 @@ pub struct Ledger {
     pub reports: RefCell<Buffer>,
     pub keys: revocations::Keys,
     pub revocations: RefCell<Cache>,
+    /// This worker's spend leases (policies with `lease`).
+    pub leases: RefCell<LeaseBook>,
 }
 
 impl Ledger {
@@ -32,6 +35,21 @@ impl Ledger {
             enforcer_key,
             reports: RefCell::new(Buffer::default()),
             revocations: RefCell::new(Cache::default()),
+            leases: RefCell::new(LeaseBook::default()),
+        }
+    }
+
+    /// Retires leases too old to spend from and reports the settles of those closed.
+    pub fn close_leases<H: Host>(&self, host: &H, metrics: &Metrics) {
+        let closed = match self.leases.try_borrow_mut() {
+            Ok(mut book) => {
+                book.expire(host.now_ms());
+                book.take_closed()
+            }
+            Err(_) => return,
+        };
+        for settle in closed {
+            self.report(host, metrics, Item::Settle(settle));
         }
     }
 

@@ -42,6 +42,8 @@ pub struct LedgerMetrics {
     pub items_dropped: u32,
     pub revocations: u32,
     pub reserve_failed: u32,
+    /// Costed calls forwarded on a lease the worker held, without a reservation callout.
+    pub lease_spends: u32,
     /// From a revoke committed in the ledger to this worker enforcing it, per entry.
     pub revocation_propagation_ms: u32,
     /// Since the last good poll of the revocation feed, as of the last tick.
@@ -71,6 +73,7 @@ impl Metrics {
             items_dropped: c("report_items_dropped")?,
             revocations: host.define_gauge("bridle.ledger.revocations")?,
             reserve_failed: c("reserve_failed")?,
+            lease_spends: c("lease_spends")?,
             revocation_propagation_ms: host
                 .define_histogram("bridle.ledger.revocation_propagation_ms")?,
             revocation_age_ms: host.define_gauge("bridle.ledger.revocation_age_ms")?,

@@ -9,6 +9,7 @@
 use std::rc::Rc;
 
 use bridle_core::exchange::{Arrival, Body, Exchange, Reply, Step, MAX_RESPONSE_BODY};
+use bridle_core::lease::LeaseBook;
 use bridle_core::ledger_api::RESERVE_PATH;
 use bridle_core::revocation::RevocationSet;
 use bridle_core::Reason;
@@ -237,8 +238,13 @@ impl Stream {
         }
         self.call = None;
         let answer = ledger_link::read_answer(host, body_size);
-        let step =
-            exchange.on_reservation(&plugin.blueprint, answer.as_deref().map_err(Clone::clone));
+        let answer = answer.as_deref().map_err(Clone::clone);
+        let step = match plugin.ledger.as_ref().map(|l| l.leases.try_borrow_mut()) {
+            Some(Ok(mut book)) => exchange.on_reservation(&plugin.blueprint, &mut book, answer),
+            // No book to open a lease in: a lease granted serves this call alone and
+            // expires into spend in the ledger.
+            _ => exchange.on_reservation(&plugin.blueprint, &mut LeaseBook::default(), answer),
+        };
         self.perform(host, &plugin, step, true);
     }
 
@@ -334,6 +340,13 @@ impl Stream {
         let status = exchange.status().or_else(|| response_status(host));
         let finished = exchange.finish(vendor, status);
         plugin.metrics.count_usage(host, &finished.audit);
+        if let Some((spend, outcome)) = &finished.lease {
+            // A book in use cannot take it: the lease then closes at what it was given back,
+            // or expires into spend in the ledger (over-counted, never under).
+            if let Ok(mut book) = ledger.leases.try_borrow_mut() {
+                book.end(spend, *outcome);
+            }
+        }
         if let Some(settle) = finished.settle {
             ledger.report(host, &plugin.metrics, Item::Settle(settle));
         }
@@ -389,6 +402,20 @@ impl Stream {
                         self.perform(host, plugin, step, resume)
                     }
                 }
+            }
+            Step::Lease => {
+                let now_ms = host.now_ms();
+                let step = match plugin.ledger.as_ref().map(|l| l.leases.try_borrow_mut()) {
+                    Some(Ok(mut book)) => {
+                        let step = exchange.on_lease(bp, &mut book, now_ms);
+                        if matches!(step, Step::Forward { .. }) {
+                            host.increment(plugin.metrics.ledger.lease_spends, 1);
+                        }
+                        step
+                    }
+                    _ => exchange.on_lease(bp, &mut LeaseBook::default(), now_ms),
+                };
+                self.perform(host, plugin, step, resume)
             }
             Step::Forward { slot } => {
                 let rewritten = exchange.rewrite().ok_or(u32::MAX).and_then(|rewrite| {

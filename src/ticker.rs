@@ -25,6 +25,7 @@ impl Ticker {
         let Some(ledger) = &plugin.ledger else { return };
         let metrics = &plugin.metrics;
         ledger.refresh_revocations(host, metrics);
+        ledger.close_leases(host, metrics);
         if !self.pending.values().any(|p| matches!(p, Pending::Poll)) {
             if let Some(call) = ledger.poll_revocations(host, metrics) {
                 self.pending.insert(call, Pending::Poll);

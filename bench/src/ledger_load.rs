@@ -121,6 +121,7 @@ pub async fn run(
                     detail: "bench".into(),
                     idempotency_key: None,
                     digest: None,
+                    lease_calls: None,
                 };
                 let body = serde_json::to_vec(&request).unwrap_or_default();
                 let t = Instant::now();
@@ -131,6 +132,7 @@ pub async fn run(
                             Ok(ReserveResponse::Granted {
                                 reservation,
                                 replay,
+                                ..
                             }) => {
                                 let _ = tx.send(Settle {
                                     reservation,

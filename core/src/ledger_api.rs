@@ -44,6 +44,11 @@ pub struct ReserveRequest {
     /// digest (or with a digest on one side only) is a different request, and is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Asks for a lease (`crate::lease`): up to this many calls of `amount` each, reserved as
+    /// one reservation that the proxy spends call by call. Never with an idempotency key. A
+    /// ledger whose policy has no lease reserves the one call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_calls: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +58,10 @@ pub enum ReserveResponse {
         reservation: String,
         /// The same idempotency key was seen before: this is that reservation, not new spend.
         replay: bool,
+        /// For a lease asked for: how many calls of the amount it covers (1 to the calls
+        /// asked for, fewer when the caps leave room for fewer). Absent: one plain call.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leased_calls: Option<u32>,
     },
     Denied {
         reason: Reason,
@@ -175,6 +184,7 @@ mod tests {
         let g = ReserveResponse::Granted {
             reservation: "ab".repeat(8),
             replay: false,
+            leased_calls: None,
         };
         assert_eq!(
             serde_json::to_string(&g).unwrap(),

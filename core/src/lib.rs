@@ -27,6 +27,7 @@ pub mod exchange;
 pub mod glob;
 pub mod idempotency;
 pub mod issue;
+pub mod lease;
 pub mod ledger_api;
 pub mod llm;
 pub mod loop_breaker;

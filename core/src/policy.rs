@@ -52,6 +52,31 @@ pub struct Policy {
     /// For endpoints priced by tokens: the models calls may name, and their limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<crate::llm::Models>,
+    /// Lets each proxy worker reserve several fixed-price calls of a token at once and spend
+    /// them without asking the ledger per call (see `crate::lease`). Off unless given: it
+    /// changes when spend is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A policy's spend leases: how many calls one lease may cover, and how long a worker may
+/// spend from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// Calls of the first call's price one lease covers at most (2 to [`MAX_LEASE_CALLS`]).
+    pub calls: u32,
+    /// After this many milliseconds from its request a lease is spent no more and closed
+    /// (10 to [`MAX_LEASE_AGE_MS`], and at most a tenth of the policy's shortest window).
+    #[serde(default = "default_lease_age_ms")]
+    pub max_age_ms: u64,
+}
+
+pub const MAX_LEASE_CALLS: u32 = 64;
+pub const MAX_LEASE_AGE_MS: u64 = 1_000;
+
+fn default_lease_age_ms() -> u64 {
+    250
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,6 +463,34 @@ impl Policy {
                 "caps.short_window",
                 "must be between 1s and 1h: it is the breaker's window, not a budget's".into(),
             );
+        }
+        if let Some(lease) = &self.lease {
+            if !(2..=MAX_LEASE_CALLS).contains(&lease.calls) {
+                fail(
+                    "lease.calls",
+                    format!("must be between 2 and {MAX_LEASE_CALLS}"),
+                );
+            }
+            // A leased call counts from its lease's request, up to max_age before it was
+            // made: a tenth of the shortest window bounds how early it leaves that window.
+            let shortest = self
+                .caps
+                .window()
+                .min(if self.caps.per_short_window.is_some() {
+                    short
+                } else {
+                    self.caps.window()
+                });
+            let tenth = u64::try_from(shortest.as_millis() / 10).unwrap_or(u64::MAX);
+            if lease.max_age_ms < 10 || lease.max_age_ms > MAX_LEASE_AGE_MS.min(tenth) {
+                fail(
+                    "lease.max_age_ms",
+                    format!(
+                        "must be between 10 and {} (1s, and a tenth of the policy's shortest window)",
+                        MAX_LEASE_AGE_MS.min(tenth)
+                    ),
+                );
+            }
         }
         if let Some(models) = &self.models {
             for e in models.check(self.vendor) {

@@ -467,6 +467,7 @@ fn policy(vendor: Vendor) -> impl Strategy<Value = Policy> {
                 on_ledger_unavailable: Default::default(),
                 fx: Default::default(),
                 models: None,
+                lease: None,
             }
         })
 }

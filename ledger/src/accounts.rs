@@ -302,10 +302,10 @@ impl Accounts {
             return deny(Reason::TokenRevoked, "This vault token has been revoked.");
         }
         // Only the caps: this runs on every reservation, and a policy is a large thing to copy.
-        let Some(policy_caps) = self
+        let Some((policy_caps, policy_lease)) = self
             .policies
             .get(&claims.policy)
-            .map(|p| p.policy.policy.caps.clone())
+            .map(|p| (p.policy.policy.caps.clone(), p.policy.policy.lease))
         else {
             return deny(
                 Reason::TokenPolicyUnknown,
@@ -325,6 +325,7 @@ impl Accounts {
                     return ReserveResponse::Granted {
                         reservation,
                         replay: true,
+                        leased_calls: None,
                     }
                 }
                 Repeat::Refuse(reason, message) => return deny(reason, message),
@@ -332,28 +333,53 @@ impl Accounts {
             }
         }
 
-        let amount = req.amount.micros();
+        let per_call = req.amount.micros();
         let caps = cap_set(&policy_caps, &claims.caps);
         self.prune(now_ms, &claims.id, &claims.policy);
         let tracked: Vec<i64> = self
             .scopes(&claims.id, &claims.policy)
             .flat_map(|w| w.iter().map(|w| w.sum.sum))
             .collect();
-        if let Err(refusal) = caps::check(amount, &caps, &tracked, |scope, span| {
-            self.sum(scope, &claims.id, &claims.policy, span)
-        }) {
-            let message = refusal.message(req.amount, &claims.policy, &policy_caps);
-            if let Refusal::Over { rule, spent } = refusal {
-                if rule.kind == CapKind::PerShortWindow {
-                    return self.breaker_refusal(now_ms, &claims.id, &rule, spent, amount, message);
+        // A lease is asked for by calls its policy allows one for; never more calls than the
+        // policy's, and a policy without leases (changed since the proxy's copy) gets one call.
+        let lease_calls = req
+            .lease_calls
+            .zip(policy_lease)
+            .map(|(asked, lease)| asked.min(lease.calls).max(1));
+        let checked = caps::check_lease(
+            per_call,
+            lease_calls.unwrap_or(1),
+            &caps,
+            &tracked,
+            |scope, span| self.sum(scope, &claims.id, &claims.policy, span),
+        );
+        let calls = match checked {
+            Ok(calls) => calls,
+            Err(refusal) => {
+                let amount = per_call;
+                let message = refusal.message(req.amount, &claims.policy, &policy_caps);
+                if let Refusal::Over { rule, spent } = refusal {
+                    if rule.kind == CapKind::PerShortWindow {
+                        return self
+                            .breaker_refusal(now_ms, &claims.id, &rule, spent, amount, message);
+                    }
+                    if let Some(t) = self.tokens.get(&claims.id) {
+                        let firing = cap_alerts::on_refusal(now_ms, &t.record, &rule, spent);
+                        self.fire(firing);
+                    }
                 }
-                if let Some(t) = self.tokens.get(&claims.id) {
-                    let firing = cap_alerts::on_refusal(now_ms, &t.record, &rule, spent);
-                    self.fire(firing);
-                }
+                return deny(refusal.reason(), message);
             }
-            return deny(refusal.reason(), message);
-        }
+        };
+        // Checked: the lease's total fits every sum.
+        let amount = per_call.saturating_mul(i64::from(calls));
+        let detail = match lease_calls {
+            Some(_) => format!(
+                "lease of {calls} call(s) at ${} each; first: {}",
+                req.amount, req.detail
+            ),
+            None => req.detail.clone(),
+        };
 
         let r = Reservation {
             id: req.request_id.clone(),
@@ -367,7 +393,7 @@ impl Accounts {
             digest: req.digest.clone(),
             method: req.method.clone(),
             path: req.path.clone(),
-            detail: req.detail.clone(),
+            detail,
             settled_at_ms: None,
             usage: None,
         };
@@ -399,6 +425,7 @@ impl Accounts {
         ReserveResponse::Granted {
             reservation: req.request_id.clone(),
             replay: false,
+            leased_calls: lease_calls.map(|_| calls),
         }
     }
 

@@ -279,6 +279,33 @@ pub fn check(
     Ok(())
 }
 
+/// Checks a lease of up to `calls` calls of `amount` each (see `bridle_core::lease`): the
+/// per-transaction cap holds each call, every other cap the whole lease. Grants the most calls
+/// the caps leave room for; refuses, as [`check`] would the one call, when there is room for
+/// none.
+pub fn check_lease(
+    amount: i64,
+    calls: u32,
+    caps: &CapSet,
+    tracked: &[i64],
+    spent: impl Fn(Scope, Span) -> i64,
+) -> Result<u32, Refusal> {
+    check(amount, caps, tracked, &spent)?;
+    let sums = CapSet {
+        per_transaction: None,
+        rules: caps.rules.clone(),
+    };
+    for n in (2..=calls).rev() {
+        let Some(total) = amount.checked_mul(i64::from(n)) else {
+            continue;
+        };
+        if check(total, &sums, tracked, &spent).is_ok() {
+            return Ok(n);
+        }
+    }
+    Ok(1)
+}
+
 /// When a breaker's refusal lifts: the seconds until enough of the spend inside the rule's
 /// window has left it for `amount` to fit under its limit. `inside` is what the window holds,
 /// oldest first, as (made at, counted now). `None` when waiting cannot help: the call alone
@@ -432,6 +459,32 @@ mod tests {
         assert_eq!(retry_after_secs(&rule, 40_000, 8, 11, inside), None);
         // What is inside unknown: a whole window.
         assert_eq!(retry_after_secs(&rule, 40_000, 8, 5, []), Some(60));
+    }
+
+    #[test]
+    fn a_lease_gets_the_most_calls_the_caps_leave_room_for() {
+        let set = cap_set(&caps(), &CapsNarrowing::default());
+        let none = |_: Scope, _: Span| 0i64;
+        let per_tx = set.per_transaction.unwrap().micros();
+        // The per-transaction cap holds each call, not the lease.
+        assert_eq!(check_lease(per_tx, 2, &set, &[0], none), Ok(2));
+        assert!(matches!(
+            check_lease(per_tx + 1, 2, &set, &[0], none),
+            Err(Refusal::PerTransaction { .. })
+        ));
+        let window = set.rules[0].limit.micros();
+        // Room for three calls of a tenth of the window: three, whatever was asked.
+        let spent = |_: Scope, _: Span| window - 3 * (window / 10);
+        assert_eq!(check_lease(window / 10, 8, &set, &[0], spent), Ok(3));
+        assert_eq!(check_lease(window / 10, 2, &set, &[0], spent), Ok(2));
+        // Room for none: the one call's refusal.
+        let full = |_: Scope, _: Span| window;
+        assert!(matches!(
+            check_lease(1, 8, &set, &[0], full),
+            Err(Refusal::Over { .. })
+        ));
+        // A lease whose total would overflow a tracked sum gets fewer calls, never a wrap.
+        assert_eq!(check_lease(1, 8, &set, &[i64::MAX - 2], none), Ok(2));
     }
 
     #[test]

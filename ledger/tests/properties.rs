@@ -889,6 +889,7 @@ fn request(id: String, amount: i64, key: Option<Key>) -> ReserveRequest {
         detail: String::new(),
         idempotency_key: key.map(|k| format!("key-{}", k.key)),
         digest: key.and_then(|k| k.digest).map(|d| format!("{d:064x}")),
+        lease_calls: None,
     }
 }
 
@@ -913,6 +914,7 @@ fn do_reserve<B: Backend>(
             ReserveResponse::Granted {
                 reservation,
                 replay: false,
+                ..
             },
         ) => *reservation == id,
         (
@@ -920,6 +922,7 @@ fn do_reserve<B: Backend>(
             ReserveResponse::Granted {
                 reservation,
                 replay: true,
+                ..
             },
         ) => reservation == want,
         (Expect::Denied(reasons), ReserveResponse::Denied { reason, .. }) => {
@@ -950,6 +953,7 @@ fn do_reserve<B: Backend>(
         ReserveResponse::Granted {
             reservation,
             replay: false,
+            ..
         } => {
             // The grant-time cap check, spelled out: nothing broken before the call.
             prop_assert!(m.broken_caps(t, amount, now).is_empty());
@@ -972,6 +976,7 @@ fn do_reserve<B: Backend>(
         ReserveResponse::Granted {
             reservation,
             replay: true,
+            ..
         } => {
             let r = &m.res[m.by_id[&reservation]];
             // A key never replays a released reservation: the call would go through with

@@ -129,6 +129,7 @@ fn req(amount: &str) -> ReserveRequest {
         detail: format!("${amount}"),
         idempotency_key: None,
         digest: None,
+        lease_calls: None,
     }
 }
 
@@ -141,6 +142,7 @@ fn granted(r: &ReserveResponse) -> String {
         ReserveResponse::Granted {
             reservation,
             replay: false,
+            ..
         } => reservation.clone(),
         other => panic!("expected a fresh grant, got {other:?}"),
     }
@@ -396,7 +398,8 @@ async fn idempotency_keys_never_count_twice<S: Store>(f: Fixture<S>) {
             s.reserve(a.clone(), retry).await.unwrap(),
             ReserveResponse::Granted {
                 reservation: id.clone(),
-                replay: true
+                replay: true,
+                leased_calls: None,
             }
         );
     }
@@ -415,7 +418,8 @@ async fn idempotency_keys_never_count_twice<S: Store>(f: Fixture<S>) {
         again,
         ReserveResponse::Granted {
             reservation: id.clone(),
-            replay: true
+            replay: true,
+            leased_calls: None,
         }
     );
     assert_eq!(
@@ -456,7 +460,8 @@ async fn idempotency_keys_are_bound_to_their_request<S: Store>(f: Fixture<S>) {
             .unwrap(),
         ReserveResponse::Granted {
             reservation: first.clone(),
-            replay: true
+            replay: true,
+            leased_calls: None,
         }
     );
     // Another request under the same key, or a digest on one side only: refused.
@@ -1008,7 +1013,8 @@ async fn sqlite_state_survives_a_reopen() {
         .unwrap(),
         ReserveResponse::Granted {
             reservation: keyed_id,
-            replay: true
+            replay: true,
+            leased_calls: None,
         }
     );
     // The held reservation is still open and can be settled after the restart.

@@ -1421,6 +1421,7 @@ fn openapi_schemas_have_the_rust_types_fields() {
         detail: "amount".into(),
         idempotency_key: Some("k".into()),
         digest: Some("ab".repeat(32)),
+        lease_calls: None,
     })
     .unwrap();
     assert_eq!(request["amount"], "12.50", "money is a decimal string");
@@ -1445,6 +1446,7 @@ fn openapi_reserve_response_is_discriminated_by_decision() {
             ReserveResponse::Granted {
                 reservation: "0123456789abcdef".into(),
                 replay: false,
+                leased_calls: None,
             },
             &[],
         ),

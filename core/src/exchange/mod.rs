@@ -31,6 +31,7 @@ use crate::config::{CompiledConfig, FilterConfig, LedgerLink};
 use crate::cost::{AmountField, CostRule, Pricing};
 use crate::decision::{Denial, Gate, Grant, Request, Subject};
 use crate::idempotency::{self, Reserved};
+use crate::lease::{LeaseBook, Spend};
 use crate::ledger_api::{AuditRecord, ReserveRequest, ReserveResponse, Settle, SettleOutcome};
 use crate::llm::Quote;
 use crate::loop_breaker::{Counter, Verdict};
@@ -145,6 +146,9 @@ pub enum Step {
     /// Send this reservation (JSON) to the ledger, then call [`Exchange::on_reservation`] with
     /// its answer, or [`Exchange::on_reservation_unsent`] if it could not be sent.
     Reserve(Vec<u8>),
+    /// A call its policy may spend from a lease: call [`Exchange::on_lease`] with the
+    /// worker's [`LeaseBook`], which forwards it or asks the ledger for a lease.
+    Lease,
     /// Replace the buffered request body with this one (and its `content-length`), then call
     /// [`Exchange::on_body_rewritten`].
     RewriteBody(Vec<u8>),
@@ -213,6 +217,8 @@ impl<'a> Rewrite<'a> {
 pub struct Finished {
     pub settle: Option<Settle>,
     pub audit: AuditRecord,
+    /// A call spent from a lease settles there ([`LeaseBook::end`]), not with the ledger.
+    pub lease: Option<(Spend, SettleOutcome)>,
 }
 
 /// One request through the proxy.
@@ -234,6 +240,8 @@ enum Phase {
     /// Priced; the adapter writes Bridle's changes into the body before the reservation
     /// (encoded) is sent.
     RewritingBody(Box<Held>, Usd, Vec<u8>),
+    /// Priced, to be spent from the worker's lease or reserved with one.
+    Leasing(Box<Held>, Usd, Box<ReserveRequest>),
     /// Priced and sent to the ledger, waiting for its answer.
     Reserving(Box<Held>, Usd),
     /// Allowed, and on its way to the vendor or back.
@@ -249,6 +257,7 @@ impl Default for Refusal {
             reason: Reason::Internal,
             subject: None,
             release: None,
+            lease: None,
         }
     }
 }
@@ -261,6 +270,11 @@ struct Held {
     idempotency_key: Option<String>,
     /// A call priced by tokens, once its body is priced.
     quote: Option<Box<Quote>>,
+    /// The worker's revocation set was fresh when the request arrived: a lease may be spent
+    /// (the ledger, which checks revocations itself, is not asked).
+    revocations_fresh: bool,
+    /// A lease asked for by this call is spent from until then (the proxy's clock).
+    lease_until_ms: Option<u64>,
 }
 
 struct Passage {
@@ -281,6 +295,8 @@ struct Reservation {
     reserved: Usd,
     /// What the response said the call cost, when the rule reads it from there.
     settled: Option<Usd>,
+    /// Spent from a lease: `id` is the lease's, which settles in the worker's book.
+    lease: Option<Spend>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -296,6 +312,8 @@ struct Refusal {
     subject: Option<Subject>,
     /// A reservation the ledger may hold although the request never left: released.
     release: Option<(String, bool)>,
+    /// A call spent from a lease that never left: given back to the lease.
+    lease: Option<Spend>,
 }
 
 impl Exchange {
@@ -339,9 +357,11 @@ impl Exchange {
         }
 
         // Costed calls ask the ledger, which checks revocation itself; free calls rely on the
-        // revocation set, and a set nobody could refresh follows the policy.
+        // revocation set, and a set nobody could refresh follows the policy. So do calls
+        // spent from a lease: a stale set sends them to the ledger.
+        let mut stale = true;
         if let Some(link) = bp.ledger() {
-            let stale = arrival
+            stale = arrival
                 .now_ms
                 .saturating_sub(arrival.revocations_fresh_at_ms)
                 > link.max_staleness_ms;
@@ -380,6 +400,8 @@ impl Exchange {
             raw_path: raw_path.to_vec(),
             grant,
             quote: None,
+            revocations_fresh: !stale,
+            lease_until_ms: None,
         });
         if arrival.end_of_stream {
             let step = exchange.with_body(bp, counter, held, Body::Complete(&[]));
@@ -417,7 +439,10 @@ impl Exchange {
     pub fn holds_request(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Refused(_) | Phase::Reserving(..) | Phase::RewritingBody(..)
+            Phase::Refused(_)
+                | Phase::Leasing(..)
+                | Phase::Reserving(..)
+                | Phase::RewritingBody(..)
         )
     }
 
@@ -521,6 +546,11 @@ impl Exchange {
             }
             .digest()
         });
+        // A fixed price, known now and final, with no key the ledger must replay by: such
+        // calls may share a lease (crate::lease).
+        let lease = held.grant.policy.policy.lease.filter(|_| {
+            rule.tokens.is_none() && rule.settle.is_none() && held.idempotency_key.is_none()
+        });
         let request = ReserveRequest {
             token: held.grant.credential.clone(),
             request_id: self.id.clone(),
@@ -531,15 +561,59 @@ impl Exchange {
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
             digest,
+            lease_calls: lease.map(|l| l.calls),
         };
-        match serde_json::to_vec(&request) {
+        if let Some(lease) = lease {
+            held.lease_until_ms = Some(self.started_ms.saturating_add(lease.max_age_ms));
+            if held.revocations_fresh {
+                self.phase = Phase::Leasing(held, estimate.reserve, Box::new(request));
+                return Step::Lease;
+            }
+        }
+        self.encode_reservation(bp, held, estimate.reserve, &request)
+    }
+
+    /// A call asked for by [`Step::Lease`]: spent from the token's lease in `book` if it has
+    /// room (forwarded at once), or reserved with the ledger as a new lease.
+    pub fn on_lease(&mut self, bp: &Blueprint, book: &mut LeaseBook, now_ms: u64) -> Step {
+        let (held, reserved, request) = match self.take_phase() {
+            Phase::Leasing(held, reserved, request) => (held, reserved, request),
+            other => return self.unexpected(bp, other, "a lease"),
+        };
+        match book.take(&held.grant.subject.token_id, reserved, now_ms) {
+            Some(spend) => {
+                let held = *held;
+                self.forward(
+                    held.grant,
+                    Some(Reservation {
+                        id: spend.lease.clone(),
+                        replay: false,
+                        reserved,
+                        settled: None,
+                        lease: Some(spend),
+                    }),
+                    None,
+                )
+            }
+            None => self.encode_reservation(bp, held, reserved, &request),
+        }
+    }
+
+    fn encode_reservation(
+        &mut self,
+        bp: &Blueprint,
+        mut held: Box<Held>,
+        reserved: Usd,
+        request: &ReserveRequest,
+    ) -> Step {
+        match serde_json::to_vec(request) {
             Ok(encoded) => {
                 let rewrite = held.quote.as_mut().and_then(|q| q.body.take());
                 if let Some(body) = rewrite {
-                    self.phase = Phase::RewritingBody(held, estimate.reserve, encoded);
+                    self.phase = Phase::RewritingBody(held, reserved, encoded);
                     return Step::RewriteBody(body);
                 }
-                self.phase = Phase::Reserving(held, estimate.reserve);
+                self.phase = Phase::Reserving(held, reserved);
                 Step::Reserve(encoded)
             }
             Err(_) => {
@@ -585,8 +659,14 @@ impl Exchange {
         }
     }
 
-    /// The ledger's answer to the reservation: its body on a 200, or why there is none.
-    pub fn on_reservation(&mut self, bp: &Blueprint, answer: Result<&[u8], String>) -> Step {
+    /// The ledger's answer to the reservation: its body on a 200, or why there is none. A
+    /// lease granted opens in `book`, the worker's.
+    pub fn on_reservation(
+        &mut self,
+        bp: &Blueprint,
+        book: &mut LeaseBook,
+        answer: Result<&[u8], String>,
+    ) -> Step {
         let (held, reserved) = match self.take_phase() {
             Phase::Reserving(held, reserved) => (held, reserved),
             other => return self.unexpected(bp, other, "the ledger's answer"),
@@ -619,8 +699,22 @@ impl Exchange {
             Ok(ReserveResponse::Granted {
                 reservation,
                 replay,
+                leased_calls,
             }) => {
                 let held = *held;
+                // Only a lease this call asked for opens; anything else is a plain reservation.
+                let lease = leased_calls
+                    .zip(held.lease_until_ms)
+                    .filter(|_| !replay)
+                    .map(|(calls, until_ms)| {
+                        book.open(
+                            &held.grant.subject.token_id,
+                            &reservation,
+                            reserved,
+                            calls,
+                            until_ms,
+                        )
+                    });
                 self.forward(
                     held.grant,
                     Some(Reservation {
@@ -628,6 +722,7 @@ impl Exchange {
                         replay,
                         reserved,
                         settled: None,
+                        lease,
                     }),
                     held.quote.map(|q| Box::new(TokenCall::new(q))),
                 )
@@ -678,7 +773,9 @@ impl Exchange {
             "Request trailers are refused: send everything in the headers and the body.",
         );
         match self.take_phase() {
-            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => {
+            Phase::ReadingBody(held)
+            | Phase::RewritingBody(held, ..)
+            | Phase::Leasing(held, ..) => {
                 Some(self.refuse(bp, denial.about(&held.grant.subject), None))
             }
             // Reserved perhaps, never forwarded: released.
@@ -716,23 +813,36 @@ impl Exchange {
     /// The adapter could not carry out a step (a hostcall failed): refuse, and release
     /// whatever the ledger holds or may hold, since the request did not leave.
     pub fn fail(&mut self, bp: &Blueprint, message: String) -> Step {
+        let mut lease = None;
         let (subject, release) = match &self.phase {
-            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => {
-                (Some(held.grant.subject.clone()), None)
-            }
+            Phase::ReadingBody(held)
+            | Phase::RewritingBody(held, ..)
+            | Phase::Leasing(held, ..) => (Some(held.grant.subject.clone()), None),
             Phase::Reserving(held, _) => (
                 Some(held.grant.subject.clone()),
                 Some((self.id.clone(), false)),
             ),
-            Phase::Forwarded(p) => (
-                Some(p.grant.subject.clone()),
-                p.reservation.as_ref().map(|r| (r.id.clone(), r.replay)),
-            ),
-            Phase::Refused(r) => (r.subject.clone(), r.release.clone()),
+            Phase::Forwarded(p) => {
+                lease = p.reservation.as_ref().and_then(|r| r.lease.clone());
+                let release = p
+                    .reservation
+                    .as_ref()
+                    .filter(|r| r.lease.is_none())
+                    .map(|r| (r.id.clone(), r.replay));
+                (Some(p.grant.subject.clone()), release)
+            }
+            Phase::Refused(r) => {
+                lease.clone_from(&r.lease);
+                (r.subject.clone(), r.release.clone())
+            }
         };
         let mut denial = Denial::new(Reason::Internal, message);
         denial.subject = subject;
-        self.refuse_releasing(bp, denial, release)
+        let step = self.refuse_releasing(bp, denial, release);
+        if let Phase::Refused(refusal) = &mut self.phase {
+            refusal.lease = lease;
+        }
+        step
     }
 
     /// Whether the response matters beyond its status: a settle rule reads its body, or a
@@ -861,19 +971,29 @@ impl Exchange {
         // A stream that ended before Bridle decided (the agent went away while its body was
         // read or its reservation made) is audited as the proxy's.
         let mut llm = tokens::Audited::default();
+        let mut lease = None;
         let (reason, cost, subject, reservation, settle, replay) = match self.phase {
             Phase::Forwarded(mut p) => {
                 let outcome = outcome_for_status(status);
                 if let (Some(call), Some(r)) = (p.tokens.take(), p.reservation.as_mut()) {
                     llm = call.audited(outcome, r);
                 }
-                let settle = p.reservation.as_ref().map(|r| Settle {
-                    reservation: r.id.clone(),
-                    outcome,
-                    amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
-                    replay: r.replay,
-                    usage: llm.usage.filter(|_| outcome == SettleOutcome::Commit),
-                });
+                lease = p
+                    .reservation
+                    .as_mut()
+                    .and_then(|r| r.lease.take())
+                    .map(|spend| (spend, outcome));
+                let settle = p
+                    .reservation
+                    .as_ref()
+                    .filter(|_| lease.is_none())
+                    .map(|r| Settle {
+                        reservation: r.id.clone(),
+                        outcome,
+                        amount: r.settled.filter(|_| outcome == SettleOutcome::Commit),
+                        replay: r.replay,
+                        usage: llm.usage.filter(|_| outcome == SettleOutcome::Commit),
+                    });
                 // A replay counts nothing new: its cost is the original's, audited there.
                 let cost = p
                     .reservation
@@ -903,7 +1023,9 @@ impl Exchange {
                     false,
                 )
             }
-            Phase::ReadingBody(held) | Phase::RewritingBody(held, ..) => (
+            Phase::ReadingBody(held)
+            | Phase::RewritingBody(held, ..)
+            | Phase::Leasing(held, ..) => (
                 Reason::ProxyRejected,
                 None,
                 Some(held.grant.subject),
@@ -912,6 +1034,7 @@ impl Exchange {
                 false,
             ),
             Phase::Refused(r) => {
+                lease = r.lease.map(|spend| (spend, SettleOutcome::Release));
                 let settle = r.release.as_ref().map(|(id, replay)| release(id, *replay));
                 let replay = r.release.as_ref().is_some_and(|(_, replay)| *replay);
                 let reservation = r.release.map(|(id, _)| id);
@@ -940,6 +1063,7 @@ impl Exchange {
                 over_reservation: llm.over_reservation,
                 replay,
             },
+            lease,
         }
     }
 
@@ -1046,6 +1170,7 @@ impl Exchange {
             reason: denial.reason,
             subject: denial.subject.clone(),
             release: None,
+            lease: None,
         }));
         Step::Refuse(bp.reply(denial, retry_after))
     }
@@ -1118,6 +1243,7 @@ impl std::fmt::Debug for Exchange {
         let phase = match &self.phase {
             Phase::ReadingBody(_) => "reading body",
             Phase::RewritingBody(..) => "rewriting body",
+            Phase::Leasing(..) => "leasing",
             Phase::Reserving(..) => "reserving",
             Phase::Forwarded(_) => "forwarded",
             Phase::Refused(_) => "refused",

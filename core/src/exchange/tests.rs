@@ -149,7 +149,7 @@ impl Run {
             "decision": "granted", "reservation": req.request_id, "replay": replay
         })
         .to_string();
-        let step = x.on_reservation(&self.bp, Ok(answer.as_bytes()));
+        let step = x.on_reservation(&self.bp, &mut LeaseBook::default(), Ok(answer.as_bytes()));
         assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
     }
 }
@@ -517,7 +517,7 @@ fn the_ledgers_refusal_reaches_the_agent_and_holds_nothing() {
     let run = Run::new(blueprint());
     let (mut x, _) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
     let answer = br#"{"decision":"denied","reason":"cap_window","message":"over the $1.00 cap"}"#;
-    let reply = refused(x.on_reservation(&run.bp, Ok(answer)));
+    let reply = refused(x.on_reservation(&run.bp, &mut LeaseBook::default(), Ok(answer)));
     // 403 on Stripe, whose SDK reads every 402 as a declined card.
     assert_eq!(
         (reply.reason, reply.response.status),
@@ -538,7 +538,11 @@ fn a_ledger_that_fails_denies_and_releases_what_it_may_hold() {
     ] {
         let run = Run::new(blueprint());
         let (mut x, req) = run.reserve("/v1/payment_intents", b"amount=100&currency=usd", &[]);
-        let reply = refused(x.on_reservation(&run.bp, answer.as_deref().map_err(Clone::clone)));
+        let reply = refused(x.on_reservation(
+            &run.bp,
+            &mut LeaseBook::default(),
+            answer.as_deref().map_err(Clone::clone),
+        ));
         assert_eq!(
             (reply.reason, reply.response.status),
             (Reason::LedgerUnavailable, 503)
@@ -613,7 +617,7 @@ fn callbacks_out_of_order_refuse_instead_of_guessing() {
     let (mut x, step) = run.begin(&headers("GET", "/v1/charges/ch_1", &[]), true);
     assert!(matches!(step, Step::Forward { .. }));
     assert_eq!(
-        refused(x.on_reservation(&run.bp, Ok(b"{}"))).reason,
+        refused(x.on_reservation(&run.bp, &mut LeaseBook::default(), Ok(b"{}"))).reason,
         Reason::Internal
     );
     let (mut x, _) = run.begin(&headers("POST", "/v1/payment_intents", &[]), false);
@@ -847,6 +851,7 @@ fn trailers_are_refused_wherever_the_request_is() {
     refused(x.on_trailers(&run.bp, &trailers).unwrap());
     let step = x.on_reservation(
         &run.bp,
+        &mut LeaseBook::default(),
         Ok(serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false})
             .to_string()
             .as_bytes()),

@@ -145,7 +145,7 @@ impl Run {
         let answer =
             json!({ "decision": "granted", "reservation": req.request_id, "replay": false })
                 .to_string();
-        let step = x.on_reservation(&self.bp, Ok(answer.as_bytes()));
+        let step = x.on_reservation(&self.bp, &mut LeaseBook::default(), Ok(answer.as_bytes()));
         assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
     }
 }

@@ -10,6 +10,7 @@ use bridle_core::ledger_api::{
     check_digest, check_request_id, Report, ReportResponse, ReserveRequest, ReserveResponse,
     Settle, DEADLINE_HEADER,
 };
+use bridle_core::policy::MAX_LEASE_CALLS;
 use bridle_core::Reason;
 use serde::Deserialize;
 
@@ -36,6 +37,20 @@ pub async fn reserve<S: Store>(
         return Err(ApiError::bad_request(
             "request_id must be 16-64 lowercase hex digits",
         ));
+    }
+    if let Some(calls) = req.lease_calls {
+        if !(1..=MAX_LEASE_CALLS).contains(&calls) {
+            return Err(ApiError::bad_request(format!(
+                "lease_calls must be between 1 and {MAX_LEASE_CALLS}"
+            )));
+        }
+        // A keyed retry spent from a lease would count twice: keyed calls are replayed by
+        // their own reservation.
+        if req.idempotency_key.is_some() {
+            return Err(ApiError::bad_request(
+                "a lease cannot carry an idempotency key",
+            ));
+        }
     }
     if req.digest.as_deref().is_some_and(|d| !check_digest(d)) {
         return Err(ApiError::bad_request(
@@ -83,8 +98,13 @@ pub async fn reserve<S: Store>(
                     .reserve_seconds
                     .observe(started.elapsed().as_secs_f64());
                 let (decision, reason) = match &r {
-                    ReserveResponse::Granted { replay: false, .. } => {
-                        let usd = amount.micros() as f64 / 1e6;
+                    ReserveResponse::Granted {
+                        replay: false,
+                        leased_calls,
+                        ..
+                    } => {
+                        let calls = leased_calls.unwrap_or(1);
+                        let usd = amount.micros() as f64 / 1e6 * f64::from(calls);
                         app.metrics
                             .reserved_usd
                             .get_or_create(&PolicyLabel {
