@@ -634,6 +634,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_lease_is_bounded_by_calls_age_and_the_shortest_window() {
+        let lease = |calls, max_age_ms| {
+            let mut p = stripe_policy();
+            p.lease = Some(Lease { calls, max_age_ms });
+            p
+        };
+        let fields = |p: Policy| -> Vec<String> {
+            p.compile()
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert!(lease(2, 10).compile().is_ok());
+        assert!(lease(MAX_LEASE_CALLS, MAX_LEASE_AGE_MS).compile().is_ok());
+        assert_eq!(fields(lease(1, 250)), ["lease.calls"]);
+        assert_eq!(fields(lease(MAX_LEASE_CALLS + 1, 250)), ["lease.calls"]);
+        assert_eq!(fields(lease(8, 9)), ["lease.max_age_ms"]);
+        assert_eq!(fields(lease(8, MAX_LEASE_AGE_MS + 1)), ["lease.max_age_ms"]);
+        // A 2 s breaker window: a lease spends for at most 200 ms.
+        let mut p = lease(8, 201);
+        p.caps.per_short_window = Some(Usd::from_micros(1).unwrap());
+        p.caps.short_window = Some(Duration::from_secs(2));
+        assert_eq!(fields(p.clone()), ["lease.max_age_ms"]);
+        p.lease = Some(Lease {
+            calls: 8,
+            max_age_ms: 200,
+        });
+        assert!(p.compile().is_ok());
+        let json: Policy = serde_json::from_value(serde_json::json!({
+            "name": "p", "vendor": "stripe", "secret_env": "K", "max_ttl": "1h",
+            "merchants": { "allow_unscoped": true },
+            "endpoints": [{ "method": "GET", "path": "/v1/charges/*" }],
+            "lease": { "calls": 4 },
+        }))
+        .unwrap();
+        assert_eq!(
+            json.lease.map(|l| l.max_age_ms),
+            Some(250),
+            "the default age"
+        );
+    }
+
+    #[test]
     fn merchant_rules_follow_the_vendor() {
         let mut p = stripe_policy();
         p.merchants = Merchants::default();

@@ -46,7 +46,15 @@ fn policies() -> Vec<CompiledPolicy> {
         "caps": { "per_window": "100", "per_short_window": "1.00", "short_window": "1m" },
     }))
     .unwrap();
-    vec![p.compile().unwrap(), rate.compile().unwrap()]
+    // The same caps as "pay", spent through leases of up to 8 calls.
+    let mut leased = p.clone();
+    leased.name = "pay-leased".into();
+    leased.lease = serde_json::from_value(serde_json::json!({ "calls": 8 })).unwrap();
+    vec![
+        p.compile().unwrap(),
+        rate.compile().unwrap(),
+        leased.compile().unwrap(),
+    ]
 }
 
 struct Fixture<S> {
@@ -130,6 +138,24 @@ fn req(amount: &str) -> ReserveRequest {
         idempotency_key: None,
         digest: None,
         lease_calls: None,
+    }
+}
+
+/// A lease of up to `calls` calls of `amount`, for a token of "pay-leased".
+async fn lease<S: Store>(s: &S, c: &Claims, amount: &str, calls: u32) -> ReserveResponse {
+    let mut r = req(amount);
+    r.lease_calls = Some(calls);
+    s.reserve(c.clone(), r).await.unwrap()
+}
+
+fn leased_calls(r: &ReserveResponse) -> Option<u32> {
+    match r {
+        ReserveResponse::Granted {
+            replay: false,
+            leased_calls,
+            ..
+        } => *leased_calls,
+        other => panic!("expected a fresh grant, got {other:?}"),
     }
 }
 
@@ -914,6 +940,71 @@ async fn a_record_with_any_text_is_stored<S: Store>(f: Fixture<S>) {
     );
 }
 
+/// A lease is one reservation, checked whole against every cap in one step: granted the most
+/// calls the caps leave room for, closed at what its calls spent, expired into spend in full.
+async fn a_lease_is_checked_whole_and_settles_at_what_was_spent<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let mut c = claims("tok_lease", "acme/lease");
+    c.policy = "pay-leased".into();
+    // Eight $10 calls of the $100 window.
+    let first = lease(s, &c, "10", 8).await;
+    assert_eq!(leased_calls(&first), Some(8));
+    assert_eq!(window_spend(s, "tok_lease").await, usd("80"));
+    // Room for two more: a lease of two, whatever was asked.
+    let second = lease(s, &c, "10", 8).await;
+    assert_eq!(leased_calls(&second), Some(2));
+    assert_eq!(window_spend(s, "tok_lease").await, usd("100"));
+    // No room for one call: the one call's refusal.
+    assert_eq!(denied(&lease(s, &c, "10", 8).await), Reason::CapWindow);
+    // The per-transaction cap ($50) holds each call, not the lease.
+    let mut d = claims("tok_lease2", "acme/lease");
+    d.policy = "pay-leased".into();
+    assert_eq!(
+        denied(&lease(s, &d, "50.01", 2).await),
+        Reason::CapPerTransaction
+    );
+    // Never more calls than the policy's eight.
+    assert_eq!(leased_calls(&lease(s, &d, "1", 64).await), Some(8));
+
+    // Closed: three calls spent of the first, none of the second.
+    let (a, b) = (granted(&first), granted(&second));
+    assert_eq!(
+        settle(s, &a, SettleOutcome::Commit, Some("30"), false).await,
+        1
+    );
+    assert_eq!(settle(s, &b, SettleOutcome::Release, None, false).await, 1);
+    assert_eq!(window_spend(s, "tok_lease").await, usd("30"));
+    // A close said twice changes nothing.
+    assert_eq!(
+        settle(s, &a, SettleOutcome::Commit, Some("80"), false).await,
+        0
+    );
+    // The lifetime cap ($150) sees leases too: $30 spent, then a lease of eight ($110), and
+    // in a later window a lease of the four calls left.
+    f.clock.advance(3_600_001);
+    assert_eq!(leased_calls(&lease(s, &c, "10", 8).await), Some(8));
+    f.clock.advance(3_600_001);
+    assert_eq!(leased_calls(&lease(s, &c, "10", 8).await), Some(4));
+    assert_eq!(denied(&lease(s, &c, "10", 8).await), Reason::CapLifetime);
+    // Leases never closed (their proxy gone) expire into spend in full: these two and
+    // tok_lease2's.
+    f.clock.advance(TTL_MS + 1);
+    assert_eq!(s.maintain().await.unwrap(), 3);
+    let view = s.token("tok_lease".into()).await.unwrap().unwrap();
+    assert_eq!(view.spend.lifetime, usd("150"));
+    assert_eq!(view.spend.window, usd("40"));
+    assert_eq!(view.spend.reserved, usd("0"));
+}
+
+/// A policy without leases (the proxy's copy is newer or older) reserves the one call.
+async fn a_policy_without_leases_reserves_the_one_call<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let c = claims("tok_plain", "acme/plain");
+    let r = lease(s, &c, "10", 8).await;
+    assert_eq!(leased_calls(&r), None);
+    assert_eq!(window_spend(s, "tok_plain").await, usd("10"));
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -946,6 +1037,8 @@ scenarios!(
     concurrent_reserves_never_exceed_a_cap,
     reservations_made_during_a_large_report_and_the_report_all_count,
     a_record_with_any_text_is_stored,
+    a_lease_is_checked_whole_and_settles_at_what_was_spent,
+    a_policy_without_leases_reserves_the_one_call,
 );
 
 /// SQLite's own promise: whatever was answered is on disk, and a reopened store has the

@@ -15,6 +15,16 @@ fn keyring_spec() -> String {
 /// A Stripe listener: a free endpoint, a costed one that settles from the response, and a
 /// costed one with an estimate; optionally a loop breaker; `on_unavailable` for free calls.
 fn blueprint_with(loop_breaker: bool, on_unavailable: &str, ledger: bool) -> Blueprint {
+    blueprint_tweaked(loop_breaker, on_unavailable, ledger, |_| {})
+}
+
+/// The same, with the policy changed by `tweak` before it is compiled.
+fn blueprint_tweaked(
+    loop_breaker: bool,
+    on_unavailable: &str,
+    ledger: bool,
+    tweak: impl Fn(&mut serde_json::Value),
+) -> Blueprint {
     let mut policy = serde_json::json!({
         "name": "stripe-payments",
         "vendor": "stripe",
@@ -39,6 +49,7 @@ fn blueprint_with(loop_breaker: bool, on_unavailable: &str, ledger: bool) -> Blu
         let endpoints = policy["endpoints"].as_array_mut().unwrap();
         endpoints.retain(|e| e.get("cost").is_none());
     }
+    tweak(&mut policy);
     let mut config = serde_json::json!({ "vendor": "stripe", "policies": [policy] });
     if ledger {
         config["ledger"] = serde_json::json!({ "cluster": "bridle_ledger" });
@@ -877,4 +888,180 @@ fn trailers_are_refused_wherever_the_request_is() {
     // Already refused: nothing more.
     let (mut x, _) = run.begin(&headers("POST", "/v1/refunds", &[]), false);
     assert!(x.on_trailers(&run.bp, &trailers).is_none());
+}
+
+// --- spend leases ---------------------------------------------------------------------
+
+/// A policy that leases three calls at a time, for 250 ms.
+fn leasing() -> Blueprint {
+    blueprint_tweaked(false, "deny", true, |p| {
+        p["lease"] = serde_json::json!({ "calls": 3, "max_age_ms": 250 });
+    })
+}
+
+const INTENT: &[u8] = b"amount=2000&currency=usd";
+
+/// Runs a leasable request up to its [`Step::Lease`].
+fn up_to_lease(run: &Run, extra: &[(&str, &str)]) -> Exchange {
+    let (mut x, step) = run.begin(&headers("POST", "/v1/payment_intents", extra), false);
+    assert!(matches!(step, Step::ReadBody), "{step:?}");
+    let step = x.on_body(&run.bp, &run.counter, Body::Complete(INTENT));
+    assert!(matches!(step, Step::Lease), "{step:?}");
+    x
+}
+
+fn lease_granted(req: &ReserveRequest, calls: Option<u32>) -> String {
+    let mut answer = serde_json::json!({
+        "decision": "granted", "reservation": req.request_id, "replay": false
+    });
+    if let Some(calls) = calls {
+        answer["leased_calls"] = calls.into();
+    }
+    answer.to_string()
+}
+
+#[test]
+fn a_leased_call_asks_for_a_lease_and_the_next_calls_spend_it_without_the_ledger() {
+    let run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    let mut first = up_to_lease(&run, &[]);
+    let Step::Reserve(encoded) = first.on_lease(&run.bp, &mut book, NOW_MS) else {
+        panic!("an empty book asks the ledger")
+    };
+    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    assert_eq!(req.lease_calls, Some(3));
+    assert_eq!(
+        req.amount.to_string(),
+        "20.00",
+        "the lease is asked per call"
+    );
+    let answer = lease_granted(&req, Some(3));
+    let step = first.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
+
+    let mut ends = Vec::new();
+    for _ in 0..2 {
+        let mut x = up_to_lease(&run, &[]);
+        let step = x.on_lease(&run.bp, &mut book, NOW_MS + 10);
+        assert!(matches!(step, Step::Forward { slot: 0 }), "{step:?}");
+        assert!(x.rewrite().is_some(), "forwarded with the vendor secret");
+        let done = x.finish(Vendor::Stripe, Some(200));
+        assert_eq!(done.settle, None, "a leased call settles in the book");
+        assert_eq!(
+            done.audit.reservation.as_deref(),
+            Some(req.request_id.as_str())
+        );
+        assert_eq!(
+            done.audit.cost.map(|c| c.to_string()).as_deref(),
+            Some("20.00")
+        );
+        assert_eq!(done.audit.reason, Reason::Allowed);
+        ends.push(done.lease.unwrap());
+    }
+    assert!(ends
+        .iter()
+        .all(|(s, o)| s.lease == req.request_id && *o == SettleOutcome::Commit));
+    // Three calls leased, three made: the fourth asks the ledger again.
+    let mut fourth = up_to_lease(&run, &[]);
+    assert!(matches!(
+        fourth.on_lease(&run.bp, &mut book, NOW_MS + 20),
+        Step::Reserve(_)
+    ));
+    // The first call's own end goes to the book too, and the lease closes at all three.
+    let done = first.finish(Vendor::Stripe, Some(200));
+    assert_eq!(done.settle, None);
+    let (spend, outcome) = done.lease.unwrap();
+    book.end(&spend, outcome);
+    for (spend, outcome) in &ends {
+        book.end(spend, *outcome);
+    }
+    book.expire(NOW_MS + 250);
+    let closed = book.take_closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].reservation, req.request_id);
+    assert_eq!(
+        closed[0].amount.map(|a| a.to_string()).as_deref(),
+        Some("60.00")
+    );
+}
+
+#[test]
+fn calls_that_cannot_share_a_lease_are_reserved_one_by_one() {
+    let run = Run::new(leasing());
+    // A key the ledger replays by: its own reservation, no lease asked.
+    let (_, req) = run.reserve(
+        "/v1/payment_intents",
+        INTENT,
+        &[("idempotency-key", "order-1")],
+    );
+    assert_eq!(req.lease_calls, None);
+    // Settled from the response: the price is not known up front.
+    let (_, req) = run.reserve("/v1/invoices/in_1/pay", b"amount=100&currency=usd", &[]);
+    assert_eq!(req.lease_calls, None);
+}
+
+#[test]
+fn a_stale_revocation_set_asks_the_ledger_even_with_a_lease_in_the_book() {
+    let mut run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    let mut x = up_to_lease(&run, &[]);
+    let Step::Reserve(encoded) = x.on_lease(&run.bp, &mut book, NOW_MS) else {
+        panic!()
+    };
+    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let answer = lease_granted(&req, Some(3));
+    let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    run.fresh_at_ms = 0;
+    // Straight to the ledger, which checks revocations itself; a lease is still asked for.
+    let (_, req) = run.reserve("/v1/payment_intents", INTENT, &[]);
+    assert_eq!(req.lease_calls, Some(3));
+}
+
+#[test]
+fn a_leased_call_that_never_leaves_gives_its_price_back() {
+    let run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    let mut x = up_to_lease(&run, &[]);
+    let Step::Reserve(encoded) = x.on_lease(&run.bp, &mut book, NOW_MS) else {
+        panic!()
+    };
+    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let answer = lease_granted(&req, Some(3));
+    let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    let mut y = up_to_lease(&run, &[]);
+    assert!(matches!(
+        y.on_lease(&run.bp, &mut book, NOW_MS),
+        Step::Forward { .. }
+    ));
+    // The rewrite failed, say: refused, and nothing of the lease is released but its price.
+    refused(y.fail(&run.bp, "could not rewrite".into()));
+    let done = y.finish(Vendor::Stripe, None);
+    assert_eq!(done.settle, None, "the lease itself is not released");
+    let (spend, outcome) = done.lease.unwrap();
+    assert_eq!(outcome, SettleOutcome::Release);
+    book.end(&spend, outcome);
+    // So the lease has two calls left, not one.
+    assert!(book.take("tok_abc", spend.amount, NOW_MS).is_some());
+    assert!(book.take("tok_abc", spend.amount, NOW_MS).is_some());
+    assert!(book.take("tok_abc", spend.amount, NOW_MS).is_none());
+}
+
+#[test]
+fn a_plain_grant_to_a_lease_request_opens_no_lease() {
+    // A ledger whose policy has no lease answers with a plain reservation.
+    let run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    let mut x = up_to_lease(&run, &[]);
+    let Step::Reserve(encoded) = x.on_lease(&run.bp, &mut book, NOW_MS) else {
+        panic!()
+    };
+    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let answer = lease_granted(&req, None);
+    let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    assert!(book.is_empty());
+    let done = x.finish(Vendor::Stripe, Some(200));
+    assert_eq!(done.lease, None);
+    let settle = done.settle.unwrap();
+    assert_eq!(settle.reservation, req.request_id);
+    assert_eq!(settle.outcome, SettleOutcome::Commit);
 }
