@@ -33,6 +33,9 @@ pub struct Spend {
 #[derive(Debug)]
 struct Lease {
     id: String,
+    /// The price of the call that asked for it: the ledger checked the per-transaction cap
+    /// against this, so no dearer call may spend from it.
+    price: i64,
     /// Micro-dollars still free to spend.
     left: i64,
     /// Micro-dollars spent by calls that ended (committed or held).
@@ -71,14 +74,16 @@ pub struct LeaseBook {
 }
 
 impl LeaseBook {
-    /// Spends `amount` of the token's live lease, if it has that much left and is young
-    /// enough: the spend to carry, or `None` (ask the ledger).
+    /// Spends `amount` of the token's live lease, if it has that much left, is young enough
+    /// and was asked for by a call at least as dear: the spend to carry, or `None` (ask the
+    /// ledger).
     pub fn take(&mut self, token_id: &str, amount: Usd, now_ms: u64) -> Option<Spend> {
         let lease = self.live.get_mut(token_id)?;
-        if now_ms >= lease.until_ms || lease.left < amount.micros() {
+        let micros = amount.micros();
+        if now_ms >= lease.until_ms || lease.left < micros || micros > lease.price {
             return None;
         }
-        lease.left -= amount.micros();
+        lease.left -= micros;
         lease.in_flight += 1;
         Some(Spend {
             lease: lease.id.clone(),
@@ -101,6 +106,7 @@ impl LeaseBook {
         let total = amount.micros().saturating_mul(i64::from(calls.max(1)));
         let lease = Lease {
             id: id.to_string(),
+            price: amount.micros(),
             left: total.saturating_sub(amount.micros()),
             spent: 0,
             in_flight: 1,
@@ -241,6 +247,11 @@ mod tests {
         let mut book = LeaseBook::default();
         book.open("tok", "l", usd("1"), 2, 500);
         assert_eq!(book.take("tok", usd("1.01"), 0), None, "more than is left");
+        // Dearer than the call the ledger checked the per-transaction cap for.
+        let mut dear = LeaseBook::default();
+        dear.open("tok", "d", usd("1"), 8, 500);
+        assert_eq!(dear.take("tok", usd("1.50"), 0), None, "dearer than its price");
+        assert!(dear.take("tok", usd("0.50"), 0).is_some(), "cheaper is fine");
         assert_eq!(book.take("other", usd("1"), 0), None, "another token's");
         assert_eq!(book.take("tok", usd("1"), 500), None, "too old");
         assert!(book.take("tok", usd("1"), 499).is_some());
