@@ -703,9 +703,12 @@ impl Exchange {
             }) => {
                 let held = *held;
                 // Only a lease this call asked for opens; anything else is a plain reservation.
+                // Never more calls than the policy's, whatever the answer says.
+                let most = held.grant.policy.policy.lease.map_or(1, |l| l.calls);
                 let lease = leased_calls
                     .zip(held.lease_until_ms)
                     .filter(|_| !replay)
+                    .map(|(calls, until_ms)| (calls.min(most), until_ms))
                     .map(|(calls, until_ms)| {
                         book.open(
                             &held.grant.subject.token_id,
