@@ -1421,7 +1421,7 @@ fn openapi_schemas_have_the_rust_types_fields() {
         detail: "amount".into(),
         idempotency_key: Some("k".into()),
         digest: Some("ab".repeat(32)),
-        lease_calls: None,
+        lease_calls: Some(4),
     })
     .unwrap();
     assert_eq!(request["amount"], "12.50", "money is a decimal string");
@@ -1446,9 +1446,9 @@ fn openapi_reserve_response_is_discriminated_by_decision() {
             ReserveResponse::Granted {
                 reservation: "0123456789abcdef".into(),
                 replay: false,
-                leased_calls: None,
+                leased_calls: Some(4),
             },
-            &[],
+            &["leased_calls"],
         ),
         (
             ReserveResponse::Denied {
