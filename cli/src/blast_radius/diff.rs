@@ -281,6 +281,25 @@ fn compare(old: &CompiledPolicy, new: &CompiledPolicy, a: &Assumptions, c: &mut 
         _ => {}
     }
 
+    // Spend leases: costed calls that leave the ledger's own check for the proxy's.
+    let lease = |p: &bridle_core::policy::Policy| p.lease.map(|l| (l.calls, l.max_age_ms));
+    match (lease(o), lease(n)) {
+        (None, Some((calls, age))) => c.widen(
+            "lease",
+            format!("lease: up to {calls} costed calls per worker spent for {age} ms without the ledger: a revoked token's leased calls are refused by the proxy's revocation set, not at reserve"),
+        ),
+        (Some(_), None) => c.narrow("lease", "no lease: every costed call reserved with the ledger".into()),
+        (Some((oc, oa)), Some((nc, na))) if nc > oc || na > oa => c.widen(
+            "lease",
+            format!("lease: {oc} calls for {oa} ms -> {nc} calls for {na} ms"),
+        ),
+        (Some((oc, oa)), Some((nc, na))) if nc < oc || na < oa => c.narrow(
+            "lease",
+            format!("lease: {oc} calls for {oa} ms -> {nc} calls for {na} ms"),
+        ),
+        _ => {}
+    }
+
     fx_change(&o.fx, &n.fx, c);
 
     // The sum of it all: the worst a token can spend before it expires.

@@ -112,8 +112,9 @@ pub struct RevocationReach {
     pub poll_ms: u64,
     pub tick_ms: u32,
     pub timeout_ms: u64,
-    /// Costed calls are checked by the ledger at reserve: refused from the commit on.
-    pub costed: &'static str,
+    /// Costed calls are checked by the ledger at reserve: refused from the commit on; those
+    /// spent from a lease, by the worker's revocation set like uncosted ones.
+    pub costed: String,
     /// What happens to uncosted calls when the proxy cannot reach the ledger.
     pub ledger_unreachable: String,
 }
@@ -334,7 +335,15 @@ fn compute(
         poll_ms: link.revocation_poll_ms,
         tick_ms: bridle_core::config::TICK_MS,
         timeout_ms: link.timeout_ms,
-        costed: "refused from the commit on (the ledger checks every reservation)",
+        costed: match p.lease {
+            None => "refused from the commit on (the ledger checks every reservation)".into(),
+            Some(l) => format!(
+                "refused from the commit on when reserved one by one; calls spent from a lease (up to {} per worker, for {} ms) are refused by the proxy's revocation set, within {} ms",
+                l.calls,
+                l.max_age_ms,
+                link.revocation_reach_ms()
+            ),
+        },
         ledger_unreachable: match p.on_ledger_unavailable {
             FailureMode::Deny => format!(
                 "uncosted calls are refused once the revocation set is {} ms old",

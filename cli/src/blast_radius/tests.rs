@@ -106,6 +106,33 @@ fn a_policy_reports_its_whole_reach() {
 }
 
 #[test]
+fn a_lease_moves_costed_revocation_to_the_proxy_and_is_a_widening() {
+    let plain = example("stripe-payments");
+    let r = for_policy(&plain, &assumptions());
+    assert!(r
+        .revocation
+        .costed
+        .contains("the ledger checks every reservation"));
+    let leased = edited("stripe-payments", |v| {
+        v["lease"] = json!({ "calls": 16, "max_age_ms": 250 });
+    });
+    let r = for_policy(&leased, &assumptions());
+    assert!(
+        r.revocation.costed.contains("within 740 ms") && r.revocation.costed.contains("16"),
+        "{}",
+        r.revocation.costed
+    );
+    let widened = diff(&[plain.clone()], &[leased.clone()], &assumptions());
+    assert!(
+        widened.widens.iter().any(|w| w.what == "lease"),
+        "{widened:?}"
+    );
+    let narrowed = diff(&[leased], &[plain], &assumptions());
+    assert!(narrowed.widens.iter().all(|w| w.what != "lease"));
+    assert!(narrowed.narrows.iter().any(|w| w.what == "lease"));
+}
+
+#[test]
 fn every_example_policy_reports() {
     let a = assumptions();
     for p in examples() {
