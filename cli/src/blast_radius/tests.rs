@@ -122,7 +122,11 @@ fn a_lease_moves_costed_revocation_to_the_proxy_and_is_a_widening() {
         "{}",
         r.revocation.costed
     );
-    let widened = diff(&[plain.clone()], &[leased.clone()], &assumptions());
+    let widened = diff(
+        std::slice::from_ref(&plain),
+        std::slice::from_ref(&leased),
+        &assumptions(),
+    );
     assert!(
         widened.widens.iter().any(|w| w.what == "lease"),
         "{widened:?}"
