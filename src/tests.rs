@@ -494,6 +494,99 @@ mod ledger_flow {
         );
     }
 
+    /// A policy with a lease: the first call asks for one, the next is forwarded from it with
+    /// no callout, and the tick after its age closes it at what was spent.
+    #[test]
+    fn a_lease_serves_the_next_call_without_a_callout_and_closes_on_a_tick() {
+        let h = host();
+        let mut c = config("deny");
+        c["policies"][0]["lease"] = serde_json::json!({ "calls": 3, "max_age_ms": 250 });
+        let p = Rc::new(Plugin::configure(&h, Some(c.to_string().as_bytes())).unwrap());
+        h.shared.borrow_mut().insert(
+            "bridle.bridle_ledger.revocations.fresh_ms".into(),
+            ((NOW * 1000).to_le_bytes().to_vec(), 1),
+        );
+        Ticker::default().on_tick(&h, &p);
+        h.callouts.borrow_mut().clear();
+
+        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        assert_eq!(req.lease_calls, Some(3));
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
+        );
+        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        assert_eq!(h.resumed.get(), 1);
+
+        // The next call (another body, so the loop breaker lets it by) goes at once.
+        let body = b"amount=100&currency=usd&description=second";
+        post(&h, "/v1/payment_intents", body);
+        let mut second = Stream::new(Some(p.clone()));
+        assert_eq!(second.on_request_headers(&h, false), Action::Pause);
+        assert_eq!(
+            second.on_request_body(&h, body.len(), true),
+            Action::Continue
+        );
+        assert_eq!(h.callouts.borrow().len(), 1, "no second reservation");
+        assert_eq!(
+            h.header(MapType::RequestHeaders, "authorization"),
+            Some(format!("Bearer {SECRET}"))
+        );
+        assert_eq!(h.counter("bridle.ledger.lease_spends"), 1);
+
+        // The vendor takes the first and refuses the second: $1 spent.
+        h.set_map(MapType::ResponseHeaders, &[(":status", b"200")]);
+        first.on_response_headers(&h, true);
+        first.on_log(&h);
+        h.set_map(MapType::ResponseHeaders, &[(":status", b"402")]);
+        second.on_response_headers(&h, true);
+        second.on_log(&h);
+        let items = queued(&h, &p);
+        assert!(
+            items.iter().all(|i| matches!(i, Item::Audit(_))),
+            "leased calls settle in the book: {items:?}"
+        );
+        assert_eq!(items.len(), 2);
+
+        // Young, the lease stays open; past its age, the tick closes it and reports the close.
+        let reports = |h: &FakeHost| -> Vec<Report> {
+            h.callouts
+                .borrow()
+                .iter()
+                .filter(|c| {
+                    c.headers
+                        .contains(&(":path".into(), "/v1/enforce/report".into()))
+                })
+                .map(|c| serde_json::from_slice(&c.body).unwrap())
+                .collect()
+        };
+        let mut ticker = Ticker::default();
+        ticker.on_tick(&h, &p);
+        assert!(reports(&h).iter().all(|r| r.settles.is_empty()));
+        // The first report answered, so the next can go.
+        let n = answer(&h, "200", &serde_json::json!({"settled": 0, "audited": 2}));
+        ticker.on_call_response(&h, &p, h.callouts.borrow().len() as u32, n);
+        h.now_secs.set(NOW + 1);
+        ticker.on_tick(&h, &p);
+        let settles: Vec<_> = reports(&h).into_iter().flat_map(|r| r.settles).collect();
+        let [close] = settles.as_slice() else {
+            panic!("{settles:?}")
+        };
+        assert_eq!(
+            (
+                close.reservation.as_str(),
+                close.outcome,
+                close.amount.map(|a| a.to_string())
+            ),
+            (
+                req.request_id.as_str(),
+                SettleOutcome::Commit,
+                Some("1.00".into())
+            )
+        );
+    }
+
     #[test]
     fn vendor_outcomes_map_to_settles() {
         for (status, want) in [
