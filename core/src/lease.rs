@@ -250,8 +250,15 @@ mod tests {
         // Dearer than the call the ledger checked the per-transaction cap for.
         let mut dear = LeaseBook::default();
         dear.open("tok", "d", usd("1"), 8, 500);
-        assert_eq!(dear.take("tok", usd("1.50"), 0), None, "dearer than its price");
-        assert!(dear.take("tok", usd("0.50"), 0).is_some(), "cheaper is fine");
+        assert_eq!(
+            dear.take("tok", usd("1.50"), 0),
+            None,
+            "dearer than its price"
+        );
+        assert!(
+            dear.take("tok", usd("0.50"), 0).is_some(),
+            "cheaper is fine"
+        );
         assert_eq!(book.take("other", usd("1"), 0), None, "another token's");
         assert_eq!(book.take("tok", usd("1"), 500), None, "too old");
         assert!(book.take("tok", usd("1"), 499).is_some());
