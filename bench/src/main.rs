@@ -7,7 +7,9 @@
 //!    verifies a signature (`token_churn.rs`);
 //! 3. a call Bridle denies;
 //! 4. a costed call (body priced, reserve with the ledger, settle in batches), with the
-//!    ledger callout over HTTP/1.1 (as rendered) and over HTTP/2 (`ledger_protocol.rs`);
+//!    ledger callout over HTTP/1.1 (as rendered) and over HTTP/2 (`ledger_protocol.rs`), and
+//!    under the same policy with a spend lease, one reservation for several calls
+//!    (`lease.rs`, for the costed OpenAI call too);
 //! 5. the OpenAI path, uncosted and costed, side by side with a peer, LiteLLM's proxy, on the
 //!    same OpenAI-shaped request and upstream (`openai_scenarios.rs`, `litellm.rs`);
 //! 6. a streamed completion priced by tokens beside no filter: time to the first event and
@@ -41,6 +43,7 @@
 mod compare;
 mod entry_cost;
 mod flatness;
+mod lease;
 mod ledger_load;
 mod ledger_protocol;
 mod ledger_replicas;
@@ -155,6 +158,10 @@ struct ScenarioResult {
     /// One-connection rounds with the ledger on a core of its own (`tail.rs`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     isolated_latency_rounds: Vec<Wrk>,
+    /// For a leased row, how many requests of each measured run were spent from a lease
+    /// (`lease.rs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    lease_use: Vec<lease::LeaseUse>,
 }
 
 /// Online CPUs of the machine, not of this process's affinity mask (which pinning narrows).
@@ -400,6 +407,8 @@ struct ProxyStack {
     _baselines: Vec<Envoy>,
     _ledger: Ledger,
     _bridle: Envoy,
+    /// The admin port of `_bridle`, whose lease counter the leased rows read.
+    bridle_admin: u16,
     _bridle_http2: Envoy,
     _ablations: Vec<Envoy>,
     _peer: Option<litellm::LiteLlm>,
@@ -453,6 +462,8 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
 
     let mut policies = bench_policies();
     policies.extend(openai_scenarios::policies());
+    let leased = lease::policies(&policies);
+    policies.extend(leased);
     let ledger = Ledger::start(&policies, keys).await;
     pin_to(ledger.pid().unwrap(), 1);
     let mut setup =
@@ -590,10 +601,12 @@ async fn proxy_stack(keys: &Keys, with_peer: bool) -> ProxyStack {
         &bridle,
         peer.as_ref().map(|(p, _)| p),
     ));
+    lease::add_scenarios(keys, &mut scenarios);
     let (peer, peer_checked) = peer.unzip();
     ProxyStack {
         _baselines: baselines,
         _ledger: ledger,
+        bridle_admin: bridle.admin,
         _bridle: bridle,
         _bridle_http2: bridle_http2,
         _ablations: ablations,
@@ -636,12 +649,15 @@ async fn proxy_benchmarks(
     let mut proxy_cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut latency: BTreeMap<&str, Vec<Wrk>> = BTreeMap::new();
     let mut isolated: BTreeMap<&str, Vec<Wrk>> = BTreeMap::new();
+    let mut leases = lease::Uses::new();
+    let admin = stack.bridle_admin;
     for round in 1..=plan.rounds {
         for s in stack
             .scenarios
             .iter()
             .filter(|_| selection != Selection::Tail)
         {
+            let leased = lease::before(s.name, admin).await;
             let cpu_before = s.proxy_pid.map(process_cpu_us);
             let w = wrk(s.port, 32, plan.throughput_s, &s.load);
             if let (Some(pid), Some(before)) = (s.proxy_pid, cpu_before) {
@@ -652,32 +668,42 @@ async fn proxy_benchmarks(
                 "bench: round {round} {:<28} {:>8.0} req/s ({} non-2xx, {} errors)",
                 s.name, w.rps, w.non_2xx, w.errors
             );
+            if let Some(before) = leased {
+                let run = format!("round {round}, 32 connections");
+                let used = lease::record(s.name, run, 32, admin, before, &w).await;
+                leases.entry(s.name).or_default().push(used);
+            }
             throughput.entry(s.name).or_default().push(w);
         }
-        let one_connection = |s: &Scenario, layout: &str| {
-            let w = wrk(s.port, 1, plan.latency_s, &s.load);
-            eprintln!(
-                "bench: round {round} {:<28} p50 {:>5} µs p99 {:>6} µs (1 connection{layout})",
-                s.name, w.p50_us, w.p99_us
-            );
-            w
-        };
         if selection == Selection::Entry {
             continue;
         }
-        for s in &stack.scenarios {
-            latency
-                .entry(s.name)
-                .or_default()
-                .push(one_connection(s, ""));
-        }
-        // The same, for the tail scenarios, with the ledger on a core of its own.
-        tail::isolate_ledger(true);
-        for s in stack.scenarios.iter().filter(|s| tail::measured(s.name)) {
-            isolated
-                .entry(s.name)
-                .or_default()
-                .push(one_connection(s, ", ledger on its own core"));
+        // One connection: every row in the shared layout, then the tail rows again with the
+        // ledger on a core of its own.
+        for (layout, rows) in [
+            ("", &mut latency),
+            (", ledger on its own core", &mut isolated),
+        ] {
+            let isolating = !layout.is_empty();
+            tail::isolate_ledger(isolating);
+            for s in stack
+                .scenarios
+                .iter()
+                .filter(|s| !isolating || tail::measured(s.name))
+            {
+                let leased = lease::before(s.name, admin).await;
+                let w = wrk(s.port, 1, plan.latency_s, &s.load);
+                eprintln!(
+                    "bench: round {round} {:<28} p50 {:>5} µs p99 {:>6} µs (1 connection{layout})",
+                    s.name, w.p50_us, w.p99_us
+                );
+                if let Some(before) = leased {
+                    let run = format!("round {round}, 1 connection{layout}");
+                    let used = lease::record(s.name, run, 1, admin, before, &w).await;
+                    leases.entry(s.name).or_default().push(used);
+                }
+                rows.entry(s.name).or_default().push(w);
+            }
         }
         tail::isolate_ledger(false);
     }
@@ -718,6 +744,7 @@ async fn proxy_benchmarks(
             throughput_rounds: t,
             latency_rounds: l,
             isolated_latency_rounds: i,
+            lease_use: leases.remove(s.name).unwrap_or_default(),
         });
     }
     (results, stack.peer_checked.clone())
@@ -977,6 +1004,7 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
         "ratios": rows,
         "token_verification": token_churn::summary(proxy),
         "ledger_protocol": ledger_protocol::summary(proxy),
+        "lease": lease::summary(proxy),
         "peer": openai_scenarios::summarize(proxy),
         "tail": tail,
         "flatness": flatness,
@@ -1033,6 +1061,7 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     }
     s.push_str(&token_churn::markdown(&summary["token_verification"]));
     s.push_str(&ledger_protocol::markdown(&summary["ledger_protocol"]));
+    s.push_str(&lease::markdown(&summary["lease"]));
     s.push('\n');
     s.push_str("\nreq/s: 32 connections, median over rounds; ratios are taken within each round, then the median. Latency: one connection (no queueing), median over rounds. \"vs no filter\" and \"added\" are against Envoy without a filter sending the same request (`no_filter`, or `openai_no_filter` for the OpenAI rows); the no-op filter was measured on the Stripe-shaped request only. Proxy CPU: Envoy's, or LiteLLM's for `litellm_proxy`.\n");
     s.push_str(&openai_scenarios::markdown(
@@ -1074,11 +1103,10 @@ fn markdown(doc: &Value, proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> S
     s
 }
 
-/// The upstream and a ledger with the bench policies (on core 1), and the Envoy setup of one
-/// Bridle worker in front of them.
-async fn ledger_and_setup(keys: &Keys) -> (Ledger, Setup) {
+/// The upstream and a ledger with `policies` (on core 1), and the Envoy setup of one Bridle
+/// worker in front of them.
+async fn ledger_and_setup(keys: &Keys, policies: Vec<CompiledPolicy>) -> (Ledger, Setup) {
     let upstream = upstream::spawn().port();
-    let policies = bench_policies();
     let ledger = Ledger::start(&policies, keys).await;
     pin_to(ledger.pid().unwrap(), 1);
     let mut setup =
@@ -1093,7 +1121,7 @@ async fn ledger_and_setup(keys: &Keys) -> (Ledger, Setup) {
 async fn profile(scenario: &str, seconds: u64) {
     let keys = Keys::generate();
     // The ledger runs until the profile ends.
-    let (_ledger, mut setup) = ledger_and_setup(&keys).await;
+    let (_ledger, mut setup) = ledger_and_setup(&keys, bench_policies()).await;
     if scenario == "standalone" {
         setup.ledger = None;
         setup
@@ -1220,13 +1248,18 @@ fn main() -> ExitCode {
         }
         Some("tail-where") => {
             let isolated = args.iter().any(|a| a == "--isolated");
+            // The costed call under the same policy with a spend lease (`lease.rs`).
+            let leased = args.iter().any(|a| a == "--lease");
             // Another build of the filter, to set its tail beside this one's.
             let wasm = args
                 .iter()
                 .position(|a| a == "--wasm")
                 .and_then(|i| args.get(i + 1))
                 .map(PathBuf::from);
-            println!("{}", rt.block_on(tail_where::run(n(2, 20), isolated, wasm)));
+            println!(
+                "{}",
+                rt.block_on(tail_where::run(n(2, 20), isolated, leased, wasm))
+            );
             return ExitCode::SUCCESS;
         }
         // `bridle-bench live-tokens [rounds]`: whether live tokens cost the ledger, or the

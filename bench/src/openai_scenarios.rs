@@ -10,6 +10,8 @@
 //! - `bridle_openai_costed`: the same endpoint priced with a `max` estimate under a windowed
 //!   cap: the body is read, the estimate reserved with the ledger (durable) before the call is
 //!   forwarded, and committed in a batch after it;
+//! - `bridle_openai_costed_leased` (`lease.rs`): the same under the same policy with a spend
+//!   lease: one reservation for up to 32 calls, the others forwarded without a callout;
 //! - `litellm_proxy`: LiteLLM's proxy with its master key (see `litellm.rs`).
 //!
 //! The peer table puts their throughput, latency and the proxy's own CPU per request side by
@@ -31,7 +33,7 @@ pub const UNCOSTED: &str = "bridle_openai_uncosted";
 pub const COSTED: &str = "bridle_openai_costed";
 pub const LITELLM: &str = "litellm_proxy";
 
-const COSTED_POLICY: &str = "bench-openai";
+pub(crate) const COSTED_POLICY: &str = "bench-openai";
 const UNCOSTED_POLICY: &str = "bench-openai-free";
 
 /// The estimate reserved per call: the shipped `openai-chat` policy's.
@@ -173,7 +175,14 @@ pub fn summarize(proxy: &[ScenarioResult]) -> Value {
     let get = |s: &str| proxy.iter().find(|r| r.scenario == s);
     let (direct, envoy, litellm) = (get(DIRECT), get(NO_FILTER), get(LITELLM));
     let mut rows = Vec::new();
-    for name in [DIRECT, NO_FILTER, UNCOSTED, COSTED, LITELLM] {
+    for name in [
+        DIRECT,
+        NO_FILTER,
+        UNCOSTED,
+        COSTED,
+        crate::lease::OPENAI_COSTED,
+        LITELLM,
+    ] {
         let Some(r) = get(name) else { continue };
         // The upstream alone is no proxy: its ratio to one would say nothing.
         let vs_litellm = litellm.filter(|_| name != DIRECT).map(|l| {

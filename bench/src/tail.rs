@@ -18,16 +18,19 @@ use serde_json::{json, Value};
 use crate::{cell, median_i, table_row, ScenarioResult, Wrk};
 
 /// The scenarios measured in both layouts: the baselines and everything that talks to the
-/// ledger, plus the build without the audit report (`ablate_3_rewrite`).
-pub const SCENARIOS: [&str; 8] = [
+/// ledger (the leased rows too: a lease still reserves, once per lease), plus the build
+/// without the audit report (`ablate_3_rewrite`).
+pub const SCENARIOS: [&str; 10] = [
     "no_filter",
     "bridle_allowed",
     "bridle_denied",
     "bridle_costed",
+    crate::lease::COSTED,
     crate::ledger_protocol::NAME,
     "ablate_3_rewrite",
     crate::openai_scenarios::NO_FILTER,
     crate::openai_scenarios::COSTED,
+    crate::lease::OPENAI_COSTED,
 ];
 
 pub fn measured(scenario: &str) -> bool {

@@ -13,7 +13,10 @@
 //! Layout as every other measurement (Envoy alone on core 0; this client, the upstream and
 //! the ledger on core 1), or with `--isolated` as `tail.rs`'s: the ledger alone on core 1.
 //! `--wasm <path>` runs another build of the filter (say, the commit before a change), so
-//! that runs of two builds can alternate.
+//! that runs of two builds can alternate. `--lease` sends the call under the same policy with
+//! a spend lease (`lease.rs`), so that the leased tail can be set beside the unleased one; the
+//! report then says how many of the requests were spent from a lease, and a run with none
+//! fails. (A build from before spend leases, f385bd5, refuses such a policy.)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -33,9 +36,16 @@ struct Timed {
     latency: Duration,
 }
 
-pub async fn run(seconds: u64, isolated: bool, wasm: Option<PathBuf>) -> String {
+pub async fn run(seconds: u64, isolated: bool, leased: bool, wasm: Option<PathBuf>) -> String {
     let keys = Keys::generate();
-    let (ledger, mut setup) = crate::ledger_and_setup(&keys).await;
+    let mut policies = crate::bench_policies();
+    let mut policy = "bench".to_string();
+    if leased {
+        let p = crate::lease::leased_policy(&policies[0]);
+        policy.clone_from(&p.policy.name);
+        policies.push(p);
+    }
+    let (ledger, mut setup) = crate::ledger_and_setup(&keys, policies).await;
     if let Some(wasm) = wasm {
         assert!(wasm.exists(), "no filter build at {}", wasm.display());
         setup.wasm = Some(wasm);
@@ -46,7 +56,7 @@ pub async fn run(seconds: u64, isolated: bool, wasm: Option<PathBuf>) -> String 
         "POST /v1/payment_intents HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 23\r\n\r\n\
          amount=100&currency=usd",
-        token(&keys, "bench", "tok_bench_tail".into())
+        token(&keys, &policy, "tok_bench_tail".into())
     );
     let port = envoy.port(Vendor::Stripe);
     crate::tail::isolate_ledger(isolated);
@@ -56,19 +66,37 @@ pub async fn run(seconds: u64, isolated: bool, wasm: Option<PathBuf>) -> String 
         .unwrap();
     let envoy_before = envoy_histograms(&envoy).await;
     let ledger_before = ledger.metrics().await;
+    let spends_before = crate::lease::spends(envoy.admin).await;
     let timed =
         tokio::task::spawn_blocking(move || drive(port, &request, Duration::from_secs(seconds)))
             .await
             .unwrap();
     let envoy_after = envoy_histograms(&envoy).await;
     let ledger_after = ledger.metrics().await;
-    report(
-        &timed,
-        &envoy_before,
-        &envoy_after,
-        &ledger_before,
-        &ledger_after,
-    )
+    let spent = crate::lease::spends(envoy.admin).await - spends_before;
+    let mut s = format!("policy {policy}");
+    if leased {
+        let lease = crate::lease::LEASE;
+        s += &format!(
+            " (lease: {} calls, {} ms): {spent} of {} requests spent from a lease ({:.1}%)",
+            lease.calls,
+            lease.max_age_ms,
+            timed.len(),
+            100.0 * spent as f64 / timed.len().max(1) as f64
+        );
+        assert!(
+            spent > 0,
+            "{s}: Envoy's lease counter did not move, so this run measured a reservation per call"
+        );
+    }
+    s + "\n"
+        + &report(
+            &timed,
+            &envoy_before,
+            &envoy_after,
+            &ledger_before,
+            &ledger_after,
+        )
 }
 
 /// Sends the request over one connection, again and again, for `how_long`.
