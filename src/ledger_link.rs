@@ -8,13 +8,27 @@ use std::cell::RefCell;
 
 use bridle_core::config::LedgerLink;
 use bridle_core::lease::LeaseBook;
-use bridle_core::ledger_api::{DEADLINE_HEADER, REPORT_PATH, REVOCATIONS_PATH};
+use bridle_core::ledger_api::{
+    ReserveResponse, Settle, SettleOutcome, DEADLINE_HEADER, REPORT_PATH, RESERVE_PATH,
+    REVOCATIONS_PATH,
+};
+use bridle_core::money::Usd;
 use bridle_core::revocation::RevocationFeed;
 
 use crate::host::{BufferType, Host, Level, MapType};
+use crate::ids::Ids;
 use crate::metrics::Metrics;
 use crate::reports::{self, Buffer, Encoded, Item};
 use crate::revocations::{self, Cache};
+
+/// A renewal in flight: what to open when the ledger grants it.
+pub struct RenewalCall {
+    token_id: String,
+    request_id: String,
+    price: Usd,
+    calls: u32,
+    until_ms: u64,
+}
 
 pub struct Ledger {
     pub link: LedgerLink,
@@ -85,6 +99,98 @@ impl Ledger {
         if dropped > 0 {
             host.increment(metrics.ledger.items_dropped, dropped as i64);
         }
+    }
+
+    /// Asks the ledger for the next lease of each token whose live lease is in use: the
+    /// calls in flight, to answer in [`Ledger::on_renewal`].
+    pub fn renew_leases<H: Host>(
+        &self,
+        host: &H,
+        metrics: &Metrics,
+        ids: &Ids,
+    ) -> Vec<(u32, RenewalCall)> {
+        let now_ms = host.now_ms();
+        let due = match self.leases.try_borrow_mut() {
+            Ok(mut book) => book.renewals(now_ms, self.link.timeout_ms),
+            Err(_) => return Vec::new(),
+        };
+        let mut calls = Vec::with_capacity(due.len());
+        for renewal in due {
+            let mut request = renewal.request;
+            request.request_id = ids.next(now_ms);
+            let pending = RenewalCall {
+                token_id: renewal.token_id,
+                request_id: request.request_id.clone(),
+                price: request.amount,
+                calls: request.lease_calls.unwrap_or(1),
+                until_ms: now_ms.saturating_add(renewal.max_age_ms),
+            };
+            let sent = serde_json::to_vec(&request)
+                .map_err(|_| u32::MAX)
+                .and_then(|body| self.call(host, "POST", RESERVE_PATH, &body));
+            match sent {
+                Ok(call) => calls.push((call, pending)),
+                Err(_) => {
+                    host.increment(metrics.ledger.reserve_failed, 1);
+                    if let Ok(mut book) = self.leases.try_borrow_mut() {
+                        book.renewal_failed(&pending.token_id);
+                    }
+                }
+            }
+        }
+        calls
+    }
+
+    /// The ledger's answer to a renewal: the token's next lease, or none (and, if the
+    /// ledger may hold one nobody will spend, its release).
+    pub fn on_renewal<H: Host>(
+        &self,
+        host: &H,
+        metrics: &Metrics,
+        body_size: usize,
+        call: RenewalCall,
+    ) {
+        let answer = read_answer(host, body_size).and_then(|b| {
+            serde_json::from_slice::<ReserveResponse>(&b).map_err(|_| "unreadable".to_string())
+        });
+        let Ok(mut book) = self.leases.try_borrow_mut() else {
+            return;
+        };
+        let release = match answer {
+            Ok(ReserveResponse::Granted {
+                reservation,
+                replay: false,
+                leased_calls: Some(calls),
+            }) => {
+                let calls = calls.min(call.calls);
+                book.renewed(
+                    &call.token_id,
+                    &reservation,
+                    call.price,
+                    calls,
+                    call.until_ms,
+                );
+                return;
+            }
+            // A plain reservation (the ledger's policy has no lease now): nobody spends it.
+            Ok(ReserveResponse::Granted { reservation, .. }) => Some(reservation),
+            Ok(ReserveResponse::Denied { .. }) => None,
+            Err(_) => {
+                host.increment(metrics.ledger.reserve_failed, 1);
+                Some(call.request_id.clone())
+            }
+        };
+        book.renewal_failed(&call.token_id);
+        drop(book);
+        let Some(reservation) = release else { return };
+        let settle = Settle {
+            reservation,
+            outcome: SettleOutcome::Release,
+            amount: None,
+            replay: false,
+            usage: None,
+        };
+        self.report(host, metrics, Item::Settle(settle));
     }
 
     /// Copies the shared revocation set into this plugin's memory when another worker has

@@ -496,18 +496,95 @@ mod ledger_flow {
 
     /// A policy with a lease: the first call asks for one, the next is forwarded from it with
     /// no callout, and the tick after its age closes it at what was spent.
-    #[test]
-    fn a_lease_serves_the_next_call_without_a_callout_and_closes_on_a_tick() {
-        let h = host();
+    fn leasing_plugin(h: &FakeHost) -> Rc<Plugin> {
         let mut c = config("deny");
         c["policies"][0]["lease"] = serde_json::json!({ "calls": 3, "max_age_ms": 250 });
-        let p = Rc::new(Plugin::configure(&h, Some(c.to_string().as_bytes())).unwrap());
+        let p = Rc::new(Plugin::configure(h, Some(c.to_string().as_bytes())).unwrap());
         h.shared.borrow_mut().insert(
             "bridle.bridle_ledger.revocations.fresh_ms".into(),
             ((NOW * 1000).to_le_bytes().to_vec(), 1),
         );
-        Ticker::default().on_tick(&h, &p);
+        Ticker::default().on_tick(h, &p);
         h.callouts.borrow_mut().clear();
+        p
+    }
+
+    /// A costed call with its own body (the loop breaker lets distinct bodies by), expected
+    /// to go at once on a lease.
+    fn leased_call(h: &FakeHost, p: &Rc<Plugin>, n: u32) -> Stream {
+        let body = format!("amount=100&currency=usd&description=call{n}");
+        post(h, "/v1/payment_intents", body.as_bytes());
+        let mut s = Stream::new(Some(p.clone()));
+        assert_eq!(s.on_request_headers(h, false), Action::Pause);
+        assert_eq!(s.on_request_body(h, body.len(), true), Action::Continue);
+        s
+    }
+
+    #[test]
+    fn the_tick_asks_ahead_for_a_token_in_use_and_its_calls_go_on_without_waiting() {
+        let h = host();
+        let p = leasing_plugin(&h);
+        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
+        );
+        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let mut calls = vec![first, leased_call(&h, &p, 2)];
+        // In use: the tick asks for the next lease, with the same token and a new id.
+        let mut ticker = Ticker::default();
+        ticker.on_tick(&h, &p);
+        let renewal = h.callouts.borrow().last().cloned().unwrap();
+        assert!(renewal
+            .headers
+            .contains(&(":path".into(), "/v1/enforce/reserve".into())));
+        let ahead: ReserveRequest = serde_json::from_slice(&renewal.body).unwrap();
+        assert_eq!(
+            (ahead.token.as_str(), ahead.lease_calls),
+            (req.token.as_str(), Some(3))
+        );
+        assert_ne!(ahead.request_id, req.request_id);
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": ahead.request_id, "replay": false, "leased_calls": 3}),
+        );
+        ticker.on_call_response(&h, &p, h.callouts.borrow().len() as u32, n);
+        // The live lease's last call, then two on the lease ahead: no reservation callout.
+        let callouts = h.callouts.borrow().len();
+        for i in 3..=5 {
+            calls.push(leased_call(&h, &p, i));
+        }
+        assert_eq!(h.callouts.borrow().len(), callouts);
+        assert_eq!(h.counter("bridle.ledger.lease_spends"), 4);
+        h.set_map(MapType::ResponseHeaders, &[(":status", b"200")]);
+        for mut s in calls {
+            s.on_response_headers(&h, true);
+            s.on_log(&h);
+        }
+        let items = queued(&h, &p);
+        let audits: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Audit(a) => a.reservation.clone(),
+                Item::Settle(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            audits,
+            [&req.request_id; 3]
+                .into_iter()
+                .chain([&ahead.request_id; 2])
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_lease_serves_the_next_call_without_a_callout_and_closes_on_a_tick() {
+        let h = host();
+        let p = leasing_plugin(&h);
 
         let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
         assert_eq!(req.lease_calls, Some(3));
@@ -564,8 +641,13 @@ mod ledger_flow {
         let mut ticker = Ticker::default();
         ticker.on_tick(&h, &p);
         assert!(reports(&h).iter().all(|r| r.settles.is_empty()));
-        // The first report answered, so the next can go.
-        let n = answer(&h, "200", &serde_json::json!({"settled": 0, "audited": 2}));
+        // Two calls made it a token in use: that tick asked for the next lease (the last
+        // callout; the report buffer was read above), which the ledger refuses.
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "denied", "reason": "cap_window", "message": "full"}),
+        );
         ticker.on_call_response(&h, &p, h.callouts.borrow().len() as u32, n);
         h.now_secs.set(NOW + 1);
         ticker.on_tick(&h, &p);

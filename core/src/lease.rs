@@ -5,9 +5,16 @@
 //! fixed-price call's price at once. The ledger checks that whole amount against every cap in
 //! the same atomic step as any reservation, so a lease is spend counted before any of it is
 //! used: no concurrency can push spend past a cap. The worker (its VM is single-threaded)
-//! then forwards the token's next calls of no more than what is left, until the lease is
-//! used up or `max_age_ms` old, and closes it with one settle: commit what its calls spent,
-//! release the rest. What the guarantees become is in BENCHMARKS.md ("Spend leases").
+//! then forwards the token's next calls of no more than that price from what is left, until
+//! the lease is used up or `max_age_ms` old, and closes it with one settle: commit what its
+//! calls spent, release the rest. What the guarantees become is in BENCHMARKS.md ("Spend
+//! leases") and the README.
+//!
+//! A token in use keeps one lease ahead: once a live lease has served a second call, the
+//! worker's tick asks the ledger for the next one ([`LeaseBook::renewals`]), so that the
+//! calls after the live lease runs out need not wait for a durable reservation. While a
+//! lease is being asked for, other calls of the token reserve one by one rather than pile
+//! up leases of their own.
 //!
 //! The book holds no money of its own: every amount here is inside a reservation the ledger
 //! has made durable. A lease the book forgets (a full book, a worker that stops) expires in
@@ -15,11 +22,11 @@
 
 use std::collections::HashMap;
 
-use crate::ledger_api::{Settle, SettleOutcome};
+use crate::ledger_api::{ReserveRequest, Settle, SettleOutcome};
 use crate::money::Usd;
 
-/// Leases one book holds open for reuse; a worker with more live tokens than this spends
-/// the newest token's lease once and closes it.
+/// Tokens one book holds leases for; a worker with more live tokens than this spends the
+/// newest token's lease once and closes it.
 pub const MAX_LIVE: usize = 1024;
 
 /// One call spent from a lease, as the exchange carries it until the call ends.
@@ -30,7 +37,15 @@ pub struct Spend {
     pub amount: Usd,
 }
 
-#[derive(Debug)]
+/// What the tick sends to ask for a token's next lease: the reservation of the call that
+/// opened the live one (its token, endpoint and price), under a new request id.
+pub struct Renewal {
+    pub token_id: String,
+    pub request: ReserveRequest,
+    /// The new lease is spent from until its request is this old.
+    pub max_age_ms: u64,
+}
+
 struct Lease {
     id: String,
     /// The price of the call that asked for it: the ledger checked the per-transaction cap
@@ -42,11 +57,40 @@ struct Lease {
     spent: i64,
     /// Calls forwarded on it that have not ended.
     in_flight: u32,
+    /// Calls forwarded on it in all.
+    served: u32,
     /// Spent from until this moment (the proxy's clock, from when its request was sent).
     until_ms: u64,
 }
 
 impl Lease {
+    fn new(id: &str, price: Usd, calls: u32, until_ms: u64) -> Lease {
+        Lease {
+            id: id.to_string(),
+            price: price.micros(),
+            left: price.micros().saturating_mul(i64::from(calls.max(1))),
+            spent: 0,
+            in_flight: 0,
+            served: 0,
+            until_ms,
+        }
+    }
+
+    fn usable(&self, micros: i64, now_ms: u64) -> bool {
+        now_ms < self.until_ms && self.left >= micros && micros <= self.price
+    }
+
+    fn spend(&mut self, token_id: &str, amount: Usd) -> Spend {
+        self.left -= amount.micros();
+        self.in_flight += 1;
+        self.served += 1;
+        Spend {
+            lease: self.id.clone(),
+            token_id: token_id.to_string(),
+            amount,
+        }
+    }
+
     /// The settle that closes it: what its calls spent is committed, the rest released.
     fn close(&self) -> Settle {
         let (outcome, amount) = match Usd::from_micros(self.spent) {
@@ -63,38 +107,85 @@ impl Lease {
     }
 }
 
-/// One worker's leases: live ones by token, and closing ones (too old, used up or replaced)
-/// by lease id, waiting for their calls in flight.
-#[derive(Debug, Default)]
+/// A token's leases: the one spent from, the one asked ahead, and how to ask again.
+#[derive(Default)]
+struct Slot {
+    live: Option<Lease>,
+    next: Option<Lease>,
+    /// A lease is being asked for until then: other calls reserve one by one.
+    asking_until_ms: u64,
+    /// The reservation that opened the live lease, to ask for the next with; dropped when
+    /// the ledger refuses a renewal, so that a token at its cap is not asked for again and
+    /// again.
+    template: Option<(ReserveRequest, u64)>,
+}
+
+/// One worker's leases by token, and the closing ones (too old, used up or replaced) by
+/// lease id, waiting for their calls in flight.
+#[derive(Default)]
 pub struct LeaseBook {
-    live: HashMap<String, Lease>,
+    slots: HashMap<String, Slot>,
     closing: HashMap<String, Lease>,
     /// Settles of closed leases, for the adapter to report.
     closed: Vec<Settle>,
 }
 
+impl std::fmt::Debug for LeaseBook {
+    /// Counts only: a renewal template holds the vault token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseBook")
+            .field("tokens", &self.slots.len())
+            .field("closing", &self.closing.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LeaseBook {
-    /// Spends `amount` of the token's live lease, if it has that much left, is young enough
-    /// and was asked for by a call at least as dear: the spend to carry, or `None` (ask the
-    /// ledger).
+    /// Spends `amount` of the token's live lease (or of the one asked ahead, which then
+    /// becomes live), if it has that much left, is young enough and was asked for by a call
+    /// at least as dear: the spend to carry, or `None` (ask the ledger).
     pub fn take(&mut self, token_id: &str, amount: Usd, now_ms: u64) -> Option<Spend> {
-        let lease = self.live.get_mut(token_id)?;
         let micros = amount.micros();
-        if now_ms >= lease.until_ms || lease.left < micros || micros > lease.price {
-            return None;
+        let slot = self.slots.get_mut(token_id)?;
+        if !slot.live.as_ref().is_some_and(|l| l.usable(micros, now_ms))
+            && slot.next.as_ref().is_some_and(|l| l.usable(micros, now_ms))
+        {
+            let old = std::mem::replace(&mut slot.live, slot.next.take());
+            if let Some(old) = old {
+                self.retire(old);
+            }
         }
-        lease.left -= micros;
-        lease.in_flight += 1;
-        Some(Spend {
-            lease: lease.id.clone(),
-            token_id: token_id.to_string(),
-            amount,
-        })
+        let slot = self.slots.get_mut(token_id)?;
+        let lease = slot.live.as_mut().filter(|l| l.usable(micros, now_ms))?;
+        Some(lease.spend(token_id, amount))
     }
 
-    /// The ledger granted lease `id`: `calls` calls of `amount`, the first of which is the
-    /// call that asked. It replaces the token's previous lease, which closes once its calls
-    /// end. Returns the spend for the asking call.
+    /// Whether a call that found no lease may ask for one now: not while one is being asked
+    /// for (then it reserves alone). Asking marks the token until `until_ms`, the callout's
+    /// deadline.
+    pub fn may_ask(&mut self, token_id: &str, now_ms: u64, until_ms: u64) -> bool {
+        if self.slots.len() >= MAX_LIVE && !self.slots.contains_key(token_id) {
+            return true;
+        }
+        let slot = self.slots.entry(token_id.to_string()).or_default();
+        if now_ms < slot.asking_until_ms {
+            return false;
+        }
+        slot.asking_until_ms = until_ms;
+        true
+    }
+
+    /// The ledger answered a lease asked for, whatever it said: others may ask again.
+    pub fn answered(&mut self, token_id: &str) {
+        if let Some(slot) = self.slots.get_mut(token_id) {
+            slot.asking_until_ms = 0;
+        }
+    }
+
+    /// The ledger granted lease `id`, asked for by a call: `calls` calls of `amount`, the
+    /// first of which is that call. It replaces the token's live lease, which closes once
+    /// its calls end; `template` (the call's reservation and the policy's lease age) asks
+    /// for the next. Returns the spend for the asking call.
     pub fn open(
         &mut self,
         token_id: &str,
@@ -102,29 +193,75 @@ impl LeaseBook {
         amount: Usd,
         calls: u32,
         until_ms: u64,
+        template: Option<(ReserveRequest, u64)>,
     ) -> Spend {
-        let total = amount.micros().saturating_mul(i64::from(calls.max(1)));
-        let lease = Lease {
-            id: id.to_string(),
-            price: amount.micros(),
-            left: total.saturating_sub(amount.micros()),
-            spent: 0,
-            in_flight: 1,
-            until_ms,
-        };
-        if let Some(old) = self.live.remove(token_id) {
-            self.retire(old);
-        }
-        if self.live.len() >= MAX_LIVE {
+        let mut lease = Lease::new(id, amount, calls, until_ms);
+        let spend = lease.spend(token_id, amount);
+        if self.slots.len() >= MAX_LIVE && !self.slots.contains_key(token_id) {
             // No room to keep it for the token's next calls: it serves this one and closes.
             self.closing.insert(lease.id.clone(), lease);
-        } else {
-            self.live.insert(token_id.to_string(), lease);
+            return spend;
         }
-        Spend {
-            lease: id.to_string(),
-            token_id: token_id.to_string(),
-            amount,
+        let slot = self.slots.entry(token_id.to_string()).or_default();
+        slot.asking_until_ms = 0;
+        if template.is_some() {
+            slot.template = template;
+        }
+        if let Some(old) = slot.live.replace(lease) {
+            self.retire(old);
+        }
+        spend
+    }
+
+    /// The renewals due now: tokens whose live lease has served a second call and has no
+    /// lease asked ahead. Each is marked asked for until `now_ms + timeout_ms`; the caller
+    /// sets each request's id and answers with [`LeaseBook::renewed`] or
+    /// [`LeaseBook::renewal_failed`].
+    pub fn renewals(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<Renewal> {
+        let mut due = Vec::new();
+        for (token_id, slot) in &mut self.slots {
+            let active = slot
+                .live
+                .as_ref()
+                .is_some_and(|l| l.served >= 2 && now_ms < l.until_ms);
+            if !active || slot.next.is_some() || now_ms < slot.asking_until_ms {
+                continue;
+            }
+            let Some((request, max_age_ms)) = &slot.template else {
+                continue;
+            };
+            slot.asking_until_ms = now_ms.saturating_add(timeout_ms);
+            due.push(Renewal {
+                token_id: token_id.clone(),
+                request: request.clone(),
+                max_age_ms: *max_age_ms,
+            });
+        }
+        due
+    }
+
+    /// The ledger granted a renewal: the token's next lease, spent from once the live one
+    /// cannot serve a call.
+    pub fn renewed(&mut self, token_id: &str, id: &str, price: Usd, calls: u32, until_ms: u64) {
+        let lease = Lease::new(id, price, calls, until_ms);
+        match self.slots.get_mut(token_id) {
+            Some(slot) => {
+                slot.asking_until_ms = 0;
+                if let Some(old) = slot.next.replace(lease) {
+                    self.retire(old);
+                }
+            }
+            // The token's slot is gone: nothing will spend it.
+            None => self.retire(lease),
+        }
+    }
+
+    /// The ledger refused a renewal (or failed): no more renewals until a call opens a
+    /// lease again.
+    pub fn renewal_failed(&mut self, token_id: &str) {
+        if let Some(slot) = self.slots.get_mut(token_id) {
+            slot.asking_until_ms = 0;
+            slot.template = None;
         }
     }
 
@@ -133,11 +270,13 @@ impl LeaseBook {
     /// left, gives it back. A lease closing waits for its last call.
     pub fn end(&mut self, spend: &Spend, outcome: SettleOutcome) {
         let micros = spend.amount.micros();
-        if let Some(lease) = self
-            .live
-            .get_mut(&spend.token_id)
-            .filter(|l| l.id == spend.lease)
-        {
+        let open = self.slots.get_mut(&spend.token_id).and_then(|slot| {
+            [slot.live.as_mut(), slot.next.as_mut()]
+                .into_iter()
+                .flatten()
+                .find(|l| l.id == spend.lease)
+        });
+        if let Some(lease) = open {
             lease.in_flight = lease.in_flight.saturating_sub(1);
             match outcome {
                 SettleOutcome::Release => lease.left = lease.left.saturating_add(micros),
@@ -161,18 +300,26 @@ impl LeaseBook {
         }
     }
 
-    /// Retires leases too old to spend from, or with nothing left. Called on every tick.
+    /// Retires leases too old to spend from, or with nothing left, and forgets tokens with
+    /// nothing open. Called on every tick.
     pub fn expire(&mut self, now_ms: u64) {
-        let old: Vec<String> = self
-            .live
-            .iter()
-            .filter(|(_, l)| now_ms >= l.until_ms || l.left <= 0)
-            .map(|(token, _)| token.clone())
-            .collect();
-        for token in old {
-            if let Some(lease) = self.live.remove(&token) {
-                self.retire(lease);
+        let mut retired = Vec::new();
+        self.slots.retain(|_, slot| {
+            for lease in [&mut slot.live, &mut slot.next] {
+                if lease
+                    .as_ref()
+                    .is_some_and(|l| now_ms >= l.until_ms || l.left <= 0)
+                {
+                    retired.extend(lease.take());
+                }
             }
+            if slot.live.is_none() {
+                slot.live = slot.next.take();
+            }
+            slot.live.is_some() || now_ms < slot.asking_until_ms
+        });
+        for lease in retired {
+            self.retire(lease);
         }
     }
 
@@ -181,9 +328,14 @@ impl LeaseBook {
         std::mem::take(&mut self.closed)
     }
 
-    /// Leases open in the book, live or closing, for a gauge.
+    /// Leases open in the book, live, ahead or closing, for a gauge.
     pub fn len(&self) -> usize {
-        self.live.len() + self.closing.len()
+        let open: usize = self
+            .slots
+            .values()
+            .map(|s| usize::from(s.live.is_some()) + usize::from(s.next.is_some()))
+            .sum();
+        open + self.closing.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,7 +362,7 @@ mod tests {
     #[test]
     fn a_lease_serves_its_calls_then_closes_at_what_they_spent() {
         let mut book = LeaseBook::default();
-        let first = book.open("tok", "lease1", usd("2"), 3, 1_000);
+        let first = book.open("tok", "lease1", usd("2"), 3, 1_000, None);
         let second = book.take("tok", usd("2"), 10).unwrap();
         let third = book.take("tok", usd("2"), 20).unwrap();
         assert_eq!(book.take("tok", usd("2"), 30), None, "three calls, no more");
@@ -245,11 +397,11 @@ mod tests {
     #[test]
     fn a_lease_is_not_spent_once_old_nor_past_what_is_left() {
         let mut book = LeaseBook::default();
-        book.open("tok", "l", usd("1"), 2, 500);
+        book.open("tok", "l", usd("1"), 2, 500, None);
         assert_eq!(book.take("tok", usd("1.01"), 0), None, "more than is left");
         // Dearer than the call the ledger checked the per-transaction cap for.
         let mut dear = LeaseBook::default();
-        dear.open("tok", "d", usd("1"), 8, 500);
+        dear.open("tok", "d", usd("1"), 8, 500, None);
         assert_eq!(
             dear.take("tok", usd("1.50"), 0),
             None,
@@ -267,9 +419,9 @@ mod tests {
     #[test]
     fn an_unused_lease_is_released_and_a_replaced_one_closes() {
         let mut book = LeaseBook::default();
-        let a = book.open("tok", "a", usd("1"), 4, 100);
+        let a = book.open("tok", "a", usd("1"), 4, 100, None);
         book.end(&a, SettleOutcome::Release);
-        let b = book.open("tok", "b", usd("1"), 4, 200);
+        let b = book.open("tok", "b", usd("1"), 4, 200, None);
         let closed = book.take_closed();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].reservation, "a");
@@ -286,14 +438,118 @@ mod tests {
     fn a_full_book_keeps_no_new_lease_but_closes_it_after_its_call() {
         let mut book = LeaseBook::default();
         for i in 0..MAX_LIVE {
-            let s = book.open(&format!("t{i}"), &format!("l{i}"), usd("1"), 2, 100);
+            let s = book.open(&format!("t{i}"), &format!("l{i}"), usd("1"), 2, 100, None);
             book.end(&s, SettleOutcome::Commit);
         }
-        let s = book.open("new", "lnew", usd("1"), 2, 100);
+        let s = book.open("new", "lnew", usd("1"), 2, 100, None);
         assert_eq!(book.take("new", usd("1"), 0), None);
         book.end(&s, SettleOutcome::Commit);
         let closed = book.take_closed();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].amount, Some(usd("1")));
+    }
+
+    fn template() -> (ReserveRequest, u64) {
+        let request = ReserveRequest {
+            token: "bvt_secret".into(),
+            request_id: "0".repeat(16),
+            method: "POST".into(),
+            path: "/v1/payment_intents".into(),
+            merchant: None,
+            amount: usd("1"),
+            detail: "$1".into(),
+            idempotency_key: None,
+            digest: None,
+            lease_calls: Some(2),
+        };
+        (request, 250)
+    }
+
+    #[test]
+    fn one_call_asks_for_a_lease_at_a_time() {
+        let mut book = LeaseBook::default();
+        assert!(book.may_ask("tok", 0, 500));
+        assert!(!book.may_ask("tok", 10, 510), "another call is asking");
+        assert!(book.may_ask("other", 10, 510), "per token");
+        book.answered("tok");
+        assert!(book.may_ask("tok", 20, 520));
+        assert!(
+            book.may_ask("tok", 520, 1_000),
+            "a lost answer stops at its deadline"
+        );
+        // Opening clears the mark as well.
+        book.open("tok", "a", usd("1"), 2, 100, None);
+        assert!(book.may_ask("tok", 530, 1_000));
+    }
+
+    #[test]
+    fn a_token_in_use_asks_ahead_and_spends_the_next_lease_when_the_live_one_runs_out() {
+        let mut book = LeaseBook::default();
+        let first = book.open("tok", "a", usd("1"), 2, 1_000, Some(template()));
+        assert!(book.renewals(5, 500).is_empty(), "one call: not in use yet");
+        let second = book.take("tok", usd("1"), 10).unwrap();
+        let due = book.renewals(20, 500);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].token_id, "tok");
+        assert_eq!(due[0].request.token, "bvt_secret");
+        assert_eq!(due[0].max_age_ms, 250);
+        assert!(book.renewals(30, 500).is_empty(), "asked already");
+        assert!(
+            !book.may_ask("tok", 30, 530),
+            "calls reserve alone meanwhile"
+        );
+        book.renewed("tok", "b", usd("1"), 2, 1_200);
+        assert!(
+            book.renewals(40, 500).is_empty(),
+            "one lease ahead is enough"
+        );
+        // The live lease is used up: the next call spends the lease ahead.
+        let third = book.take("tok", usd("1"), 50).unwrap();
+        assert_eq!(third.lease, "b");
+        for s in [&first, &second] {
+            book.end(s, SettleOutcome::Commit);
+        }
+        let closed = book.take_closed();
+        assert_eq!(
+            closed.len(),
+            1,
+            "the used-up lease closes with its last call"
+        );
+        assert_eq!(
+            (closed[0].reservation.as_str(), closed[0].amount),
+            ("a", Some(usd("2")))
+        );
+        assert!(!format!("{book:?}").contains("bvt_"), "no token in Debug");
+    }
+
+    #[test]
+    fn a_refused_renewal_stops_renewals_until_a_call_opens_a_lease() {
+        let mut book = LeaseBook::default();
+        book.open("tok", "a", usd("1"), 4, 1_000, Some(template()));
+        book.take("tok", usd("1"), 10).unwrap();
+        assert_eq!(book.renewals(20, 500).len(), 1);
+        book.renewal_failed("tok");
+        assert!(book.renewals(30, 500).is_empty());
+        book.open("tok", "b", usd("1"), 4, 1_000, Some(template()));
+        book.take("tok", usd("1"), 40).unwrap();
+        assert_eq!(book.renewals(50, 500).len(), 1);
+    }
+
+    #[test]
+    fn a_lease_ahead_that_is_never_spent_is_released() {
+        let mut book = LeaseBook::default();
+        let a = book.open("tok", "a", usd("1"), 4, 100, Some(template()));
+        book.end(&a, SettleOutcome::Commit);
+        book.renewed("tok", "b", usd("1"), 4, 150);
+        book.expire(100);
+        assert_eq!(book.take_closed().len(), 1, "a closes at its age");
+        book.expire(150);
+        let closed = book.take_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].reservation.as_str(), closed[0].outcome),
+            ("b", SettleOutcome::Release)
+        );
+        assert!(book.is_empty());
     }
 }

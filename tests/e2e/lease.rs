@@ -240,11 +240,11 @@ async fn leased_calls_skip_the_callout_and_settle_at_what_they_spent() {
         assert!(!r.everything().contains("bvt_"));
     }
 
-    // The first call of each lease reserves it; up to three more spend it. Eight calls need
-    // at least two leases (at most six spends), and however two books share them at most
-    // three (at least five spends, four with room for one lease that grew too old).
+    // The first call of a worker's lease reserves it; up to three more spend it, and a lease
+    // the tick asked for ahead serves the calls after it. However two books share eight
+    // calls, one of them serves at least four: an opener and three spends.
     let spends = s.lease_spends().await;
-    assert!((4..=6).contains(&spends), "lease_spends = {spends}");
+    assert!((3..=7).contains(&spends), "lease_spends = {spends}");
 
     // The leases close at what their calls spent: exactly $8, nothing left reserved.
     let t = s.closed(&id).await;
@@ -260,6 +260,7 @@ async fn leased_calls_skip_the_callout_and_settle_at_what_they_spent() {
     // Each call is audited under its lease with its own price.
     let records = audit(&s, &id, 8).await;
     let mut calls_per_lease: BTreeMap<String, u64> = BTreeMap::new();
+    let mut reserved_alone = 0u64;
     for r in &records {
         assert_eq!(
             (
@@ -274,15 +275,25 @@ async fn leased_calls_skip_the_callout_and_settle_at_what_they_spent() {
             .as_str()
             .unwrap_or_else(|| panic!("a costed call without its reservation: {r}"));
         *calls_per_lease.entry(lease.to_string()).or_default() += 1;
+        // A call reserved with the ledger holds its own id; one spent from a lease, the
+        // lease's (the id of the call or the tick that asked for it).
+        if r["id"].as_str() == Some(lease) {
+            reserved_alone += 1;
+        }
     }
     assert!(
         calls_per_lease.values().all(|n| *n <= 4),
         "a lease of four served more: {calls_per_lease:?}"
     );
-    // Every call either opened a lease with the ledger or spent one without it.
-    let leases = calls_per_lease.len() as u64;
-    assert_eq!(leases + spends, 8, "{calls_per_lease:?}, {spends} spends");
-    assert_eq!(s.reservations("lease4", "granted").await, leases);
+    // Every call either was reserved with the ledger or spent a lease without it, and the
+    // ledger granted every lease the calls were audited under (and perhaps leases asked
+    // ahead that no call needed, released at their close).
+    assert_eq!(
+        reserved_alone + spends,
+        8,
+        "{calls_per_lease:?}, {spends} spends"
+    );
+    assert!(s.reservations("lease4", "granted").await >= calls_per_lease.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -368,6 +379,33 @@ async fn a_lease_never_lets_spend_past_a_cap() {
     assert_eq!(s.mock.count() - vendor_before, 10);
 }
 
+/// A burst on a fresh token: while one call asks the ledger for a lease, the others of the
+/// token reserve one call each instead of asking for leases of their own, so the burst is
+/// not refused with most of the cap still free. (Before, each asked for a whole lease, each
+/// grant retired the previous one with its unused calls still counted, and five $1 calls
+/// against a $10 cap came back [403, 403, 200, 200, 200].)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_below_the_cap_is_not_refused() {
+    let s = stack(1).await;
+    let port = s.stripe();
+    for round in 0..3 {
+        let (token, id) = s.issue("capped", &format!("acme/burst-{round}")).await;
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let r = intent(&token, ONE_DOLLAR);
+                tokio::spawn(async move { r.send(port).await })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap().status);
+        }
+        let t = s.closed(&id).await;
+        assert_eq!(statuses, vec![200; 5], "round {round}: {t}");
+        assert_eq!(t["spend"]["window"].as_str(), Some("5.00"), "{t}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_failed_calls_on_a_lease() {
     let s = stack(1).await;
@@ -403,15 +441,18 @@ async fn refused_and_failed_calls_on_a_lease() {
         "2xx and 5xx count, 4xx do not: {t}"
     );
 
-    // The leases served these calls: every call opened one or spent one.
+    // The leases served these calls: every call was reserved with the ledger (under its
+    // own id) or spent a lease (under the lease's).
     let spends = s.lease_spends().await;
     assert!(spends >= 1, "no call spent from a lease");
-    assert_eq!(
-        spends + s.reservations("lease4", "granted").await,
-        script.len() as u64
-    );
     // Audited with the vendor's status, under a lease, at its price.
     let records = audit(&s, &id, script.len()).await;
+    let reserved_alone = records
+        .iter()
+        .filter(|r| r["id"] == r["reservation"])
+        .count() as u64;
+    assert_eq!(spends + reserved_alone, script.len() as u64);
+    assert!(s.reservations("lease4", "granted").await >= reserved_alone);
     let mut statuses: Vec<u16> = records
         .iter()
         .map(|r| {
@@ -611,7 +652,10 @@ async fn keyed_calls_are_reserved_one_by_one() {
     let t = s.closed(&id).await;
     assert_eq!(t["spend"]["window"].as_str(), Some("4.00"), "{t}");
     assert_eq!(s.reservations("lease4", "replay").await, 2);
-    assert_eq!(s.reservations("lease4", "granted").await, 3);
+    // Three reservations of calls, and perhaps one lease the tick asked ahead once the
+    // first lease had served its second call.
+    let granted = s.reservations("lease4", "granted").await;
+    assert!((3..=4).contains(&granted), "{granted} granted");
 
     // In the audit log, the keyed calls hold their own reservation, never the lease's.
     let records = audit(&s, &id, 6).await;

@@ -275,6 +275,8 @@ struct Held {
     revocations_fresh: bool,
     /// A lease asked for by this call is spent from until then (the proxy's clock).
     lease_until_ms: Option<u64>,
+    /// The reservation that asked for a lease, kept to ask for the token's next one with.
+    lease_template: Option<Box<ReserveRequest>>,
 }
 
 struct Passage {
@@ -402,6 +404,7 @@ impl Exchange {
             quote: None,
             revocations_fresh: !stale,
             lease_until_ms: None,
+            lease_template: None,
         });
         if arrival.end_of_stream {
             let step = exchange.with_body(bp, counter, held, Body::Complete(&[]));
@@ -595,7 +598,20 @@ impl Exchange {
                     None,
                 )
             }
-            None => self.encode_reservation(bp, held, reserved, &request),
+            None => {
+                let mut held = held;
+                let mut request = *request;
+                let deadline = now_ms.saturating_add(bp.ledger().map_or(0, |l| l.timeout_ms));
+                if book.may_ask(&held.grant.subject.token_id, now_ms, deadline) {
+                    held.lease_template = Some(Box::new(request.clone()));
+                } else {
+                    // Another call of the token is asking for a lease: this one reserves
+                    // alone, rather than pile up leases the next grant would replace.
+                    request.lease_calls = None;
+                    held.lease_until_ms = None;
+                }
+                self.encode_reservation(bp, held, reserved, &request)
+            }
         }
     }
 
@@ -671,6 +687,10 @@ impl Exchange {
             Phase::Reserving(held, reserved) => (held, reserved),
             other => return self.unexpected(bp, other, "the ledger's answer"),
         };
+        if held.lease_until_ms.is_some() {
+            // Whatever the answer, the token's other calls may ask for a lease again.
+            book.answered(&held.grant.subject.token_id);
+        }
         let answer = answer.and_then(|body| {
             serde_json::from_slice::<ReserveResponse>(body)
                 .map_err(|_| "The ledger's answer was unreadable.".to_string())
@@ -701,10 +721,16 @@ impl Exchange {
                 replay,
                 leased_calls,
             }) => {
-                let held = *held;
+                let mut held = *held;
                 // Only a lease this call asked for opens; anything else is a plain reservation.
                 // Never more calls than the policy's, whatever the answer says.
-                let most = held.grant.policy.policy.lease.map_or(1, |l| l.calls);
+                let policy_lease = held.grant.policy.policy.lease;
+                let most = policy_lease.map_or(1, |l| l.calls);
+                let template = held
+                    .lease_template
+                    .take()
+                    .zip(policy_lease)
+                    .map(|(r, l)| (*r, l.max_age_ms));
                 let lease = leased_calls
                     .zip(held.lease_until_ms)
                     .filter(|_| !replay)
@@ -716,6 +742,7 @@ impl Exchange {
                             reserved,
                             calls,
                             until_ms,
+                            template,
                         )
                     });
                 self.forward(

@@ -1065,3 +1065,34 @@ fn a_plain_grant_to_a_lease_request_opens_no_lease() {
     assert_eq!(settle.reservation, req.request_id);
     assert_eq!(settle.outcome, SettleOutcome::Commit);
 }
+
+#[test]
+fn while_one_call_asks_for_a_lease_the_others_reserve_alone() {
+    let run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    let mut asking = up_to_lease(&run, &[]);
+    let Step::Reserve(encoded) = asking.on_lease(&run.bp, &mut book, NOW_MS) else {
+        panic!()
+    };
+    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    assert_eq!(req.lease_calls, Some(3));
+    let mut alone = up_to_lease(&run, &[]);
+    let Step::Reserve(encoded) = alone.on_lease(&run.bp, &mut book, NOW_MS + 1) else {
+        panic!()
+    };
+    let plain: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    assert_eq!(plain.lease_calls, None, "no second lease asked for");
+    let answer = lease_granted(&req, Some(3));
+    let _ = asking.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    // The plain one settles as a plain reservation, even if a ledger said "leased".
+    let answer = lease_granted(&plain, Some(3));
+    let _ = alone.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    let done = alone.finish(Vendor::Stripe, Some(200));
+    assert_eq!(done.lease, None);
+    assert_eq!(done.settle.unwrap().reservation, plain.request_id);
+    let mut next = up_to_lease(&run, &[]);
+    assert!(matches!(
+        next.on_lease(&run.bp, &mut book, NOW_MS + 2),
+        Step::Forward { .. }
+    ));
+}
