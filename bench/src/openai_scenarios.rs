@@ -11,7 +11,7 @@
 //!   cap: the body is read, the estimate reserved with the ledger (durable) before the call is
 //!   forwarded, and committed in a batch after it;
 //! - `bridle_openai_costed_leased` (`lease.rs`): the same under the same policy with a spend
-//!   lease: one reservation for up to 32 calls, the others forwarded without a callout;
+//!   lease: one reservation for up to 64 calls, the others forwarded without a callout;
 //! - `litellm_proxy`: LiteLLM's proxy with its master key (see `litellm.rs`).
 //!
 //! The peer table puts their throughput, latency and the proxy's own CPU per request side by
