@@ -910,6 +910,15 @@ fn up_to_lease(run: &Run, extra: &[(&str, &str)]) -> Exchange {
     x
 }
 
+/// Runs a leasable request to a book with no room: it asks the ledger, with this request.
+fn ask_lease(run: &Run, book: &mut LeaseBook, now_ms: u64) -> (Exchange, ReserveRequest) {
+    let mut x = up_to_lease(run, &[]);
+    let Step::Reserve(encoded) = x.on_lease(&run.bp, book, now_ms) else {
+        panic!("a book without room asks the ledger")
+    };
+    (x, serde_json::from_slice(&encoded).unwrap())
+}
+
 fn lease_granted(req: &ReserveRequest, calls: Option<u32>) -> String {
     let mut answer = serde_json::json!({
         "decision": "granted", "reservation": req.request_id, "replay": false
@@ -924,11 +933,7 @@ fn lease_granted(req: &ReserveRequest, calls: Option<u32>) -> String {
 fn a_leased_call_asks_for_a_lease_and_the_next_calls_spend_it_without_the_ledger() {
     let run = Run::new(leasing());
     let mut book = LeaseBook::default();
-    let mut first = up_to_lease(&run, &[]);
-    let Step::Reserve(encoded) = first.on_lease(&run.bp, &mut book, NOW_MS) else {
-        panic!("an empty book asks the ledger")
-    };
-    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let (mut first, req) = ask_lease(&run, &mut book, NOW_MS);
     assert_eq!(req.lease_calls, Some(3));
     assert_eq!(
         req.amount.to_string(),
@@ -1004,11 +1009,7 @@ fn calls_that_cannot_share_a_lease_are_reserved_one_by_one() {
 fn a_stale_revocation_set_asks_the_ledger_even_with_a_lease_in_the_book() {
     let mut run = Run::new(leasing());
     let mut book = LeaseBook::default();
-    let mut x = up_to_lease(&run, &[]);
-    let Step::Reserve(encoded) = x.on_lease(&run.bp, &mut book, NOW_MS) else {
-        panic!()
-    };
-    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let (mut x, req) = ask_lease(&run, &mut book, NOW_MS);
     let answer = lease_granted(&req, Some(3));
     let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
     run.fresh_at_ms = 0;
@@ -1021,11 +1022,7 @@ fn a_stale_revocation_set_asks_the_ledger_even_with_a_lease_in_the_book() {
 fn a_leased_call_that_never_leaves_gives_its_price_back() {
     let run = Run::new(leasing());
     let mut book = LeaseBook::default();
-    let mut x = up_to_lease(&run, &[]);
-    let Step::Reserve(encoded) = x.on_lease(&run.bp, &mut book, NOW_MS) else {
-        panic!()
-    };
-    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let (mut x, req) = ask_lease(&run, &mut book, NOW_MS);
     let answer = lease_granted(&req, Some(3));
     let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
     let mut y = up_to_lease(&run, &[]);
@@ -1051,11 +1048,7 @@ fn a_plain_grant_to_a_lease_request_opens_no_lease() {
     // A ledger whose policy has no lease answers with a plain reservation.
     let run = Run::new(leasing());
     let mut book = LeaseBook::default();
-    let mut x = up_to_lease(&run, &[]);
-    let Step::Reserve(encoded) = x.on_lease(&run.bp, &mut book, NOW_MS) else {
-        panic!()
-    };
-    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let (mut x, req) = ask_lease(&run, &mut book, NOW_MS);
     let answer = lease_granted(&req, None);
     let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
     assert!(book.is_empty());
@@ -1070,17 +1063,9 @@ fn a_plain_grant_to_a_lease_request_opens_no_lease() {
 fn while_one_call_asks_for_a_lease_the_others_reserve_alone() {
     let run = Run::new(leasing());
     let mut book = LeaseBook::default();
-    let mut asking = up_to_lease(&run, &[]);
-    let Step::Reserve(encoded) = asking.on_lease(&run.bp, &mut book, NOW_MS) else {
-        panic!()
-    };
-    let req: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let (mut asking, req) = ask_lease(&run, &mut book, NOW_MS);
     assert_eq!(req.lease_calls, Some(3));
-    let mut alone = up_to_lease(&run, &[]);
-    let Step::Reserve(encoded) = alone.on_lease(&run.bp, &mut book, NOW_MS + 1) else {
-        panic!()
-    };
-    let plain: ReserveRequest = serde_json::from_slice(&encoded).unwrap();
+    let (mut alone, plain) = ask_lease(&run, &mut book, NOW_MS + 1);
     assert_eq!(plain.lease_calls, None, "no second lease asked for");
     let answer = lease_granted(&req, Some(3));
     let _ = asking.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
