@@ -992,11 +992,16 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
     let flatness = flatness::summarize(ledger);
     let flat = |what: &str| flatness["worst_median_ratio"][what].as_f64().unwrap_or(0.0);
     let tail = tail::summarize(proxy);
-    let isolated_costed_p99 = tail
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["scenario"] == "bridle_costed"))
-        .map_or(Value::Null, |r| r["isolated"]["p99_us"].clone());
+    let isolated_p99 = |scenario: &str| {
+        tail.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["scenario"] == scenario))
+            .map_or(Value::Null, |r| r["isolated"]["p99_us"].clone())
+    };
+    let isolated_costed_p99 = isolated_p99("bridle_costed");
+    let isolated_leased_p99 = isolated_p99(lease::COSTED);
     let costed_p99 = get("bridle_costed").map_or(u64::MAX, |r| r.p99_us);
+    let leased_p99 = get(lease::COSTED).map_or(u64::MAX, |r| r.p99_us);
+    let l = rows.get(lease::COSTED).cloned().unwrap_or_default();
     let a = rows.get("bridle_allowed").cloned().unwrap_or_default();
     let c = rows.get("bridle_costed").cloned().unwrap_or_default();
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
@@ -1017,6 +1022,9 @@ fn summarize(proxy: &[ScenarioResult], ledger: &[LedgerResult]) -> Value {
             "ledger durable pairs/s": { "target": ">= 20000", "measured": best.round(), "met": best >= 20_000.0 },
             "costed p99 at one connection (µs)": { "target": "<= 1500", "measured": costed_p99, "met": costed_p99 <= 1500 },
             "costed p99 at one connection, ledger on its own core (µs; not a target: a second view)": { "target": "<= 1500", "measured": isolated_costed_p99, "met": isolated_costed_p99.as_u64().is_some_and(|p| p <= 1500) },
+            "costed throughput / no-op Wasm, leased (a policy with lease)": { "target": ">= 0.50", "measured": l["throughput_vs_noop_wasm"], "met": f(&l["throughput_vs_noop_wasm"]) >= 0.50 },
+            "costed p99 at one connection, leased (µs)": { "target": "<= 1500", "measured": leased_p99, "met": leased_p99 <= 1500 },
+            "costed p99 at one connection, leased, ledger on its own core (µs; not a target: a second view)": { "target": "<= 1500", "measured": isolated_leased_p99, "met": isolated_leased_p99.as_u64().is_some_and(|p| p <= 1500) },
             "ledger 10 to 100k live tokens (worst within-round median ratio)": { "target": ">= 0.80", "measured": flat("live tokens"), "met": flat("live tokens") >= 0.80 },
             "ledger 1 to 1M recorded calls (worst within-round median ratio)": { "target": ">= 0.80", "measured": flat("recorded calls"), "met": flat("recorded calls") >= 0.80 },
         },
