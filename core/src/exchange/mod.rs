@@ -564,14 +564,14 @@ impl Exchange {
             detail: estimate.detail,
             idempotency_key: held.idempotency_key.clone(),
             digest,
-            lease_calls: lease.map(|l| l.calls),
+            // A stale revocation set spends no lease, so asks for none: a lease asked for
+            // here would skip the one-ask-at-a-time rule of `on_lease`.
+            lease_calls: lease.filter(|_| held.revocations_fresh).map(|l| l.calls),
         };
-        if let Some(lease) = lease {
+        if let Some(lease) = lease.filter(|_| held.revocations_fresh) {
             held.lease_until_ms = Some(self.started_ms.saturating_add(lease.max_age_ms));
-            if held.revocations_fresh {
-                self.phase = Phase::Leasing(held, estimate.reserve, Box::new(request));
-                return Step::Lease;
-            }
+            self.phase = Phase::Leasing(held, estimate.reserve, Box::new(request));
+            return Step::Lease;
         }
         self.encode_reservation(bp, held, estimate.reserve, &request)
     }
