@@ -29,6 +29,12 @@ use crate::money::Usd;
 /// newest token's lease once and closes it.
 pub const MAX_LIVE: usize = 1024;
 
+/// How long a retired lease waits for its calls in flight before it closes anyway, counting
+/// them as spent. Waiting lets a call the vendor refuses give its price back; not waiting
+/// for ever keeps an agent that reads its responses slowly (the vendor route allows minutes)
+/// from pinning whole leases, and with them the policy's window, for other tokens.
+pub const CLOSE_WAIT_MS: u64 = 1_000;
+
 /// One call spent from a lease, as the exchange carries it until the call ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spend {
@@ -55,12 +61,17 @@ struct Lease {
     left: i64,
     /// Micro-dollars spent by calls that ended (committed or held).
     spent: i64,
+    /// Micro-dollars of the calls forwarded on it that have not ended.
+    out: i64,
     /// Calls forwarded on it that have not ended.
     in_flight: u32,
     /// Calls forwarded on it in all.
     served: u32,
     /// Spent from until this moment (the proxy's clock, from when its request was sent).
     until_ms: u64,
+    /// Retired with calls in flight: closes by this moment whether they have ended or not
+    /// (set by the first tick that sees it closing).
+    close_by_ms: Option<u64>,
 }
 
 impl Lease {
@@ -70,9 +81,11 @@ impl Lease {
             price: price.micros(),
             left: price.micros().saturating_mul(i64::from(calls.max(1))),
             spent: 0,
+            out: 0,
             in_flight: 0,
             served: 0,
             until_ms,
+            close_by_ms: None,
         }
     }
 
@@ -82,6 +95,7 @@ impl Lease {
 
     fn spend(&mut self, token_id: &str, amount: Usd) -> Spend {
         self.left -= amount.micros();
+        self.out = self.out.saturating_add(amount.micros());
         self.in_flight += 1;
         self.served += 1;
         Spend {
@@ -91,10 +105,24 @@ impl Lease {
         }
     }
 
-    /// The settle that closes it: what its calls spent is committed, the rest released.
+    /// A call on it ended: spent (the vendor accepted it, or may have acted) or given back.
+    fn end(&mut self, micros: i64, outcome: SettleOutcome) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.out = self.out.saturating_sub(micros);
+        match outcome {
+            SettleOutcome::Release => self.left = self.left.saturating_add(micros),
+            SettleOutcome::Commit | SettleOutcome::Hold => {
+                self.spent = self.spent.saturating_add(micros)
+            }
+        }
+    }
+
+    /// The settle that closes it: what its calls spent, and what the calls still in flight
+    /// may spend, is committed; the rest released.
     fn close(&self) -> Settle {
-        let (outcome, amount) = match Usd::from_micros(self.spent) {
-            Some(spent) if self.spent > 0 => (SettleOutcome::Commit, Some(spent)),
+        let spent = self.spent.saturating_add(self.out);
+        let (outcome, amount) = match Usd::from_micros(spent) {
+            Some(spent_usd) if spent > 0 => (SettleOutcome::Commit, Some(spent_usd)),
             _ => (SettleOutcome::Release, None),
         };
         Settle {
@@ -267,7 +295,8 @@ impl LeaseBook {
 
     /// A call spent from a lease has ended with `outcome`: a vendor that accepted it, or
     /// may have acted (5xx, no answer), spent it; one that refused it, or a call that never
-    /// left, gives it back. A lease closing waits for its last call.
+    /// left, gives it back. A lease closing waits for its last call, up to
+    /// [`CLOSE_WAIT_MS`]; a call that ends after its lease closed was counted as spent.
     pub fn end(&mut self, spend: &Spend, outcome: SettleOutcome) {
         let micros = spend.amount.micros();
         let open = self.slots.get_mut(&spend.token_id).and_then(|slot| {
@@ -277,22 +306,13 @@ impl LeaseBook {
                 .find(|l| l.id == spend.lease)
         });
         if let Some(lease) = open {
-            lease.in_flight = lease.in_flight.saturating_sub(1);
-            match outcome {
-                SettleOutcome::Release => lease.left = lease.left.saturating_add(micros),
-                SettleOutcome::Commit | SettleOutcome::Hold => {
-                    lease.spent = lease.spent.saturating_add(micros)
-                }
-            }
+            lease.end(micros, outcome);
             return;
         }
         let Some(lease) = self.closing.get_mut(&spend.lease) else {
             return;
         };
-        lease.in_flight = lease.in_flight.saturating_sub(1);
-        if outcome != SettleOutcome::Release {
-            lease.spent = lease.spent.saturating_add(micros);
-        }
+        lease.end(micros, outcome);
         if lease.in_flight == 0 {
             if let Some(l) = self.closing.remove(&spend.lease) {
                 self.closed.push(l.close());
@@ -300,8 +320,9 @@ impl LeaseBook {
         }
     }
 
-    /// Retires leases too old to spend from, or with nothing left, and forgets tokens with
-    /// nothing open. Called on every tick.
+    /// Retires leases too old to spend from, or with nothing left, closes those that have
+    /// waited [`CLOSE_WAIT_MS`] for their calls, and forgets tokens with nothing open. Called
+    /// on every tick.
     pub fn expire(&mut self, now_ms: u64) {
         let mut retired = Vec::new();
         self.slots.retain(|_, slot| {
@@ -320,6 +341,20 @@ impl LeaseBook {
         });
         for lease in retired {
             self.retire(lease);
+        }
+        let mut waited = Vec::new();
+        for (id, lease) in &mut self.closing {
+            let by = *lease
+                .close_by_ms
+                .get_or_insert(now_ms.saturating_add(CLOSE_WAIT_MS));
+            if now_ms >= by {
+                waited.push(id.clone());
+            }
+        }
+        for id in waited {
+            if let Some(lease) = self.closing.remove(&id) {
+                self.closed.push(lease.close());
+            }
         }
     }
 
@@ -392,6 +427,32 @@ mod tests {
             "first, third (held) and fourth"
         );
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_retired_lease_waits_a_bounded_time_for_its_calls_then_counts_them_spent() {
+        let mut book = LeaseBook::default();
+        let slow = book.open("tok", "a", usd("2"), 4, 100, None);
+        let quick = book.take("tok", usd("2"), 10).unwrap();
+        let refused = book.take("tok", usd("2"), 20).unwrap();
+        book.end(&quick, SettleOutcome::Commit);
+        book.expire(100);
+        book.end(&refused, SettleOutcome::Release);
+        assert_eq!(book.take_closed(), Vec::new(), "waits for the slow call");
+        book.expire(100 + CLOSE_WAIT_MS - 1);
+        assert_eq!(book.take_closed(), Vec::new(), "still waiting");
+        book.expire(100 + CLOSE_WAIT_MS);
+        let closed = book.take_closed();
+        assert_eq!(closed.len(), 1, "closed without the slow call");
+        assert_eq!(closed[0].outcome, SettleOutcome::Commit);
+        assert_eq!(
+            closed[0].amount,
+            Some(usd("4")),
+            "the quick call and the slow one, counted as spent; the refused one given back"
+        );
+        assert!(book.is_empty());
+        book.end(&slow, SettleOutcome::Release);
+        assert_eq!(book.take_closed(), Vec::new(), "a late end changes nothing");
     }
 
     #[test]

@@ -471,6 +471,57 @@ async fn refused_and_failed_calls_on_a_lease() {
     assert_eq!(statuses, want);
 }
 
+/// A call the vendor is slow to answer (or whose agent reads its answer slowly) does not
+/// keep its whole lease reserved: a retired lease waits a bounded time for its calls, then
+/// closes counting them as spent. (Before, the lease stayed reserved until its slowest call
+/// ended, up to the vendor route's timeout of minutes, and one slow call per lease could
+/// hold a policy's window for every other token.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_does_not_hold_its_whole_lease() {
+    let s = stack(1).await;
+    let (token, id) = s.issue("lease4", "acme/slow").await;
+    let mut slow_reply = Reply::json(
+        200,
+        json!({ "id": "pi_mock_slow", "object": "payment_intent" }),
+    );
+    slow_reply.delay = Duration::from_secs(6);
+    s.mock.reply_next(slow_reply);
+    let port = s.stripe();
+    let slow_call = intent(&token, ONE_DOLLAR);
+    let slow = tokio::spawn(async move { slow_call.send(port).await });
+    // The lease (four calls, $4) is granted with the slow call; it is a second old at most
+    // when it retires, then waits a second for the call.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.ledger.token(&id).await["spend"]["reserved"] != "4.00" {
+        assert!(
+            Instant::now() < deadline,
+            "no lease granted for the slow call"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = s.closed(&id).await;
+    assert!(
+        !slow.is_finished(),
+        "the lease must close while its slow call is still in flight"
+    );
+    assert_eq!(
+        t["spend"]["window"].as_str(),
+        Some("1.00"),
+        "the call in flight counts as spent, the unused calls are released: {t}"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its end, after its lease closed, counts nothing twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = s.closed(&id).await;
+    assert_eq!(t["spend"]["window"].as_str(), Some("1.00"), "{t}");
+    assert_eq!(
+        s.lease_spends().await,
+        0,
+        "the lease served only its own call"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_spends_no_more_of_its_lease() {
     let mut s = stack(1).await;
