@@ -314,8 +314,9 @@ struct Refusal {
     subject: Option<Subject>,
     /// A reservation the ledger may hold although the request never left: released.
     release: Option<(String, bool)>,
-    /// A call spent from a lease that never left: given back to the lease.
-    lease: Option<Spend>,
+    /// A call spent from a lease, and how it ends there: given back if it never left, spent
+    /// if the vendor saw any of it.
+    lease: Option<(Spend, SettleOutcome)>,
 }
 
 impl Exchange {
@@ -778,7 +779,7 @@ impl Exchange {
             return None;
         }
         let subject = p.grant.subject.clone();
-        Some(self.refuse(bp, token_elsewhere().about(&subject), None))
+        Some(self.refuse_forwarded(bp, token_elsewhere().about(&subject)))
     }
 
     /// How many bytes at the end of the body streamed so far could begin a vault token: they
@@ -815,8 +816,12 @@ impl Exchange {
             }
             // Forwarded while its body streamed (a costed call only ever goes once its body
             // and trailers are in): the trailers stop here and the vendor sees a request cut
-            // short. A reservation, were there one, is left to expire into spend.
-            Phase::Forwarded(p) => Some(self.refuse(bp, denial.about(&p.grant.subject), None)),
+            // short.
+            Phase::Forwarded(p) => {
+                let denial = denial.about(&p.grant.subject);
+                self.phase = Phase::Forwarded(p);
+                Some(self.refuse_forwarded(bp, denial))
+            }
             refused @ Phase::Refused(_) => {
                 self.phase = refused;
                 None
@@ -853,7 +858,11 @@ impl Exchange {
                 Some((self.id.clone(), false)),
             ),
             Phase::Forwarded(p) => {
-                lease = p.reservation.as_ref().and_then(|r| r.lease.clone());
+                lease = p
+                    .reservation
+                    .as_ref()
+                    .and_then(|r| r.lease.clone())
+                    .map(|spend| (spend, SettleOutcome::Release));
                 let release = p
                     .reservation
                     .as_ref()
@@ -1064,7 +1073,7 @@ impl Exchange {
                 false,
             ),
             Phase::Refused(r) => {
-                lease = r.lease.map(|spend| (spend, SettleOutcome::Release));
+                lease = r.lease;
                 let settle = r.release.as_ref().map(|(id, replay)| release(id, *replay));
                 let replay = r.release.as_ref().is_some_and(|(_, replay)| *replay);
                 let reservation = r.release.map(|(id, _)| id);
@@ -1203,6 +1212,21 @@ impl Exchange {
             lease: None,
         }));
         Step::Refuse(bp.reply(denial, retry_after))
+    }
+
+    /// Refuses a request the vendor has seen part of (its body was streaming): it may have
+    /// acted on it. A call spent from a lease counts as spent there; a reservation, were there
+    /// one, is left to expire into spend.
+    fn refuse_forwarded(&mut self, bp: &Blueprint, denial: Denial) -> Step {
+        let lease = match &mut self.phase {
+            Phase::Forwarded(p) => p.reservation.as_mut().and_then(|r| r.lease.take()),
+            _ => None,
+        };
+        let step = self.refuse(bp, denial, None);
+        if let Phase::Refused(refusal) = &mut self.phase {
+            refusal.lease = lease.map(|spend| (spend, SettleOutcome::Hold));
+        }
+        step
     }
 
     /// Refuses a request for which the ledger holds, or may hold, `release`.

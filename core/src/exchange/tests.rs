@@ -1045,6 +1045,34 @@ fn a_leased_call_that_never_leaves_gives_its_price_back() {
 }
 
 #[test]
+fn a_leased_call_refused_after_it_went_counts_as_spent_in_its_lease() {
+    let run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    let (mut x, req) = ask_lease(&run, &mut book, NOW_MS);
+    let answer = lease_granted(&req, Some(3));
+    let _ = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    // Trailers after the call went (no costed call goes before its body ends today, but the
+    // exchange must not lose its spend if one ever does): the vendor saw it, so it is spent.
+    let trailers = vec![("x-late".to_string(), b"1".to_vec())];
+    refused(x.on_trailers(&run.bp, &trailers).unwrap());
+    let done = x.finish(Vendor::Stripe, None);
+    assert_eq!(
+        done.settle, None,
+        "the lease itself is not settled by the call"
+    );
+    let (spend, outcome) = done.lease.expect("the spend goes back to the book");
+    assert_eq!(outcome, SettleOutcome::Hold);
+    book.end(&spend, outcome);
+    book.expire(NOW_MS + 250);
+    let closed = book.take_closed();
+    assert_eq!(
+        closed[0].amount.map(|a| a.to_string()).as_deref(),
+        Some("20.00"),
+        "counted, and the lease closed at its age rather than waiting for ever"
+    );
+}
+
+#[test]
 fn a_plain_grant_to_a_lease_request_opens_no_lease() {
     // A ledger whose policy has no lease answers with a plain reservation.
     let run = Run::new(leasing());
