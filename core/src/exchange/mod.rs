@@ -569,8 +569,7 @@ impl Exchange {
             // here would skip the one-ask-at-a-time rule of `on_lease`.
             lease_calls: lease.filter(|_| held.revocations_fresh).map(|l| l.calls),
         };
-        if let Some(lease) = lease.filter(|_| held.revocations_fresh) {
-            held.lease_until_ms = Some(self.started_ms.saturating_add(lease.max_age_ms));
+        if lease.is_some() && held.revocations_fresh {
             self.phase = Phase::Leasing(held, estimate.reserve, Box::new(request));
             return Step::Lease;
         }
@@ -604,6 +603,12 @@ impl Exchange {
                 let mut request = *request;
                 let deadline = now_ms.saturating_add(bp.ledger().map_or(0, |l| l.timeout_ms));
                 if book.may_ask(&held.grant.subject.token_id, now_ms, deadline) {
+                    // Aged from now, when its request goes, not from the headers: after a
+                    // slow upload it would be too old to serve any call but this one. The
+                    // ledger counts it from later still, so no call is counted early by
+                    // more than the age.
+                    let lease = held.grant.policy.policy.lease;
+                    held.lease_until_ms = lease.map(|l| now_ms.saturating_add(l.max_age_ms));
                     held.lease_template = Some(Box::new(request.clone()));
                 } else {
                     // Another call of the token is asking for a lease: this one reserves

@@ -1073,6 +1073,26 @@ fn a_leased_call_refused_after_it_went_counts_as_spent_in_its_lease() {
 }
 
 #[test]
+fn a_lease_is_aged_from_its_request_not_from_the_headers() {
+    let run = Run::new(leasing());
+    let mut book = LeaseBook::default();
+    // The headers came at NOW_MS; the body took 400 ms, longer than the lease's 250 ms age.
+    let (mut x, req) = ask_lease(&run, &mut book, NOW_MS + 400);
+    let answer = lease_granted(&req, Some(3));
+    let step = x.on_reservation(&run.bp, &mut book, Ok(answer.as_bytes()));
+    assert!(matches!(step, Step::Forward { .. }), "{step:?}");
+    let price = Usd::parse("20").unwrap();
+    assert!(
+        book.take("tok_abc", price, NOW_MS + 649).is_some(),
+        "young: 249 ms after its request"
+    );
+    assert!(
+        book.take("tok_abc", price, NOW_MS + 650).is_none(),
+        "too old"
+    );
+}
+
+#[test]
 fn a_plain_grant_to_a_lease_request_opens_no_lease() {
     // A ledger whose policy has no lease answers with a plain reservation.
     let run = Run::new(leasing());
