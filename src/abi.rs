@@ -24,6 +24,7 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_done() -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -139,6 +140,11 @@ pub fn now_nanos() -> Result<u64, Status> {
 pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
     // SAFETY: no pointers.
     status(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+pub fn done() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_done() })
 }
 
 pub fn get_buffer(

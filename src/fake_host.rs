@@ -47,6 +47,8 @@ pub struct FakeHost {
     pub resumed: Cell<u32>,
     pub reset: Cell<bool>,
     pub tick_ms: Cell<u32>,
+    /// Times the root said it was done.
+    pub done: Cell<u32>,
     /// Make header edits fail, as a host would for a stream already gone.
     pub fail_edits: Cell<bool>,
     pub fail_send: Cell<bool>,
@@ -120,6 +122,11 @@ impl Host for FakeHost {
 
     fn env(&self, name: &str) -> Option<String> {
         self.env.borrow().get(name).cloned()
+    }
+
+    fn done(&self) -> Result<(), HostError> {
+        self.done.set(self.done.get() + 1);
+        Ok(())
     }
 
     fn set_tick_ms(&self, ms: u32) -> Result<(), HostError> {

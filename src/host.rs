@@ -99,6 +99,10 @@ pub trait Host {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u32, HostError>;
+
+    /// A root context that asked to finish its work before it is deleted (by returning
+    /// `false` from `on_done`) has finished it.
+    fn done(&self) -> Result<(), HostError>;
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -149,6 +153,10 @@ mod wasm {
 
         fn set_tick_ms(&self, ms: u32) -> Result<(), HostError> {
             abi::set_tick_period_ms(ms).map_err(e)
+        }
+
+        fn done(&self) -> Result<(), HostError> {
+            abi::done().map_err(e)
         }
 
         fn random(&self, buf: &mut [u8]) -> Result<(), HostError> {

@@ -67,6 +67,35 @@ impl Ledger {
         }
     }
 
+    /// Closes every lease of this plugin and reports their settles: it is going away.
+    pub fn close_all_leases<H: Host>(&self, host: &H, metrics: &Metrics) {
+        let closed = match self.leases.try_borrow_mut() {
+            Ok(mut book) => {
+                book.close_all();
+                book.take_closed()
+            }
+            Err(_) => return,
+        };
+        for settle in closed {
+            self.report(host, metrics, Item::Settle(settle));
+        }
+    }
+
+    /// Forgets the reports still buffered (the ledger would not take them before the plugin
+    /// went away): how many.
+    pub fn drop_reports<H: Host>(&self, host: &H, metrics: &Metrics) -> usize {
+        let mut lost = 0;
+        if let Ok(mut buffer) = self.reports.try_borrow_mut() {
+            while !buffer.is_empty() {
+                lost += buffer.take().len();
+            }
+        }
+        if lost > 0 {
+            host.increment(metrics.ledger.items_dropped, lost as i64);
+        }
+        lost
+    }
+
     /// Starts a callout with the link's deadline and the enforcement credential; the answer
     /// arrives in `on_http_call_response` with the returned token. `Err` is the host's status.
     pub fn call<H: Host>(
@@ -289,16 +318,19 @@ impl Ledger {
         }
     }
 
-    /// The ledger's answer to a batch: taken, or put back to be sent again.
+    /// The ledger's answer to a batch: taken (`true`), or put back to be sent again.
     pub fn on_reports_answer<H: Host>(
         &self,
         host: &H,
         metrics: &Metrics,
         body_size: usize,
         items: Vec<Encoded>,
-    ) {
+    ) -> bool {
         match read_answer(host, body_size) {
-            Ok(_) => host.increment(metrics.ledger.reports_ok, 1),
+            Ok(_) => {
+                host.increment(metrics.ledger.reports_ok, 1);
+                true
+            }
             Err(why) => {
                 host.increment(metrics.ledger.reports_failed, 1);
                 host.log(
@@ -306,8 +338,14 @@ impl Ledger {
                     &format!("report to the ledger failed ({why}); will resend"),
                 );
                 self.put_back(host, metrics, items);
+                false
             }
         }
+    }
+
+    /// Whether settles or audit records wait to be sent.
+    pub fn has_reports(&self) -> bool {
+        self.reports.try_borrow().is_ok_and(|b| !b.is_empty())
     }
 
     /// Returns a batch the ledger did not take to the front of the buffer.

@@ -80,6 +80,15 @@ mod glue {
     }
 
     impl Context for Root {
+        /// Envoy lets go of this plugin (a configuration push replaced it, and its streams
+        /// have ended): settle its leases and send its reports before it is deleted.
+        fn on_done(&mut self) -> bool {
+            match &self.plugin {
+                Some(plugin) => self.ticker.on_done(&WasmHost, plugin),
+                None => true,
+            }
+        }
+
         fn on_http_call_response(
             &mut self,
             token_id: u32,

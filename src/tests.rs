@@ -673,6 +673,105 @@ mod ledger_flow {
         );
     }
 
+    /// The report callouts made so far: each one's token and body.
+    fn report_calls(h: &FakeHost) -> Vec<(u32, Report)> {
+        h.callouts
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.headers
+                    .contains(&(":path".into(), "/v1/enforce/report".into()))
+            })
+            .map(|(i, c)| (i as u32 + 1, serde_json::from_slice(&c.body).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_plugin_going_away_settles_its_leases_and_reports_before_it_is_done() {
+        let h = host();
+        let p = leasing_plugin(&h);
+        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
+        );
+        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        h.set_map(MapType::ResponseHeaders, &[(":status", b"200")]);
+        first.on_response_headers(&h, true);
+        first.on_log(&h);
+
+        // Envoy lets go of the plugin while its lease is young and its audit record unsent.
+        let mut ticker = Ticker::default();
+        assert!(!ticker.on_done(&h, &p), "it has a report in flight");
+        let [(call, report)] = report_calls(&h).try_into().unwrap();
+        assert_eq!(report.audit.len(), 1);
+        let [close] = report.settles.as_slice() else {
+            panic!("{report:?}")
+        };
+        assert_eq!(
+            (
+                close.reservation.as_str(),
+                close.outcome,
+                close.amount.map(|a| a.to_string())
+            ),
+            (
+                req.request_id.as_str(),
+                SettleOutcome::Commit,
+                Some("1.00".into())
+            ),
+            "the lease closes at what its call spent, the rest released"
+        );
+        // The ledger fails once: sent again, and done once the ledger has taken it.
+        let n = answer(&h, "500", &serde_json::json!({}));
+        ticker.on_call_response(&h, &p, call, n);
+        assert_eq!(h.done.get(), 0);
+        let calls = report_calls(&h);
+        assert_eq!(calls.len(), 2, "resent");
+        assert_eq!(calls[1].1.settles.len(), 1);
+        let n = answer(&h, "200", &serde_json::json!({}));
+        ticker.on_call_response(&h, &p, calls[1].0, n);
+        assert_eq!(h.done.get(), 1, "done once the ledger has it all");
+    }
+
+    #[test]
+    fn a_plugin_going_away_gives_up_on_a_ledger_that_never_takes_its_reports() {
+        let h = host();
+        let p = leasing_plugin(&h);
+        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
+        );
+        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        first.on_log(&h);
+        let mut ticker = Ticker::default();
+        assert!(!ticker.on_done(&h, &p));
+        for _ in 0..100 {
+            if h.done.get() > 0 {
+                break;
+            }
+            let (call, _) = *report_calls(&h).last().unwrap();
+            let n = answer(&h, "503", &serde_json::json!({}));
+            ticker.on_call_response(&h, &p, call, n);
+        }
+        assert_eq!(h.done.get(), 1, "it does not linger for ever");
+        assert_eq!(report_calls(&h).len(), 8, "tried eight times");
+        assert_eq!(
+            h.counter("bridle.ledger.report_items_dropped"),
+            2,
+            "the settle and the record"
+        );
+        assert!(h
+            .logs
+            .borrow()
+            .iter()
+            .any(|(l, m)| *l == crate::host::Level::Error
+                && m.contains("2 settles and audit records")));
+    }
+
     #[test]
     fn vendor_outcomes_map_to_settles() {
         for (status, want) in [

@@ -358,6 +358,22 @@ impl LeaseBook {
         }
     }
 
+    /// Closes every lease now, live, ahead or closing, counting calls still in flight as
+    /// spent: the plugin is going away (a configuration push replaced it) and nothing will
+    /// spend or end them. Left to the ledger, they would count in full until they expired.
+    pub fn close_all(&mut self) {
+        let slots = std::mem::take(&mut self.slots);
+        for slot in slots.into_values() {
+            for lease in [slot.live, slot.next].into_iter().flatten() {
+                self.closed.push(lease.close());
+            }
+        }
+        let closing = std::mem::take(&mut self.closing);
+        for lease in closing.into_values() {
+            self.closed.push(lease.close());
+        }
+    }
+
     /// The settles of the leases closed since the last call, to report to the ledger.
     pub fn take_closed(&mut self) -> Vec<Settle> {
         std::mem::take(&mut self.closed)
@@ -453,6 +469,37 @@ mod tests {
         assert!(book.is_empty());
         book.end(&slow, SettleOutcome::Release);
         assert_eq!(book.take_closed(), Vec::new(), "a late end changes nothing");
+    }
+
+    #[test]
+    fn closing_all_settles_every_lease_at_what_it_has_spent_or_may_spend() {
+        let mut book = LeaseBook::default();
+        let a = book.open("tok", "a", usd("1"), 4, 1_000, Some(template()));
+        book.take("tok", usd("1"), 10).unwrap();
+        book.end(&a, SettleOutcome::Commit);
+        book.renewed("tok", "b", usd("1"), 4, 1_200);
+        let old = book.open("other", "c", usd("2"), 2, 1_000, None);
+        book.open("other", "d", usd("2"), 2, 1_000, None);
+        book.close_all();
+        let mut closed: Vec<(String, Option<Usd>)> = book
+            .take_closed()
+            .into_iter()
+            .map(|s| (s.reservation, s.amount))
+            .collect();
+        closed.sort();
+        assert_eq!(
+            closed,
+            vec![
+                ("a".into(), Some(usd("2"))),
+                ("b".into(), None),
+                ("c".into(), Some(usd("2"))),
+                ("d".into(), Some(usd("2"))),
+            ],
+            "a: one ended, one in flight; b: unspent; c: replaced, its call in flight; d: its own call"
+        );
+        assert!(book.is_empty());
+        book.end(&old, SettleOutcome::Release);
+        assert_eq!(book.take_closed(), Vec::new(), "nothing left to settle");
     }
 
     #[test]

@@ -258,7 +258,73 @@ impl Envoy {
         env: &[(String, String)],
         concurrency: u32,
     ) -> Result<Envoy, String> {
+        Envoy::start_in(tempfile::tempdir().unwrap(), yaml, env, concurrency, &[]).await
+    }
+
+    /// Starts Envoy with its listeners from a file it watches (LDS from the filesystem),
+    /// which [`Envoy::push`] replaces as a configuration push would; a replaced listener's
+    /// connections are not drained for long (`--drain-time-s 0`), so its old filter chain,
+    /// and with it the old plugin, goes as soon as its streams end.
+    pub async fn start_pushable(setup: &Setup) -> Result<Envoy, String> {
         let dir = tempfile::tempdir().unwrap();
+        let lds = dir.path().join("lds.json");
+        let mut bootstrap: serde_json::Value =
+            serde_yaml_ng::from_str(&setup.render()).map_err(|e| e.to_string())?;
+        write_listeners(&lds, &bootstrap)?;
+        let statics = bootstrap["static_resources"]
+            .as_object_mut()
+            .ok_or("no static_resources")?;
+        statics.remove("listeners");
+        bootstrap["dynamic_resources"] = serde_json::json!({
+            "lds_config": {
+                "path_config_source": { "path": lds.display().to_string() },
+                "resource_api_version": "V3",
+            }
+        });
+        if bootstrap.get("node").is_none() {
+            bootstrap["node"] = serde_json::json!({ "id": "bridle-e2e", "cluster": "bridle-e2e" });
+        }
+        let yaml = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
+        let envoy = Envoy::start_in(
+            dir,
+            &yaml,
+            &setup.environment(),
+            setup.concurrency,
+            &["--drain-time-s", "0"],
+        )
+        .await?;
+        if setup.ledger.is_some() {
+            envoy
+                .await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(envoy)
+    }
+
+    /// Pushes `setup`'s listeners to an Envoy from [`Envoy::start_pushable`] and waits until
+    /// Envoy has taken them.
+    pub async fn push(&self, setup: &Setup) -> Result<(), String> {
+        let stat = "listener_manager.lds.update_success";
+        let before = self.stats(&format!("^{}$", stat.replace('.', "\\."))).await;
+        let before = before.get(stat).copied().unwrap_or(0);
+        let bootstrap: serde_json::Value =
+            serde_yaml_ng::from_str(&setup.render()).map_err(|e| e.to_string())?;
+        // Written aside and moved into place: Envoy watches for the move.
+        let lds = self.dir.path().join("lds.json");
+        let next = self.dir.path().join("lds.next.json");
+        write_listeners(&next, &bootstrap)?;
+        std::fs::rename(&next, &lds).map_err(|e| e.to_string())?;
+        self.await_stat(stat, before + 1).await.map(|_| ())
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        env: &[(String, String)],
+        concurrency: u32,
+        extra_args: &[&str],
+    ) -> Result<Envoy, String> {
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, yaml).unwrap();
         let admin_file = dir.path().join("admin.addr");
@@ -272,6 +338,7 @@ impl Envoy {
                 "-l",
                 "info",
             ])
+            .args(extra_args)
             .arg("--admin-address-path")
             .arg(&admin_file)
             .arg("--log-path")
@@ -419,4 +486,17 @@ impl Envoy {
         let stats = self.stats(&format!("^{}$", name.replace('.', "\\."))).await;
         *stats.get(&name).unwrap_or_else(|| panic!("no stat {name}"))
     }
+}
+
+/// Writes a rendered bootstrap's listeners as an LDS file.
+fn write_listeners(path: &std::path::Path, bootstrap: &serde_json::Value) -> Result<(), String> {
+    let mut listeners = bootstrap["static_resources"]["listeners"]
+        .as_array()
+        .cloned()
+        .ok_or("the bootstrap has no listeners")?;
+    for l in &mut listeners {
+        l["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener".into();
+    }
+    let body = serde_json::json!({ "resources": listeners }).to_string();
+    std::fs::write(path, body).map_err(|e| e.to_string())
 }
