@@ -50,6 +50,14 @@ fn plain() -> Value {
     p
 }
 
+/// Leases of eight calls under a $50 per-transaction cap: a $10 call's lease holds $80, room
+/// for a call the cap refuses.
+fn dear() -> Value {
+    let mut p = leasing("dear", 8, 1000, "1000");
+    p["caps"]["per_transaction"] = json!("50");
+    p
+}
+
 fn all_policies() -> Vec<Value> {
     vec![
         // Four calls a lease, a second to spend them: sequential local calls use each lease
@@ -57,6 +65,7 @@ fn all_policies() -> Vec<Value> {
         leasing("lease4", 4, 1000, "100"),
         leasing("capped", 4, 1000, "10"),
         leasing("lease64", 64, 1000, "1000"),
+        dear(),
         plain(),
     ]
 }
@@ -377,6 +386,72 @@ async fn a_lease_never_lets_spend_past_a_cap() {
     // And the cap stays shut.
     assert_cap_refusal(&intent(&token, ONE_DOLLAR).send(port).await);
     assert_eq!(s.mock.count() - vendor_before, 10);
+
+    // Nor past the per-transaction cap: the ledger checked it against the price of the call
+    // that asked for the lease, so a dearer call must not spend from it, even with room left.
+    // (Before, a $60 call spent $60 of a $10 call's $80 lease under a $50 cap.)
+    dearer_calls_never_spend_a_lease(&s).await;
+}
+
+/// A $10 call opens a lease of eight ($70 left in it), then a $60 call under the $50
+/// per-transaction cap is refused by the ledger and never reaches the vendor, and a $10 call
+/// after it still spends the lease: so the lease was young and had the room all along. An
+/// attempt whose lease grew too old for that to show is made again, never counted as a pass.
+async fn dearer_calls_never_spend_a_lease(s: &Stack) {
+    let port = s.stripe();
+    for attempt in 0..3 {
+        let (token, id) = s.issue("dear", &format!("acme/dear-{attempt}")).await;
+        let vendor_before = s.mock.count();
+        let r = intent(&token, "1000").send(port).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(s.ledger.token(&id).await["spend"]["reserved"], "80.00");
+        let spends = s.lease_spends().await;
+
+        let r = intent(&token, "6000").send(port).await;
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, "cap_per_transaction"),
+            "a $60 call under a $50 per-transaction cap, on a lease with $70 left: {}",
+            r.text()
+        );
+        assert_eq!(r.header("stripe-should-retry"), Some("false"));
+        assert_eq!(
+            s.lease_spends().await,
+            spends,
+            "the $60 call spent the lease"
+        );
+
+        assert_eq!(intent(&token, "1000").send(port).await.status, 200);
+        let lease_was_live = s.lease_spends().await == spends + 1;
+        let sent: Vec<String> = s.mock.requests()[vendor_before..]
+            .iter()
+            .map(|q| String::from_utf8_lossy(&q.body).into_owned())
+            .collect();
+        assert_eq!(
+            sent.len(),
+            2,
+            "only the $10 calls reach the vendor: {sent:?}"
+        );
+        assert!(
+            sent.iter().all(|b| b.starts_with("amount=1000&")),
+            "{sent:?}"
+        );
+        if !lease_was_live {
+            continue;
+        }
+        // Audited as the per-transaction refusal; the leases close at the $20 spent.
+        let records = audit(s, &id, 3).await;
+        let refused: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["reason"] != "allowed")
+            .collect();
+        assert_eq!(refused.len(), 1, "{records:#?}");
+        assert_eq!(refused[0]["reason"], "cap_per_transaction", "{records:#?}");
+        let t = s.closed(&id).await;
+        assert_eq!(t["spend"]["lifetime"].as_str(), Some("20.00"), "{t}");
+        return;
+    }
+    panic!("in three attempts a lease never lived through three sequential calls");
 }
 
 /// A burst on a fresh token: while one call asks the ledger for a lease, the others of the
