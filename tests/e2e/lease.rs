@@ -20,6 +20,7 @@ use bridle_e2e::client::{Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys, ENFORCER_KEY};
 use bridle_e2e::ledger::Ledger;
+use bridle_e2e::ledger_gate::LedgerGate;
 use bridle_e2e::mock::{MockVendor, Reply};
 use serde_json::{json, Value};
 
@@ -74,6 +75,8 @@ struct Stack {
     ledger: Ledger,
     envoy: Envoy,
     mock: MockVendor,
+    /// Between Envoy and the ledger, in a stack whose set goes stale early.
+    gate: Option<LedgerGate>,
 }
 
 /// The mock vendor, the ledger and Envoy with `workers` worker threads (each with its own
@@ -83,14 +86,19 @@ async fn stack(workers: u32) -> Stack {
 }
 
 /// The same, with the revocation set counted stale after `staleness_ms` without a good poll
-/// instead of the rendered 3 s, so that it goes stale while a lease is still young.
+/// instead of the rendered 3 s, so that it goes stale while a lease is still young; and with
+/// a gate in front of the ledger, which can fail the revocation feed alone.
 async fn start(workers: u32, staleness_ms: Option<u64>) -> Stack {
     let mock = MockVendor::start().await;
     let keys = Keys::generate();
     let ps = policies(&all_policies());
     let ledger = Ledger::start(&ps, &keys).await;
+    let gate = match staleness_ms {
+        None => None,
+        Some(_) => Some(LedgerGate::start(ledger.port).await),
+    };
     let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
-    setup.ledger = Some(ledger.url());
+    setup.ledger = Some(gate.as_ref().map_or_else(|| ledger.url(), LedgerGate::url));
     setup.concurrency = workers;
     let envoy = match staleness_ms {
         None => Envoy::start(&setup).await.unwrap(),
@@ -115,6 +123,7 @@ async fn start(workers: u32, staleness_ms: Option<u64>) -> Stack {
         ledger,
         envoy,
         mock,
+        gate,
     }
 }
 
@@ -626,16 +635,42 @@ async fn a_revoked_token_spends_no_more_of_its_lease() {
     assert_eq!((allowed, revoked), (ok, 8), "{records:#?}");
 }
 
+/// Waits (up to 10 s) until a free call of `token` says the worker's revocation set is stale
+/// (refused as `revocation_stale`, which the policy does then) or fresh (served).
+async fn await_revocations(port: u16, token: &str, stale: bool) {
+    let free = Request::new("GET", "/v1/charges/ch_1").bearer(token);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = free.send(port).await;
+        let is_stale = (r.status, r.reason()) == (503, "revocation_stale");
+        if is_stale == stale {
+            return;
+        }
+        if !is_stale {
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the set never became {}",
+            if stale { "stale" } else { "fresh" }
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A lease is spent only while the worker's revocation set is fresh: a proxy that has lost
 /// the ledger cannot learn of revocations, so its leased calls go to the ledger again (and,
-/// the ledger being gone, are refused) rather than spend on for the rest of the lease.
+/// the ledger being gone, are refused) rather than spend on for the rest of the lease. Nor
+/// does a call seen with a stale set ask the ledger for a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
     // Stale after 400 ms without a good poll (the least the filter accepts: two polls), well
     // inside a lease's second.
     let mut s = start(1, Some(400)).await;
     let port = s.stripe();
-    let free = |token: &str| Request::new("GET", "/v1/charges/ch_1").bearer(token);
+    stale_calls_ask_for_no_lease(&s).await;
+
+    let vendor_before = s.mock.count();
     // Whether the set went stale before the lease grew too old is up to the machine's pace:
     // an attempt that could not tell the two apart is made again, never counted as a pass.
     for attempt in 0..3 {
@@ -647,32 +682,13 @@ async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
         assert_eq!(s.lease_spends().await, spends + 1, "the lease serves calls");
 
         s.ledger.kill9();
-        // Free calls say when the worker's set has gone stale (the policy denies then).
-        loop {
-            let r = free(&token).send(port).await;
-            if (r.status, r.reason()) == (503, "revocation_stale") {
-                break;
-            }
-            assert_eq!(r.status, 200, "{}", r.text());
-            assert!(
-                opened.elapsed() < Duration::from_secs(10),
-                "the set never went stale"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        await_revocations(port, &token, true).await;
         let r = intent(&token, ONE_DOLLAR).send(port).await;
         let lease_was_young = opened.elapsed() < Duration::from_millis(900);
         let spends_after = s.lease_spends().await;
         s.ledger.restart().await;
         // Fresh again before anything else is asked of the proxy.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while free(&token).send(port).await.status != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "the set never became fresh again"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        await_revocations(port, &token, false).await;
         if !lease_was_young {
             continue;
         }
@@ -683,9 +699,7 @@ async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
             r.text()
         );
         assert_eq!(spends_after, spends + 1, "spent from the lease while stale");
-        let posts = s
-            .mock
-            .requests()
+        let posts = s.mock.requests()[vendor_before..]
             .iter()
             .filter(|q| q.method == "POST")
             .count();
@@ -696,6 +710,68 @@ async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
         return;
     }
     panic!("in three attempts the set never went stale within 900 ms of a lease opening");
+}
+
+/// While the revocation feed fails and the ledger still answers, a token's costed calls are
+/// reserved one call each: a stale set spends no lease, so it asks for none. (Before, each
+/// asked for a whole lease and skipped the one-ask-at-a-time rule: $64 reserved for a $1
+/// call, then $64 more for the next.)
+async fn stale_calls_ask_for_no_lease(s: &Stack) {
+    let gate = s
+        .gate
+        .as_ref()
+        .expect("a stack with a stale set has a gate");
+    let port = s.stripe();
+    let (token, id) = s.issue("lease64", "acme/stale-asks").await;
+    gate.fail_feed(true);
+    await_revocations(port, &token, true).await;
+    let spends = s.lease_spends().await;
+    let asked_before = gate.reserves().len();
+    for i in 1..=3 {
+        let r = intent(&token, ONE_DOLLAR).send(port).await;
+        assert_eq!(r.status, 200, "call {i} with a stale set: {}", r.text());
+        // The ledger holds at most the calls made, never a lease's worth.
+        let t = s.ledger.token(&id).await;
+        assert!(
+            micros(&t["spend"]["reserved"]) <= i * MICROS_PER_CALL,
+            "after {i} $1 call(s) with a stale set: {t}"
+        );
+    }
+    // Still stale after them: each was seen with a stale set.
+    await_revocations(port, &token, true).await;
+    gate.fail_feed(false);
+
+    let asked: Vec<_> = gate.reserves()[asked_before..]
+        .iter()
+        .filter(|r| r.request["token"] == token.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(asked.len(), 3, "one reservation per call: {asked:#?}");
+    for r in &asked {
+        assert_eq!(
+            r.request["lease_calls"],
+            Value::Null,
+            "asked for a lease: {r:?}"
+        );
+        assert_eq!(
+            (r.status, r.answer["decision"].as_str()),
+            (200, Some("granted")),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.answer["leased_calls"],
+            Value::Null,
+            "granted a lease: {r:?}"
+        );
+    }
+    assert_eq!(
+        s.lease_spends().await,
+        spends,
+        "spent from a lease while stale"
+    );
+    await_revocations(port, &token, false).await;
+    let t = s.closed(&id).await;
+    assert_eq!(t["spend"]["lifetime"].as_str(), Some("3.00"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
