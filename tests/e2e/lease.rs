@@ -20,6 +20,7 @@ use bridle_e2e::client::{Request, Response};
 use bridle_e2e::envoy::{policies, Envoy, Setup};
 use bridle_e2e::keys::{canary_secret, Keys, ENFORCER_KEY};
 use bridle_e2e::ledger::Ledger;
+use bridle_e2e::ledger_gate::LedgerGate;
 use bridle_e2e::mock::{MockVendor, Reply};
 use serde_json::{json, Value};
 
@@ -50,6 +51,14 @@ fn plain() -> Value {
     p
 }
 
+/// Leases of eight calls under a $50 per-transaction cap: a $10 call's lease holds $80, room
+/// for a call the cap refuses.
+fn dear() -> Value {
+    let mut p = leasing("dear", 8, 1000, "1000");
+    p["caps"]["per_transaction"] = json!("50");
+    p
+}
+
 fn all_policies() -> Vec<Value> {
     vec![
         // Four calls a lease, a second to spend them: sequential local calls use each lease
@@ -57,6 +66,7 @@ fn all_policies() -> Vec<Value> {
         leasing("lease4", 4, 1000, "100"),
         leasing("capped", 4, 1000, "10"),
         leasing("lease64", 64, 1000, "1000"),
+        dear(),
         plain(),
     ]
 }
@@ -65,6 +75,8 @@ struct Stack {
     ledger: Ledger,
     envoy: Envoy,
     mock: MockVendor,
+    /// Between Envoy and the ledger, in a stack whose set goes stale early.
+    gate: Option<LedgerGate>,
 }
 
 /// The mock vendor, the ledger and Envoy with `workers` worker threads (each with its own
@@ -74,14 +86,19 @@ async fn stack(workers: u32) -> Stack {
 }
 
 /// The same, with the revocation set counted stale after `staleness_ms` without a good poll
-/// instead of the rendered 3 s, so that it goes stale while a lease is still young.
+/// instead of the rendered 3 s, so that it goes stale while a lease is still young; and with
+/// a gate in front of the ledger, which can fail the revocation feed alone.
 async fn start(workers: u32, staleness_ms: Option<u64>) -> Stack {
     let mock = MockVendor::start().await;
     let keys = Keys::generate();
     let ps = policies(&all_policies());
     let ledger = Ledger::start(&ps, &keys).await;
+    let gate = match staleness_ms {
+        None => None,
+        Some(_) => Some(LedgerGate::start(ledger.port).await),
+    };
     let mut setup = Setup::new(ps, &keys).upstream_all(&mock.url());
-    setup.ledger = Some(ledger.url());
+    setup.ledger = Some(gate.as_ref().map_or_else(|| ledger.url(), LedgerGate::url));
     setup.concurrency = workers;
     let envoy = match staleness_ms {
         None => Envoy::start(&setup).await.unwrap(),
@@ -106,6 +123,7 @@ async fn start(workers: u32, staleness_ms: Option<u64>) -> Stack {
         ledger,
         envoy,
         mock,
+        gate,
     }
 }
 
@@ -377,6 +395,72 @@ async fn a_lease_never_lets_spend_past_a_cap() {
     // And the cap stays shut.
     assert_cap_refusal(&intent(&token, ONE_DOLLAR).send(port).await);
     assert_eq!(s.mock.count() - vendor_before, 10);
+
+    // Nor past the per-transaction cap: the ledger checked it against the price of the call
+    // that asked for the lease, so a dearer call must not spend from it, even with room left.
+    // (Before, a $60 call spent $60 of a $10 call's $80 lease under a $50 cap.)
+    dearer_calls_never_spend_a_lease(&s).await;
+}
+
+/// A $10 call opens a lease of eight ($70 left in it), then a $60 call under the $50
+/// per-transaction cap is refused by the ledger and never reaches the vendor, and a $10 call
+/// after it still spends the lease: so the lease was young and had the room all along. An
+/// attempt whose lease grew too old for that to show is made again, never counted as a pass.
+async fn dearer_calls_never_spend_a_lease(s: &Stack) {
+    let port = s.stripe();
+    for attempt in 0..3 {
+        let (token, id) = s.issue("dear", &format!("acme/dear-{attempt}")).await;
+        let vendor_before = s.mock.count();
+        let r = intent(&token, "1000").send(port).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(s.ledger.token(&id).await["spend"]["reserved"], "80.00");
+        let spends = s.lease_spends().await;
+
+        let r = intent(&token, "6000").send(port).await;
+        assert_eq!(
+            (r.status, r.reason()),
+            (403, "cap_per_transaction"),
+            "a $60 call under a $50 per-transaction cap, on a lease with $70 left: {}",
+            r.text()
+        );
+        assert_eq!(r.header("stripe-should-retry"), Some("false"));
+        assert_eq!(
+            s.lease_spends().await,
+            spends,
+            "the $60 call spent the lease"
+        );
+
+        assert_eq!(intent(&token, "1000").send(port).await.status, 200);
+        let lease_was_live = s.lease_spends().await == spends + 1;
+        let sent: Vec<String> = s.mock.requests()[vendor_before..]
+            .iter()
+            .map(|q| String::from_utf8_lossy(&q.body).into_owned())
+            .collect();
+        assert_eq!(
+            sent.len(),
+            2,
+            "only the $10 calls reach the vendor: {sent:?}"
+        );
+        assert!(
+            sent.iter().all(|b| b.starts_with("amount=1000&")),
+            "{sent:?}"
+        );
+        if !lease_was_live {
+            continue;
+        }
+        // Audited as the per-transaction refusal; the leases close at the $20 spent.
+        let records = audit(s, &id, 3).await;
+        let refused: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["reason"] != "allowed")
+            .collect();
+        assert_eq!(refused.len(), 1, "{records:#?}");
+        assert_eq!(refused[0]["reason"], "cap_per_transaction", "{records:#?}");
+        let t = s.closed(&id).await;
+        assert_eq!(t["spend"]["lifetime"].as_str(), Some("20.00"), "{t}");
+        return;
+    }
+    panic!("in three attempts a lease never lived through three sequential calls");
 }
 
 /// A burst on a fresh token: while one call asks the ledger for a lease, the others of the
@@ -602,16 +686,42 @@ async fn a_revoked_token_spends_no_more_of_its_lease() {
     assert_eq!((allowed, revoked), (ok, 8), "{records:#?}");
 }
 
+/// Waits (up to 10 s) until a free call of `token` says the worker's revocation set is stale
+/// (refused as `revocation_stale`, which the policy does then) or fresh (served).
+async fn await_revocations(port: u16, token: &str, stale: bool) {
+    let free = Request::new("GET", "/v1/charges/ch_1").bearer(token);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = free.send(port).await;
+        let is_stale = (r.status, r.reason()) == (503, "revocation_stale");
+        if is_stale == stale {
+            return;
+        }
+        if !is_stale {
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the set never became {}",
+            if stale { "stale" } else { "fresh" }
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A lease is spent only while the worker's revocation set is fresh: a proxy that has lost
 /// the ledger cannot learn of revocations, so its leased calls go to the ledger again (and,
-/// the ledger being gone, are refused) rather than spend on for the rest of the lease.
+/// the ledger being gone, are refused) rather than spend on for the rest of the lease. Nor
+/// does a call seen with a stale set ask the ledger for a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
     // Stale after 400 ms without a good poll (the least the filter accepts: two polls), well
     // inside a lease's second.
     let mut s = start(1, Some(400)).await;
     let port = s.stripe();
-    let free = |token: &str| Request::new("GET", "/v1/charges/ch_1").bearer(token);
+    stale_calls_ask_for_no_lease(&s).await;
+
+    let vendor_before = s.mock.count();
     // Whether the set went stale before the lease grew too old is up to the machine's pace:
     // an attempt that could not tell the two apart is made again, never counted as a pass.
     for attempt in 0..3 {
@@ -623,32 +733,13 @@ async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
         assert_eq!(s.lease_spends().await, spends + 1, "the lease serves calls");
 
         s.ledger.kill9();
-        // Free calls say when the worker's set has gone stale (the policy denies then).
-        loop {
-            let r = free(&token).send(port).await;
-            if (r.status, r.reason()) == (503, "revocation_stale") {
-                break;
-            }
-            assert_eq!(r.status, 200, "{}", r.text());
-            assert!(
-                opened.elapsed() < Duration::from_secs(10),
-                "the set never went stale"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        await_revocations(port, &token, true).await;
         let r = intent(&token, ONE_DOLLAR).send(port).await;
         let lease_was_young = opened.elapsed() < Duration::from_millis(900);
         let spends_after = s.lease_spends().await;
         s.ledger.restart().await;
         // Fresh again before anything else is asked of the proxy.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while free(&token).send(port).await.status != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "the set never became fresh again"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        await_revocations(port, &token, false).await;
         if !lease_was_young {
             continue;
         }
@@ -659,9 +750,7 @@ async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
             r.text()
         );
         assert_eq!(spends_after, spends + 1, "spent from the lease while stale");
-        let posts = s
-            .mock
-            .requests()
+        let posts = s.mock.requests()[vendor_before..]
             .iter()
             .filter(|q| q.method == "POST")
             .count();
@@ -672,6 +761,68 @@ async fn a_stale_revocation_set_sends_leased_calls_to_the_ledger() {
         return;
     }
     panic!("in three attempts the set never went stale within 900 ms of a lease opening");
+}
+
+/// While the revocation feed fails and the ledger still answers, a token's costed calls are
+/// reserved one call each: a stale set spends no lease, so it asks for none. (Before, each
+/// asked for a whole lease and skipped the one-ask-at-a-time rule: $64 reserved for a $1
+/// call, then $64 more for the next.)
+async fn stale_calls_ask_for_no_lease(s: &Stack) {
+    let gate = s
+        .gate
+        .as_ref()
+        .expect("a stack with a stale set has a gate");
+    let port = s.stripe();
+    let (token, id) = s.issue("lease64", "acme/stale-asks").await;
+    gate.fail_feed(true);
+    await_revocations(port, &token, true).await;
+    let spends = s.lease_spends().await;
+    let asked_before = gate.reserves().len();
+    for i in 1..=3 {
+        let r = intent(&token, ONE_DOLLAR).send(port).await;
+        assert_eq!(r.status, 200, "call {i} with a stale set: {}", r.text());
+        // The ledger holds at most the calls made, never a lease's worth.
+        let t = s.ledger.token(&id).await;
+        assert!(
+            micros(&t["spend"]["reserved"]) <= i * MICROS_PER_CALL,
+            "after {i} $1 call(s) with a stale set: {t}"
+        );
+    }
+    // Still stale after them: each was seen with a stale set.
+    await_revocations(port, &token, true).await;
+    gate.fail_feed(false);
+
+    let asked: Vec<_> = gate.reserves()[asked_before..]
+        .iter()
+        .filter(|r| r.request["token"] == token.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(asked.len(), 3, "one reservation per call: {asked:#?}");
+    for r in &asked {
+        assert_eq!(
+            r.request["lease_calls"],
+            Value::Null,
+            "asked for a lease: {r:?}"
+        );
+        assert_eq!(
+            (r.status, r.answer["decision"].as_str()),
+            (200, Some("granted")),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.answer["leased_calls"],
+            Value::Null,
+            "granted a lease: {r:?}"
+        );
+    }
+    assert_eq!(
+        s.lease_spends().await,
+        spends,
+        "spent from a lease while stale"
+    );
+    await_revocations(port, &token, false).await;
+    let t = s.closed(&id).await;
+    assert_eq!(t["spend"]["lifetime"].as_str(), Some("3.00"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@
 //!   trailers).
 //! - [`tls`] gives a test its own certificate authority, a mock vendor that speaks only TLS,
 //!   and a sink that records what a proxy sends to a port.
+//! - [`ledger_gate::LedgerGate`] sits between Envoy and the ledger: it can fail the
+//!   revocation feed alone, and records each reservation asked and answered.
 //!
 //! Nothing here skips: a missing Envoy binary or `.wasm` fails the test with the command
 //! that builds it.
@@ -25,6 +27,7 @@ pub mod envoy;
 pub mod h2c;
 pub mod keys;
 pub mod ledger;
+pub mod ledger_gate;
 pub mod llm_mock;
 pub mod mock;
 pub mod postgres;
