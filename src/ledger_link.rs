@@ -76,6 +76,9 @@ impl Ledger {
             }
             Err(_) => return,
         };
+        if !closed.is_empty() {
+            host.increment(metrics.ledger.leases_closed_at_exit, closed.len() as i64);
+        }
         for settle in closed {
             self.report(host, metrics, Item::Settle(settle));
         }

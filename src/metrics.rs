@@ -44,6 +44,8 @@ pub struct LedgerMetrics {
     pub reserve_failed: u32,
     /// Costed calls forwarded on a lease the worker held, without a reservation callout.
     pub lease_spends: u32,
+    /// Leases closed because Envoy let go of the plugin (a configuration push).
+    pub leases_closed_at_exit: u32,
     /// From a revoke committed in the ledger to this worker enforcing it, per entry.
     pub revocation_propagation_ms: u32,
     /// Since the last good poll of the revocation feed, as of the last tick.
@@ -74,6 +76,7 @@ impl Metrics {
             revocations: host.define_gauge("bridle.ledger.revocations")?,
             reserve_failed: c("reserve_failed")?,
             lease_spends: c("lease_spends")?,
+            leases_closed_at_exit: c("leases_closed_at_exit")?,
             revocation_propagation_ms: host
                 .define_histogram("bridle.ledger.revocation_propagation_ms")?,
             revocation_age_ms: host.define_gauge("bridle.ledger.revocation_age_ms")?,

@@ -723,20 +723,45 @@ mod ledger_flow {
             ),
             "the lease closes at what its call spent, the rest released"
         );
-        // The ledger fails once: sent again, and done once the ledger has taken it.
+        assert_eq!(h.counter("bridle.ledger.leases_closed_at_exit"), 1);
+        // The ledger fails once: sent again on the next tick (not at once), and done once the
+        // ledger has taken it.
         let n = answer(&h, "500", &serde_json::json!({}));
         ticker.on_call_response(&h, &p, call, n);
-        assert_eq!(h.done.get(), 0);
+        assert_eq!(report_calls(&h).len(), 1, "waits for the tick");
+        ticker.on_tick(&h, &p);
         let calls = report_calls(&h);
         assert_eq!(calls.len(), 2, "resent");
         assert_eq!(calls[1].1.settles.len(), 1);
+        let polls = h.callouts.borrow().len();
+        ticker.on_tick(&h, &p);
+        assert_eq!(
+            h.callouts.borrow().len(),
+            polls,
+            "no polls nor renewals now"
+        );
+        assert_eq!(h.done.get(), 0);
         let n = answer(&h, "200", &serde_json::json!({}));
         ticker.on_call_response(&h, &p, calls[1].0, n);
         assert_eq!(h.done.get(), 1, "done once the ledger has it all");
+        ticker.on_tick(&h, &p);
+        assert_eq!(h.done.get(), 1, "said once");
     }
 
     #[test]
-    fn a_plugin_going_away_gives_up_on_a_ledger_that_never_takes_its_reports() {
+    fn a_plugin_going_away_with_nothing_to_send_goes_at_once() {
+        let h = host();
+        let p = leasing_plugin(&h);
+        assert!(Ticker::default().on_done(&h, &p));
+        assert_eq!(
+            h.done.get(),
+            0,
+            "its answer says it; proxy_done is not called"
+        );
+    }
+
+    #[test]
+    fn a_plugin_going_away_tries_for_a_bounded_time_then_gives_up() {
         let h = host();
         let p = leasing_plugin(&h);
         let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
@@ -747,18 +772,29 @@ mod ledger_flow {
         );
         first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
         first.on_log(&h);
+        // The host refuses the callout at first: tried again on the tick.
+        h.fail_dispatch.set(true);
         let mut ticker = Ticker::default();
-        assert!(!ticker.on_done(&h, &p));
-        for _ in 0..100 {
-            if h.done.get() > 0 {
-                break;
-            }
+        assert!(
+            !ticker.on_done(&h, &p),
+            "it still holds a settle and a record"
+        );
+        ticker.on_tick(&h, &p);
+        assert_eq!(report_calls(&h).len(), 0);
+        h.fail_dispatch.set(false);
+        // Then the ledger refuses every report, once per tick.
+        for _ in 0..5 {
+            ticker.on_tick(&h, &p);
             let (call, _) = *report_calls(&h).last().unwrap();
             let n = answer(&h, "503", &serde_json::json!({}));
             ticker.on_call_response(&h, &p, call, n);
         }
+        assert_eq!(report_calls(&h).len(), 5);
+        assert_eq!(h.done.get(), 0, "still trying");
+        h.now_secs.set(NOW + 31);
+        ticker.on_tick(&h, &p);
+        assert_eq!(report_calls(&h).len(), 5, "no more tries");
         assert_eq!(h.done.get(), 1, "it does not linger for ever");
-        assert_eq!(report_calls(&h).len(), 8, "tried eight times");
         assert_eq!(
             h.counter("bridle.ledger.report_items_dropped"),
             2,

@@ -22,20 +22,37 @@ enum Pending {
     Renewal(RenewalCall),
 }
 
-/// Failed report flushes a plugin going away tries before it gives up on what the ledger
-/// would not take (each callout has the link's deadline, so this bounds how long it lingers).
-const FINAL_FLUSHES: u32 = 8;
+/// How long a plugin going away keeps trying to hand the ledger what it holds. What the
+/// ledger has not taken by then is lost, counted as dropped and logged: lease settles then
+/// expire into spend at the ledger, audit records are gone.
+const FINAL_WAIT_MS: u64 = 30_000;
 
 #[derive(Default)]
 pub struct Ticker {
     pending: HashMap<u32, Pending>,
-    /// `Some(report flushes failed)` once Envoy asked the plugin to finish.
-    stopping: Option<u32>,
+    /// Once Envoy asked the plugin to finish: what is left of it.
+    stopping: Option<Stopping>,
+}
+
+struct Stopping {
+    /// It keeps trying until then.
+    until_ms: u64,
+    /// A report failed: the next one waits for the tick, so that a ledger that refuses at
+    /// once is not asked again and again in a tight loop.
+    paused: bool,
+    /// It told the host it is done.
+    said: bool,
 }
 
 impl Ticker {
     pub fn on_tick<H: Host>(&mut self, host: &H, plugin: &Plugin) {
         plugin.debug.set(host.log_level() <= Level::Debug);
+        if let Some(stopping) = self.stopping.as_mut() {
+            // Going away: no polls, no renewals, only what it still holds.
+            stopping.paused = false;
+            self.finish(host, plugin);
+            return;
+        }
         let Some(ledger) = &plugin.ledger else { return };
         let metrics = &plugin.metrics;
         ledger.refresh_revocations(host, metrics);
@@ -60,46 +77,72 @@ impl Ticker {
     }
 
     /// Envoy is done with the plugin: close its leases and flush its reports. `true` if
-    /// nothing is left in flight (it may go now); otherwise it tells the host
-    /// ([`Host::done`]) once the last callout has been answered.
+    /// nothing is left to send or in flight (it may go now); otherwise it tells the host
+    /// ([`Host::done`]) once it has handed everything over, or given up.
     pub fn on_done<H: Host>(&mut self, host: &H, plugin: &Plugin) -> bool {
-        self.stopping = Some(0);
-        self.finish(host, plugin)
+        self.stopping = Some(Stopping {
+            until_ms: host.now_ms().saturating_add(FINAL_WAIT_MS),
+            paused: false,
+            said: false,
+        });
+        let finished = self.step(host, plugin);
+        if let Some(stopping) = self.stopping.as_mut() {
+            // Returning `true` is the answer: the host must not hear it twice.
+            stopping.said = finished;
+        }
+        finished
     }
 
-    /// One step of finishing: whether nothing is left in flight.
-    fn finish<H: Host>(&mut self, host: &H, plugin: &Plugin) -> bool {
-        let (Some(ledger), Some(failures)) = (&plugin.ledger, self.stopping.as_mut()) else {
+    /// Takes the next step of going away, and tells the host once there is nothing left.
+    fn finish<H: Host>(&mut self, host: &H, plugin: &Plugin) {
+        if !self.step(host, plugin) {
+            return;
+        }
+        let Some(stopping) = self.stopping.as_mut() else {
+            return;
+        };
+        if std::mem::replace(&mut stopping.said, true) {
+            return;
+        }
+        if let Err(e) = host.done() {
+            host.log(
+                Level::Warn,
+                &format!("could not say the plugin is done (status {})", e.0),
+            );
+        }
+    }
+
+    /// Closes what leases are open (a renewal granted meanwhile opens one), sends the next
+    /// report if none is in flight, or gives up once the time is over: whether nothing is
+    /// left to send or in flight.
+    fn step<H: Host>(&mut self, host: &H, plugin: &Plugin) -> bool {
+        let (Some(ledger), Some(stopping)) = (&plugin.ledger, self.stopping.as_ref()) else {
             return self.pending.is_empty();
         };
-        // Again on every answer: a renewal granted meanwhile opened a lease.
         ledger.close_all_leases(host, &plugin.metrics);
         let reporting = self
             .pending
             .values()
             .any(|p| matches!(p, Pending::Report(_)));
-        while !reporting && ledger.has_reports() {
-            if *failures < FINAL_FLUSHES {
+        if !reporting && ledger.has_reports() {
+            if host.now_ms() >= stopping.until_ms {
+                let lost = ledger.drop_reports(host, &plugin.metrics);
+                host.log(
+                    Level::Error,
+                    &format!(
+                        "going away with {lost} settles and audit records the ledger did not \
+                         take in {} s",
+                        FINAL_WAIT_MS / 1000
+                    ),
+                );
+            } else if !stopping.paused {
+                // A callout the host refuses is counted there, and tried again on the tick.
                 if let Some((call, items)) = ledger.flush_reports(host, &plugin.metrics) {
                     self.pending.insert(call, Pending::Report(items));
-                    break;
-                }
-                // Not sent at all (the host refused the callout): try again at once.
-                *failures += 1;
-            } else {
-                let lost = ledger.drop_reports(host, &plugin.metrics);
-                if lost > 0 {
-                    host.log(
-                        Level::Error,
-                        &format!(
-                            "going away with {lost} settles and audit records the ledger did \
-                             not take"
-                        ),
-                    );
                 }
             }
         }
-        self.pending.is_empty()
+        self.pending.is_empty() && !ledger.has_reports()
     }
 
     pub fn on_call_response<H: Host>(
@@ -115,21 +158,16 @@ impl Ticker {
             Some(Pending::Poll) => ledger.on_revocations(host, &plugin.metrics, body_size),
             Some(Pending::Report(items)) => {
                 let taken = ledger.on_reports_answer(host, &plugin.metrics, body_size, items);
-                if let (false, Some(failures)) = (taken, self.stopping.as_mut()) {
-                    *failures += 1;
+                if let (false, Some(stopping)) = (taken, self.stopping.as_mut()) {
+                    stopping.paused = true;
                 }
             }
             Some(Pending::Renewal(renewal)) => {
                 ledger.on_renewal(host, &plugin.metrics, body_size, renewal)
             }
         }
-        if self.stopping.is_some() && self.finish(host, plugin) {
-            if let Err(e) = host.done() {
-                host.log(
-                    Level::Warn,
-                    &format!("could not say the plugin is done (status {})", e.0),
-                );
-            }
+        if self.stopping.is_some() {
+            self.finish(host, plugin);
         }
     }
 }
