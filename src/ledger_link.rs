@@ -142,6 +142,15 @@ impl Ledger {
         ids: &Ids,
     ) -> Vec<(u32, RenewalCall)> {
         let now_ms = host.now_ms();
+        // A stale revocation set spends no lease (its calls go to the ledger): none is asked
+        // for ahead either, as none is asked for by a call.
+        let fresh = self
+            .revocations
+            .try_borrow()
+            .is_ok_and(|c| c.is_fresh(now_ms, self.link.max_staleness_ms));
+        if !fresh {
+            return Vec::new();
+        }
         let due = match self.leases.try_borrow_mut() {
             Ok(mut book) => book.renewals(now_ms, self.link.timeout_ms),
             Err(_) => return Vec::new(),

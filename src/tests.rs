@@ -586,6 +586,35 @@ mod ledger_flow {
     }
 
     #[test]
+    fn the_tick_asks_ahead_for_no_lease_while_the_revocation_set_is_stale() {
+        let h = host();
+        let p = leasing_plugin(&h);
+        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        let n = answer(
+            &h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
+        );
+        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let _second = leased_call(&h, &p, 2);
+        // In use, but no worker has heard from the ledger for a minute.
+        h.shared.borrow_mut().insert(
+            "bridle.bridle_ledger.revocations.fresh_ms".into(),
+            (((NOW - 60) * 1000).to_le_bytes().to_vec(), 2),
+        );
+        let before = h.callouts.borrow().len();
+        Ticker::default().on_tick(&h, &p);
+        let reserves = h.callouts.borrow()[before..]
+            .iter()
+            .filter(|c| {
+                c.headers
+                    .contains(&(":path".into(), "/v1/enforce/reserve".into()))
+            })
+            .count();
+        assert_eq!(reserves, 0, "no lease asked ahead with a stale set");
+    }
+
+    #[test]
     fn a_lease_serves_the_next_call_without_a_callout_and_closes_on_a_tick() {
         let h = host();
         let p = leasing_plugin(&h);

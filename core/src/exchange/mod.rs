@@ -862,6 +862,15 @@ impl Exchange {
                 Some(held.grant.subject.clone()),
                 Some((self.id.clone(), false)),
             ),
+            // Its body streaming, the vendor may have seen part of it: as `refuse_forwarded`.
+            Phase::Forwarded(p) if p.body_scan.is_some() => {
+                lease = p
+                    .reservation
+                    .as_ref()
+                    .and_then(|r| r.lease.clone())
+                    .map(|spend| (spend, SettleOutcome::Hold));
+                (Some(p.grant.subject.clone()), None)
+            }
             Phase::Forwarded(p) => {
                 lease = p
                     .reservation
@@ -1078,11 +1087,17 @@ impl Exchange {
                 false,
             ),
             Phase::Refused(r) => {
-                lease = r.lease;
                 let settle = r.release.as_ref().map(|(id, replay)| release(id, *replay));
                 let replay = r.release.as_ref().is_some_and(|(_, replay)| *replay);
-                let reservation = r.release.map(|(id, _)| id);
-                (r.reason, None, r.subject, reservation, settle, replay)
+                let mut reservation = r.release.map(|(id, _)| id);
+                // A leased call the vendor saw part of is counted in its lease: audited so.
+                let mut cost = None;
+                if let Some((spend, SettleOutcome::Hold)) = &r.lease {
+                    reservation = Some(spend.lease.clone());
+                    cost = Some(spend.amount);
+                }
+                lease = r.lease;
+                (r.reason, cost, r.subject, reservation, settle, replay)
             }
         };
         Finished {

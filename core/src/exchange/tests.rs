@@ -1062,6 +1062,14 @@ fn a_leased_call_refused_after_it_went_counts_as_spent_in_its_lease() {
     );
     let (spend, outcome) = done.lease.expect("the spend goes back to the book");
     assert_eq!(outcome, SettleOutcome::Hold);
+    assert_eq!(
+        (
+            done.audit.reservation.as_deref(),
+            done.audit.cost.map(|c| c.to_string())
+        ),
+        (Some(req.request_id.as_str()), Some("20.00".into())),
+        "audited in its lease, at its price"
+    );
     book.end(&spend, outcome);
     book.expire(NOW_MS + 250);
     let closed = book.take_closed();
