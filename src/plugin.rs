@@ -80,6 +80,12 @@ impl Plugin {
                 age_ms: metrics.ledger.revocation_age_ms,
             });
         }
+        // A plugin that replaces another (a configuration push) reads the worker's set now:
+        // its first tick is up to TICK_MS away, and until then it would refuse every
+        // uncosted call as unable to confirm revocations.
+        if let Some(l) = &ledger {
+            l.refresh_revocations(host, &metrics);
+        }
         Ok(Plugin {
             blueprint,
             metrics,

@@ -22,8 +22,11 @@ use serde_json::{json, Value};
 /// A Stripe policy whose payment intents lease four calls for a second; `extra` endpoints
 /// are what a push changes.
 fn policy(extra: &[Value]) -> Value {
-    let mut endpoints = vec![json!({ "method": "POST", "path": "/v1/payment_intents",
-        "cost": { "amount": { "field": "amount", "currency": "usd" } } })];
+    let mut endpoints = vec![
+        json!({ "method": "POST", "path": "/v1/payment_intents",
+            "cost": { "amount": { "field": "amount", "currency": "usd" } } }),
+        json!({ "method": "GET", "path": "/v1/customers/*" }),
+    ];
     endpoints.extend(extra.iter().cloned());
     json!({
         "name": "pushed", "vendor": "stripe", "secret_env": "STRIPE_SECRET_KEY", "max_ttl": "4h",
@@ -81,6 +84,31 @@ async fn a_replaced_plugin_settles_its_leases_before_it_goes() {
     // machine the lease can age out before Envoy lets go of the old plugin, which proves
     // nothing: then the test calls and pushes again.
     let closed_at_exit = "wasmcustom.bridle.ledger.leases_closed_at_exit";
+    // Meanwhile another agent's uncosted calls go on, one after the other: none may be
+    // refused because the new plugin has not yet read the worker's revocation set (it
+    // once did, until its first tick, with revocation_stale).
+    let (other, _) = ledger
+        .issue(json!({ "policy": "pushed", "label": "acme/other", "expires_in": "1h" }))
+        .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A connection the replaced listener closes at once (--drain-time-s 0) is
+                // the test's drain, not Bridle's answer: sent again.
+                if let Ok(r) = Request::new("GET", "/v1/customers/cus_1")
+                    .bearer(&other)
+                    .try_send(port, Duration::from_secs(5))
+                    .await
+                {
+                    statuses.push((r.status, r.reason().to_string()));
+                }
+            }
+            statuses
+        })
+    };
     let mut calls = 0;
     for attempt in 0..3 {
         let r = intent(&token).send(port).await;
@@ -103,6 +131,15 @@ async fn a_replaced_plugin_settles_its_leases_before_it_goes() {
             break;
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = hammer.await.unwrap();
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} uncosted calls refused across the push: {refused:?}",
+        refused.len(),
+        statuses.len()
+    );
     let stats = envoy
         .stats(&format!("^{}$", closed_at_exit.replace('.', "\\.")))
         .await;
