@@ -324,7 +324,7 @@ fn trailers_after_a_streamed_body_are_refused() {
 mod ledger_flow {
     use std::rc::Rc;
 
-    use bridle_core::ledger_api::{Report, ReserveRequest, SettleOutcome};
+    use bridle_core::ledger_api::{Report, ReserveRequest, Settle, SettleOutcome};
     use bridle_core::revocation::{RevocationEntry, RevocationFeed, RevocationKind};
     use proxy_wasm::types::Action;
 
@@ -514,6 +514,31 @@ mod ledger_flow {
         p
     }
 
+    /// A first costed call that asks for a lease, granted three calls.
+    fn open_lease(h: &FakeHost, p: &Rc<Plugin>) -> (Stream, ReserveRequest) {
+        let (mut first, req) = reserve(h, p, b"amount=100&currency=usd");
+        let n = answer(
+            h,
+            "200",
+            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
+        );
+        first.on_call_response(h, h.callouts.borrow().len() as u32, n);
+        (first, req)
+    }
+
+    /// The settle that closed a lease: committed at `amount`.
+    fn assert_committed(close: &Settle, lease: &str, amount: &str) {
+        assert_eq!(
+            (
+                close.reservation.as_str(),
+                close.outcome,
+                close.amount.map(|a| a.to_string())
+            ),
+            (lease, SettleOutcome::Commit, Some(amount.to_string())),
+            "{close:?}"
+        );
+    }
+
     /// A costed call, expected to go at once on a lease.
     fn leased_call(h: &FakeHost, p: &Rc<Plugin>, n: u32) -> Stream {
         let body = format!("amount=100&currency=usd&description=call{n}");
@@ -528,13 +553,7 @@ mod ledger_flow {
     fn the_tick_asks_ahead_for_a_token_in_use_and_its_calls_go_on_without_waiting() {
         let h = host();
         let p = leasing_plugin(&h);
-        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
-        let n = answer(
-            &h,
-            "200",
-            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
-        );
-        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let (first, req) = open_lease(&h, &p);
         let mut calls = vec![first, leased_call(&h, &p, 2)];
         // In use: the tick asks for the next lease, with the same token and a new id.
         let mut ticker = Ticker::default();
@@ -589,13 +608,7 @@ mod ledger_flow {
     fn the_tick_asks_ahead_for_no_lease_while_the_revocation_set_is_stale() {
         let h = host();
         let p = leasing_plugin(&h);
-        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
-        let n = answer(
-            &h,
-            "200",
-            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
-        );
-        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let (_first, _) = open_lease(&h, &p);
         let _second = leased_call(&h, &p, 2);
         // In use, but no worker has heard from the ledger for a minute.
         h.shared.borrow_mut().insert(
@@ -619,14 +632,8 @@ mod ledger_flow {
         let h = host();
         let p = leasing_plugin(&h);
 
-        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
+        let (mut first, req) = open_lease(&h, &p);
         assert_eq!(req.lease_calls, Some(3));
-        let n = answer(
-            &h,
-            "200",
-            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
-        );
-        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
         assert_eq!(h.resumed.get(), 1);
 
         // The next call (another body, so the loop breaker lets it by) goes at once.
@@ -688,18 +695,7 @@ mod ledger_flow {
         let [close] = settles.as_slice() else {
             panic!("{settles:?}")
         };
-        assert_eq!(
-            (
-                close.reservation.as_str(),
-                close.outcome,
-                close.amount.map(|a| a.to_string())
-            ),
-            (
-                req.request_id.as_str(),
-                SettleOutcome::Commit,
-                Some("1.00".into())
-            )
-        );
+        assert_committed(close, &req.request_id, "1.00");
     }
 
     /// The report callouts made so far: each one's token and body.
@@ -720,13 +716,7 @@ mod ledger_flow {
     fn a_plugin_going_away_settles_its_leases_and_reports_before_it_is_done() {
         let h = host();
         let p = leasing_plugin(&h);
-        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
-        let n = answer(
-            &h,
-            "200",
-            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
-        );
-        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let (mut first, req) = open_lease(&h, &p);
         h.set_map(MapType::ResponseHeaders, &[(":status", b"200")]);
         first.on_response_headers(&h, true);
         first.on_log(&h);
@@ -739,19 +729,8 @@ mod ledger_flow {
         let [close] = report.settles.as_slice() else {
             panic!("{report:?}")
         };
-        assert_eq!(
-            (
-                close.reservation.as_str(),
-                close.outcome,
-                close.amount.map(|a| a.to_string())
-            ),
-            (
-                req.request_id.as_str(),
-                SettleOutcome::Commit,
-                Some("1.00".into())
-            ),
-            "the lease closes at what its call spent, the rest released"
-        );
+        // The lease closes at what its call spent, the rest released.
+        assert_committed(close, &req.request_id, "1.00");
         assert_eq!(h.counter("bridle.ledger.leases_closed_at_exit"), 1);
         // The ledger fails once: sent again on the next tick (not at once), and done once the
         // ledger has taken it.
@@ -793,13 +772,7 @@ mod ledger_flow {
     fn a_plugin_going_away_tries_for_a_bounded_time_then_gives_up() {
         let h = host();
         let p = leasing_plugin(&h);
-        let (mut first, req) = reserve(&h, &p, b"amount=100&currency=usd");
-        let n = answer(
-            &h,
-            "200",
-            &serde_json::json!({"decision": "granted", "reservation": req.request_id, "replay": false, "leased_calls": 3}),
-        );
-        first.on_call_response(&h, h.callouts.borrow().len() as u32, n);
+        let (mut first, _) = open_lease(&h, &p);
         first.on_log(&h);
         // The host refuses the callout at first: tried again on the tick.
         h.fail_dispatch.set(true);
@@ -1091,6 +1064,33 @@ mod ledger_flow {
             Stream::new(Some(p)).on_request_headers(&h, true);
             assert_eq!(h.sent().map(|s| s.status), want, "{mode}");
         }
+    }
+
+    #[test]
+    fn a_plugin_configured_after_another_sees_the_fresh_set_before_its_first_tick() {
+        let h = host();
+        // Another plugin (the one a push replaces) has kept the worker's set fresh.
+        h.shared.borrow_mut().insert(
+            "bridle.bridle_ledger.revocations.fresh_ms".into(),
+            ((NOW * 1000).to_le_bytes().to_vec(), 1),
+        );
+        let p =
+            Rc::new(Plugin::configure(&h, Some(config("deny").to_string().as_bytes())).unwrap());
+        let auth = format!("Bearer {}", token());
+        h.set_map(
+            MapType::RequestHeaders,
+            &[
+                (":method", b"GET"),
+                (":path", b"/v1/charges/ch_1"),
+                ("authorization", auth.as_bytes()),
+            ],
+        );
+        Stream::new(Some(p)).on_request_headers(&h, true);
+        assert_eq!(
+            h.sent().map(|s| s.status),
+            None,
+            "allowed, not revocation_stale"
+        );
     }
 
     #[test]

@@ -111,11 +111,7 @@ async fn start(workers: u32, staleness_ms: Option<u64>) -> Stack {
                 .await
                 .unwrap();
             // As Envoy::start: the first revocation set, copied by every worker.
-            envoy
-                .await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1)
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            envoy.await_first_revocations().await.unwrap();
             envoy
         }
     };

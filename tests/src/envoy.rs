@@ -220,14 +220,18 @@ impl Envoy {
         let envoy =
             Envoy::start_config(&setup.render(), &setup.environment(), setup.concurrency).await?;
         if setup.ledger.is_some() {
-            // Uncosted requests wait for a fresh revocation set: let the first poll land and
-            // every worker's plugins copy it on their tick.
-            envoy
-                .await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1)
-                .await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            envoy.await_first_revocations().await?;
         }
         Ok(envoy)
+    }
+
+    /// Uncosted requests wait for a fresh revocation set: lets the first poll land and every
+    /// worker's plugins copy it on their tick.
+    pub async fn await_first_revocations(&self) -> Result<(), String> {
+        self.await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
     }
 
     /// Waits (up to 15 s) until a stat reaches `at_least`.
@@ -294,10 +298,7 @@ impl Envoy {
         )
         .await?;
         if setup.ledger.is_some() {
-            envoy
-                .await_stat("wasmcustom.bridle.ledger.revocation_polls_ok", 1)
-                .await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            envoy.await_first_revocations().await?;
         }
         Ok(envoy)
     }
