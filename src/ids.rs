@@ -40,12 +40,21 @@ impl Ids {
         let c = self.counter.get().wrapping_add(1);
         self.counter.set(c);
         // splitmix64 is a bijection, so distinct counters give distinct words.
-        format!(
-            "{:012x}{:016x}{:04x}",
-            now_ms & 0xffff_ffff_ffff,
-            splitmix64(self.a.wrapping_add(c)),
-            splitmix64(self.b ^ c) & 0xffff
-        )
+        let mut id = String::with_capacity(32);
+        push_hex(&mut id, now_ms, 12);
+        push_hex(&mut id, splitmix64(self.a.wrapping_add(c)), 16);
+        push_hex(&mut id, splitmix64(self.b ^ c), 4);
+        id
+    }
+}
+
+/// Appends the low `digits` hex digits of `word`, zero-padded: what `{:0Nx}` writes, without
+/// `format!`'s machinery, which was about a tenth of the filter's own work on an uncosted
+/// request (a native profile of the request path).
+fn push_hex(out: &mut String, word: u64, digits: u32) {
+    for shift in (0..digits).rev() {
+        let nibble = (word >> (shift * 4)) & 0xf;
+        out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
     }
 }
 
@@ -63,6 +72,25 @@ mod tests {
             assert!(seen.insert(id));
         }
         assert_ne!(Ids::new([1; 16]).next(5), Ids::new([2; 16]).next(5));
+    }
+
+    #[test]
+    fn ids_are_the_hex_of_their_parts() {
+        let ids = Ids::new([3; 16]);
+        let (a, b) = (u64::from_le_bytes([3; 8]), u64::from_le_bytes([3; 8]));
+        for (c, ms) in [
+            (1u64, 0u64),
+            (2, 0xfedc_ba98_7654_3210),
+            (3, 1_700_000_000_123),
+        ] {
+            let expected = format!(
+                "{:012x}{:016x}{:04x}",
+                ms & 0xffff_ffff_ffff,
+                splitmix64(a.wrapping_add(c)),
+                splitmix64(b ^ c) & 0xffff
+            );
+            assert_eq!(ids.next(ms), expected);
+        }
     }
 
     #[test]
