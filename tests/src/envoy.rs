@@ -75,7 +75,8 @@ pub struct Setup {
     pub ca_file: Option<PathBuf>,
     /// Price tables for calls priced by tokens: the shipped ones unless a test changes them.
     pub prices: bridle_cli::render::Prices,
-    /// How Envoy speaks to the ledger (HTTP/2 unless a test says otherwise).
+    /// How Envoy speaks to the ledger (HTTP/1.1, the rendered default, unless a test says
+    /// otherwise).
     pub ledger_protocol: bridle_cli::render::LedgerProtocol,
 }
 
