@@ -400,6 +400,19 @@ mod ledger_flow {
         h.set_buffer(BufferType::RequestBody, body);
     }
 
+    /// An uncosted call: GET a charge with the vault token.
+    fn get_charge(h: &FakeHost) {
+        let auth = format!("Bearer {}", token());
+        h.set_map(
+            MapType::RequestHeaders,
+            &[
+                (":method", b"GET"),
+                (":path", b"/v1/charges/ch_1"),
+                ("authorization", auth.as_bytes()),
+            ],
+        );
+    }
+
     fn answer(h: &FakeHost, status: &str, body: &serde_json::Value) -> usize {
         h.set_map(
             MapType::CallResponseHeaders,
@@ -1052,15 +1065,7 @@ mod ledger_flow {
             let h = host();
             let p =
                 Rc::new(Plugin::configure(&h, Some(config(mode).to_string().as_bytes())).unwrap());
-            let auth = format!("Bearer {}", token());
-            h.set_map(
-                MapType::RequestHeaders,
-                &[
-                    (":method", b"GET"),
-                    (":path", b"/v1/charges/ch_1"),
-                    ("authorization", auth.as_bytes()),
-                ],
-            );
+            get_charge(&h);
             Stream::new(Some(p)).on_request_headers(&h, true);
             assert_eq!(h.sent().map(|s| s.status), want, "{mode}");
         }
@@ -1076,15 +1081,7 @@ mod ledger_flow {
         );
         let p =
             Rc::new(Plugin::configure(&h, Some(config("deny").to_string().as_bytes())).unwrap());
-        let auth = format!("Bearer {}", token());
-        h.set_map(
-            MapType::RequestHeaders,
-            &[
-                (":method", b"GET"),
-                (":path", b"/v1/charges/ch_1"),
-                ("authorization", auth.as_bytes()),
-            ],
-        );
+        get_charge(&h);
         Stream::new(Some(p)).on_request_headers(&h, true);
         assert_eq!(
             h.sent().map(|s| s.status),
@@ -1126,15 +1123,7 @@ mod ledger_flow {
         let other =
             Rc::new(Plugin::configure(&h, Some(config("deny").to_string().as_bytes())).unwrap());
         Ticker::default().on_tick(&h, &other);
-        let auth = format!("Bearer {}", token());
-        h.set_map(
-            MapType::RequestHeaders,
-            &[
-                (":method", b"GET"),
-                (":path", b"/v1/charges/ch_1"),
-                ("authorization", auth.as_bytes()),
-            ],
-        );
+        get_charge(&h);
         Stream::new(Some(other)).on_request_headers(&h, true);
         assert_eq!(
             h.sent().unwrap().header("x-bridle-reason"),
@@ -1221,15 +1210,7 @@ mod ledger_flow {
         let h = host();
         let p = plugin(&h, "deny");
         for _ in 0..3 {
-            let auth = format!("Bearer {}", token());
-            h.set_map(
-                MapType::RequestHeaders,
-                &[
-                    (":method", b"GET"),
-                    (":path", b"/v1/charges/ch_1"),
-                    ("authorization", auth.as_bytes()),
-                ],
-            );
+            get_charge(&h);
             let mut s = Stream::new(Some(p.clone()));
             s.on_request_headers(&h, true);
             s.on_log(&h);
