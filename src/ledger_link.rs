@@ -55,33 +55,39 @@ impl Ledger {
 
     /// Retires leases too old to spend from and reports the settles of those closed.
     pub fn close_leases<H: Host>(&self, host: &H, metrics: &Metrics) {
-        let closed = match self.leases.try_borrow_mut() {
-            Ok(mut book) => {
-                book.expire(host.now_ms());
-                book.take_closed()
-            }
-            Err(_) => return,
-        };
-        for settle in closed {
-            self.report(host, metrics, Item::Settle(settle));
-        }
+        self.settle_leases(host, metrics, |book| book.expire(host.now_ms()));
     }
 
     /// Closes every lease of this plugin and reports their settles: it is going away.
     pub fn close_all_leases<H: Host>(&self, host: &H, metrics: &Metrics) {
-        let closed = match self.leases.try_borrow_mut() {
-            Ok(mut book) => {
-                book.close_all();
-                book.take_closed()
-            }
-            Err(_) => return,
-        };
-        if !closed.is_empty() {
-            host.increment(metrics.ledger.leases_closed_at_exit, closed.len() as i64);
+        let open = self.settle_leases(host, metrics, |book| {
+            let open = book.len();
+            book.close_all();
+            open
+        });
+        if open > 0 {
+            host.increment(metrics.ledger.leases_closed_at_exit, open as i64);
         }
+    }
+
+    /// Runs `close` on the lease book, then reports the settles of every lease closed.
+    fn settle_leases<H: Host, R: Default>(
+        &self,
+        host: &H,
+        metrics: &Metrics,
+        close: impl FnOnce(&mut LeaseBook) -> R,
+    ) -> R {
+        let (result, closed) = match self.leases.try_borrow_mut() {
+            Ok(mut book) => {
+                let result = close(&mut book);
+                (result, book.take_closed())
+            }
+            Err(_) => return R::default(),
+        };
         for settle in closed {
             self.report(host, metrics, Item::Settle(settle));
         }
+        result
     }
 
     /// Forgets the reports still buffered (the ledger would not take them before the plugin
