@@ -143,6 +143,10 @@ mod glue {
             if crate::ablation::module_only() {
                 return Some(Box::new(crate::ablation::EmptyContext));
             }
+            #[cfg(feature = "ablation")]
+            if crate::ablation::hostcalls_only() {
+                return Some(Box::new(HostcallsStream));
+            }
             Some(Box::new(StreamContext(Stream::new(self.plugin.clone()))))
         }
 
@@ -152,6 +156,25 @@ mod glue {
     }
 
     struct StreamContext(Stream);
+
+    /// The ablation build's hostcalls-only request (see `ablation`).
+    #[cfg(feature = "ablation")]
+    struct HostcallsStream;
+
+    #[cfg(feature = "ablation")]
+    impl Context for HostcallsStream {}
+
+    #[cfg(feature = "ablation")]
+    impl HttpContext for HostcallsStream {
+        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+            crate::ablation::Hostcalls::on_request_headers(&WasmHost);
+            Action::Continue
+        }
+
+        fn on_log(&mut self) {
+            crate::ablation::Hostcalls::on_log(&WasmHost);
+        }
+    }
 
     impl Context for StreamContext {
         fn on_http_call_response(

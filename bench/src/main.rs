@@ -373,7 +373,12 @@ struct AblationStep {
 
 /// The uncosted allowed call again, through filter builds that stop early (see
 /// `src/ablation.rs`); the full filter is `bridle_allowed`.
-const ABLATION_STEPS: [AblationStep; 5] = [
+const ABLATION_STEPS: [AblationStep; 6] = [
+    AblationStep {
+        step: "hostcalls",
+        name: "ablate_hostcalls",
+        description: "an allowed call's hostcalls alone (clock, header map, one header replaced, a counter, :status): no decision, no audit",
+    },
     AblationStep {
         step: "module",
         name: "ablate_module",
@@ -624,6 +629,8 @@ enum Selection {
     /// Only the throughput of the no-op floor, the ablation builds and the uncosted call
     /// (`bridle-bench entry`).
     Entry,
+    /// Only the no-op filter, the hostcalls alone and the uncosted call (`bridle-bench floor`).
+    Floor,
     /// Only the one-connection latency of the tail scenarios, in both layouts
     /// (`bridle-bench tail`).
     Tail,
@@ -639,6 +646,9 @@ async fn proxy_benchmarks(
     match selection {
         Selection::Tail => stack.scenarios.retain(|s| tail::measured(s.name)),
         Selection::Entry => stack.scenarios.retain(|s| entry_cost::measured(s.name)),
+        Selection::Floor => stack
+            .scenarios
+            .retain(|s| entry_cost::floor_measured(s.name)),
         Selection::All => {}
     }
     for s in &stack.scenarios {
@@ -675,7 +685,7 @@ async fn proxy_benchmarks(
             }
             throughput.entry(s.name).or_default().push(w);
         }
-        if selection == Selection::Entry {
+        if matches!(selection, Selection::Entry | Selection::Floor) {
             continue;
         }
         // One connection: every row in the shared layout, then the tail rows again with the
@@ -1293,6 +1303,18 @@ fn main() -> ExitCode {
                 let keys = Keys::generate();
                 let (proxy, _) = proxy_benchmarks(plan, &keys, Selection::Entry).await;
                 println!("{}", entry_cost::markdown(&proxy));
+            });
+            return ExitCode::SUCCESS;
+        }
+        Some("floor") => {
+            let plan = Plan {
+                rounds: n(2, 25) as usize,
+                ..FULL
+            };
+            rt.block_on(async move {
+                let keys = Keys::generate();
+                let (proxy, _) = proxy_benchmarks(plan, &keys, Selection::Floor).await;
+                println!("{}", entry_cost::floor_markdown(&proxy));
             });
             return ExitCode::SUCCESS;
         }
