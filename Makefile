@@ -108,6 +108,7 @@ lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) -p bridle-filter -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) -p bridle-filter --features ablation -- -D warnings
 
 .PHONY: unit
 unit: pg-start
