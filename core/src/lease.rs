@@ -140,12 +140,22 @@ impl Lease {
 struct Slot {
     live: Option<Lease>,
     next: Option<Lease>,
-    /// A lease is being asked for until then: other calls reserve one by one.
+    /// A call is asking for a lease until then: other calls reserve one by one.
     asking_until_ms: u64,
+    /// The tick is asking for the next lease until then. Kept apart from a call's mark, so
+    /// that a call's answer arriving late cannot clear it and let the tick ask twice.
+    renewing_until_ms: u64,
     /// The reservation that opened the live lease, to ask for the next with; dropped when
     /// the ledger refuses a renewal, so that a token at its cap is not asked for again and
     /// again.
     template: Option<(ReserveRequest, u64)>,
+}
+
+impl Slot {
+    /// Whether a call or the tick is asking for a lease for the token.
+    fn asking(&self, now_ms: u64) -> bool {
+        now_ms < self.asking_until_ms || now_ms < self.renewing_until_ms
+    }
 }
 
 /// One worker's leases by token, and the closing ones (too old, used up or replaced) by
@@ -196,7 +206,7 @@ impl LeaseBook {
             return true;
         }
         let slot = self.slots.entry(token_id.to_string()).or_default();
-        if now_ms < slot.asking_until_ms {
+        if slot.asking(now_ms) {
             return false;
         }
         slot.asking_until_ms = until_ms;
@@ -252,13 +262,13 @@ impl LeaseBook {
                 .live
                 .as_ref()
                 .is_some_and(|l| l.served >= 2 && now_ms < l.until_ms);
-            if !active || slot.next.is_some() || now_ms < slot.asking_until_ms {
+            if !active || slot.next.is_some() || slot.asking(now_ms) {
                 continue;
             }
             let Some((request, max_age_ms)) = &slot.template else {
                 continue;
             };
-            slot.asking_until_ms = now_ms.saturating_add(timeout_ms);
+            slot.renewing_until_ms = now_ms.saturating_add(timeout_ms);
             due.push(Renewal {
                 token_id: token_id.clone(),
                 request: request.clone(),
@@ -274,7 +284,7 @@ impl LeaseBook {
         let lease = Lease::new(id, price, calls, until_ms);
         match self.slots.get_mut(token_id) {
             Some(slot) => {
-                slot.asking_until_ms = 0;
+                slot.renewing_until_ms = 0;
                 if let Some(old) = slot.next.replace(lease) {
                     self.retire(old);
                 }
@@ -288,7 +298,7 @@ impl LeaseBook {
     /// lease again.
     pub fn renewal_failed(&mut self, token_id: &str) {
         if let Some(slot) = self.slots.get_mut(token_id) {
-            slot.asking_until_ms = 0;
+            slot.renewing_until_ms = 0;
             slot.template = None;
         }
     }
@@ -337,7 +347,7 @@ impl LeaseBook {
             if slot.live.is_none() {
                 slot.live = slot.next.take();
             }
-            slot.live.is_some() || now_ms < slot.asking_until_ms
+            slot.live.is_some() || slot.asking(now_ms)
         });
         for lease in retired {
             self.retire(lease);
@@ -628,6 +638,31 @@ mod tests {
             ("a", Some(usd("2")))
         );
         assert!(!format!("{book:?}").contains("bvt_"), "no token in Debug");
+    }
+
+    #[test]
+    fn a_call_answered_late_does_not_clear_the_tick_asking_ahead() {
+        let mut book = LeaseBook::default();
+        book.open("tok", "a", usd("1"), 4, 2_000, Some(template()));
+        book.take("tok", usd("1"), 10).unwrap();
+        // A call the lease cannot serve asks for its own; its answer comes after its deadline.
+        assert!(book.may_ask("tok", 20, 520));
+        assert!(book.renewals(30, 500).is_empty(), "a call is asking");
+        assert_eq!(book.renewals(530, 500).len(), 1, "its deadline passed");
+        book.answered("tok");
+        assert!(
+            book.renewals(540, 500).is_empty(),
+            "the tick's request is still out: no second one"
+        );
+        assert!(
+            !book.may_ask("tok", 540, 1_040),
+            "calls reserve alone meanwhile"
+        );
+        book.renewed("tok", "b", usd("1"), 4, 2_500);
+        assert!(
+            book.may_ask("tok", 550, 1_050),
+            "answered: calls may ask again"
+        );
     }
 
     #[test]
