@@ -393,6 +393,30 @@ fn amount_of(field: &str, lookup: Lookup<'_>) -> Result<Option<u64>, CostError> 
     }
 }
 
+/// The currency of an amount a rule prices in `fixed`. The vendor charges in the currency the
+/// body names (Stripe's `currency`), not the policy's: `amount=400&currency=gbp` priced as
+/// US cents would be £4.00 charged as $4.00, under-counted by the rate. A body that names
+/// another currency, or names one in any way but once as a plain code, is not priced.
+fn fixed_currency(fixed: &str, body: &Body) -> Result<String, CostError> {
+    let fixed = fixed.to_ascii_lowercase();
+    match body.get(VENDOR_CURRENCY_FIELD) {
+        Lookup::Absent => Ok(fixed),
+        Lookup::One(item)
+            if item
+                .as_str()
+                .is_some_and(|named| named.eq_ignore_ascii_case(&fixed)) =>
+        {
+            Ok(fixed)
+        }
+        _ => Err(CostError::undetermined(format!(
+            "this endpoint prices amounts in {fixed}: the body's {VENDOR_CURRENCY_FIELD} must be {fixed}, given once"
+        ))),
+    }
+}
+
+/// Where the vendor reads a body's currency (Stripe's parameter).
+const VENDOR_CURRENCY_FIELD: &str = "currency";
+
 impl AmountField {
     /// How the rule names its currency, for messages: `currency`, or `eur`.
     fn currency_source(&self) -> String {
@@ -406,7 +430,7 @@ impl AmountField {
     fn read_currency(&self, body: &Body, whose: &str) -> Result<String, CostError> {
         let field = match (&self.currency_field, &self.currency) {
             (Some(field), _) => field,
-            (None, Some(fixed)) => return Ok(fixed.to_ascii_lowercase()),
+            (None, Some(fixed)) => return fixed_currency(fixed, body),
             (None, None) => {
                 return Err(CostError::undetermined(
                     "this endpoint's cost rule names no currency",
@@ -869,8 +893,30 @@ mod estimate_tests {
             "amount": {"field": "transfer_data[amount]", "currency": "eur"},
         }));
         assert_eq!(
-            reserve(&r, FORM, "amount=9999&currency=usd&transfer_data[amount]=500&transfer_data[destination]=acct_1"),
+            reserve(&r, FORM, "amount=9999&currency=eur&transfer_data[amount]=500&transfer_data[destination]=acct_1"),
             usd("5.40")
+        );
+        assert_eq!(
+            reserve(&r, FORM, "currency=EUR&transfer_data[amount]=500"),
+            usd("5.40")
+        );
+        // Stripe reads the amount in the body's currency, whatever the rule says.
+        for body in [
+            "amount=9999&currency=gbp&transfer_data[amount]=500",
+            "currency=eur&currency=gbp&transfer_data[amount]=500",
+            "currency[]=eur&transfer_data[amount]=500",
+            "currency[x]=eur&transfer_data[amount]=500",
+            "currency=&transfer_data[amount]=500",
+        ] {
+            assert_eq!(reason(&r, FORM, body), Reason::CostUndetermined, "{body}");
+        }
+        assert_eq!(
+            reason(
+                &r,
+                JSON,
+                r#"{"currency": "usd", "transfer_data": {"amount": 500}}"#
+            ),
+            Reason::CostUndetermined
         );
         assert_eq!(
             reserve(&r, JSON, r#"{"transfer_data": {"amount": 500}}"#),
@@ -1434,12 +1480,18 @@ mod estimate_tests {
             serde_json::json!({"field": "lines[data][0][amount]", "currency": "eur"}),
         )
         .unwrap();
+        let in_eur = br#"{"id":"in_2","amount_paid":1999,"currency":"eur","lines":{"data":[{"amount":1999}]}}"#;
         assert_eq!(
             fixed
-                .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, body)
+                .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, in_eur)
                 .unwrap(),
             usd("21.5892")
         );
+        // The invoice is in dollars: its amounts are not euros, whatever the rule says.
+        let e = fixed
+            .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, body)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
         let e = field
             .read_usd(
                 Pricing::new(Vendor::Stripe, &fx()),
