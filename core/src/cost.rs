@@ -393,28 +393,36 @@ fn amount_of(field: &str, lookup: Lookup<'_>) -> Result<Option<u64>, CostError> 
     }
 }
 
-/// The currency of an amount a rule prices in `fixed`. The vendor charges in the currency the
-/// body names (Stripe's `currency`), not the policy's: `amount=400&currency=gbp` priced as
-/// US cents would be £4.00 charged as $4.00, under-counted by the rate. A body that names
-/// another currency, or names one in any way but once as a plain code, is not priced.
-fn fixed_currency(fixed: &str, body: &Body) -> Result<String, CostError> {
+/// The currency of an amount at `field` that a rule prices in `fixed`. The vendor charges in
+/// the currency the body names (Stripe's `currency`, at the top or beside the amount, as in
+/// `line_items[0][price_data][currency]`), not the policy's: `amount=400&currency=gbp`
+/// priced as US cents would be £4.00 charged as $4.00, under-counted by the rate. A body
+/// that names another currency at any level above the amount, or names one in any way but
+/// once as a plain code, is not priced.
+fn fixed_currency(fixed: &str, field: &str, body: &Body) -> Result<String, CostError> {
     let fixed = fixed.to_ascii_lowercase();
-    match body.get(VENDOR_CURRENCY_FIELD) {
-        Lookup::Absent => Ok(fixed),
-        Lookup::One(item)
-            if item
-                .as_str()
-                .is_some_and(|named| named.eq_ignore_ascii_case(&fixed)) =>
-        {
-            Ok(fixed)
+    let levels = field
+        .match_indices('[')
+        .map(|(at, _)| format!("{}[{VENDOR_CURRENCY_FIELD}]", &field[..at]));
+    for named in std::iter::once(VENDOR_CURRENCY_FIELD.to_string()).chain(levels) {
+        match body.get(&named) {
+            Lookup::Absent => {}
+            Lookup::One(item)
+                if item
+                    .as_str()
+                    .is_some_and(|code| code.eq_ignore_ascii_case(&fixed)) => {}
+            _ => {
+                return Err(CostError::undetermined(format!(
+                    "this endpoint prices amounts in {fixed}: the body's {} must be {fixed}, given once",
+                    shown(&named)
+                )))
+            }
         }
-        _ => Err(CostError::undetermined(format!(
-            "this endpoint prices amounts in {fixed}: the body's {VENDOR_CURRENCY_FIELD} must be {fixed}, given once"
-        ))),
     }
+    Ok(fixed)
 }
 
-/// Where the vendor reads a body's currency (Stripe's parameter).
+/// What the vendor names a body's currency (Stripe's parameter).
 const VENDOR_CURRENCY_FIELD: &str = "currency";
 
 impl AmountField {
@@ -430,7 +438,7 @@ impl AmountField {
     fn read_currency(&self, body: &Body, whose: &str) -> Result<String, CostError> {
         let field = match (&self.currency_field, &self.currency) {
             (Some(field), _) => field,
-            (None, Some(fixed)) => return fixed_currency(fixed, body),
+            (None, Some(fixed)) => return fixed_currency(fixed, &self.field, body),
             (None, None) => {
                 return Err(CostError::undetermined(
                     "this endpoint's cost rule names no currency",
@@ -907,6 +915,7 @@ mod estimate_tests {
             "currency[]=eur&transfer_data[amount]=500",
             "currency[x]=eur&transfer_data[amount]=500",
             "currency=&transfer_data[amount]=500",
+            "currency=eur&transfer_data[currency]=gbp&transfer_data[amount]=500",
         ] {
             assert_eq!(reason(&r, FORM, body), Reason::CostUndetermined, "{body}");
         }
@@ -927,6 +936,32 @@ mod estimate_tests {
             Reason::CostUndetermined
         );
         assert_eq!(reason(&r, FORM, "amount=500"), Reason::CostUndetermined);
+    }
+
+    #[test]
+    fn a_fixed_currency_holds_at_every_level_above_the_amount() {
+        let r = rule(serde_json::json!({
+            "amount": {"field": "line_items[0][price_data][unit_amount]", "currency": "usd"},
+        }));
+        assert_eq!(
+            reserve(&r, FORM, "line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]=usd"),
+            usd("4")
+        );
+        for body in [
+            "line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]=gbp",
+            "line_items[0][price_data][unit_amount]=400&line_items[0][currency]=gbp",
+            "line_items[0][price_data][unit_amount]=400&currency=chf",
+        ] {
+            assert_eq!(reason(&r, FORM, body), Reason::CostUndetermined, "{body}");
+        }
+        assert_eq!(
+            reason(
+                &r,
+                JSON,
+                r#"{"line_items": [{"price_data": {"unit_amount": 400, "currency": "eur"}}]}"#
+            ),
+            Reason::CostUndetermined
+        );
     }
 
     #[test]
