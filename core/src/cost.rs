@@ -393,14 +393,15 @@ fn amount_of(field: &str, lookup: Lookup<'_>) -> Result<Option<u64>, CostError> 
     }
 }
 
-/// The currency of an amount at `field` that a rule prices in `fixed`. The vendor charges in
-/// the currency the body names (Stripe's `currency`, at the top or beside the amount, as in
-/// `line_items[0][price_data][currency]`), not the policy's: `amount=400&currency=gbp`
-/// priced as US cents would be £4.00 charged as $4.00, under-counted by the rate. A body
-/// that names another currency at any level above the amount, or names one in any way but
-/// once as a plain code, is not priced.
-fn fixed_currency(fixed: &str, field: &str, body: &Body) -> Result<String, CostError> {
-    let fixed = fixed.to_ascii_lowercase();
+/// The currency of an amount at `field`, which the rule prices in `expected` (its fixed
+/// currency, or the one its `currency_field` named). The vendor charges in the currency the
+/// body names nearest the amount (Stripe's `currency`, at the top or beside the amount, as in
+/// `line_items[0][price_data][currency]`), not the policy's: `amount=400&currency=gbp` priced
+/// as US cents would be £4.00 charged as $4.00, under-counted by the rate. A body that names
+/// another currency at any level above the amount, or names one in any way but once as a
+/// plain code, is not priced.
+fn agreed_currency(expected: &str, field: &str, body: &Body) -> Result<String, CostError> {
+    let expected = expected.to_ascii_lowercase();
     let levels = field
         .match_indices('[')
         .map(|(at, _)| format!("{}[{VENDOR_CURRENCY_FIELD}]", &field[..at]));
@@ -410,16 +411,14 @@ fn fixed_currency(fixed: &str, field: &str, body: &Body) -> Result<String, CostE
             Lookup::One(item)
                 if item
                     .as_str()
-                    .is_some_and(|code| code.eq_ignore_ascii_case(&fixed)) => {}
-            _ => {
-                return Err(CostError::undetermined(format!(
-                    "this endpoint prices amounts in {fixed}: the body's {} must be {fixed}, given once",
-                    shown(&named)
-                )))
-            }
+                    .is_some_and(|code| code.eq_ignore_ascii_case(&expected)) => {}
+            _ => return Err(CostError::undetermined(format!(
+                "the amount is priced in {expected}: the body's {} must be {expected}, given once",
+                shown(&named)
+            ))),
         }
     }
-    Ok(fixed)
+    Ok(expected)
 }
 
 /// What the vendor names a body's currency (Stripe's parameter).
@@ -438,7 +437,7 @@ impl AmountField {
     fn read_currency(&self, body: &Body, whose: &str) -> Result<String, CostError> {
         let field = match (&self.currency_field, &self.currency) {
             (Some(field), _) => field,
-            (None, Some(fixed)) => return fixed_currency(fixed, &self.field, body),
+            (None, Some(fixed)) => return agreed_currency(fixed, &self.field, body),
             (None, None) => {
                 return Err(CostError::undetermined(
                     "this endpoint's cost rule names no currency",
@@ -464,7 +463,7 @@ impl AmountField {
                 "{field} is given more than once"
             ))),
             Lookup::One(item) => match item.as_str() {
-                Some(text) => code(text),
+                Some(text) => agreed_currency(&code(text)?, &self.field, body),
                 None => Err(CostError::undetermined(format!(
                     "{field} must be a three-letter currency code such as usd"
                 ))),
@@ -959,6 +958,25 @@ mod estimate_tests {
                 &r,
                 JSON,
                 r#"{"line_items": [{"price_data": {"unit_amount": 400, "currency": "eur"}}]}"#
+            ),
+            Reason::CostUndetermined
+        );
+    }
+
+    #[test]
+    fn a_named_currency_is_the_one_nearest_the_amount_too() {
+        let r = rule(serde_json::json!({
+            "amount": {"field": "line_items[0][price_data][unit_amount]", "currency_field": "currency"},
+        }));
+        assert_eq!(
+            reserve(&r, FORM, "currency=eur&line_items[0][price_data][unit_amount]=1000&line_items[0][price_data][currency]=eur"),
+            usd("10.80")
+        );
+        assert_eq!(
+            reason(
+                &r,
+                FORM,
+                "currency=usd&line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]=gbp"
             ),
             Reason::CostUndetermined
         );
