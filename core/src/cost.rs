@@ -412,10 +412,13 @@ fn agreed_currency(expected: &str, field: &str, body: &Body) -> Result<String, C
                 if item
                     .as_str()
                     .is_some_and(|code| code.eq_ignore_ascii_case(&expected)) => {}
-            _ => return Err(CostError::undetermined(format!(
-                "the amount is priced in {expected}: the body's {} must be {expected}, given once",
-                shown(&named)
-            ))),
+            _ => {
+                let named = shown(&named);
+                let why = format!("the body's {named} must be {expected}, given once");
+                return Err(CostError::undetermined(format!(
+                    "the amount is priced in {expected}: {why}"
+                )));
+            }
         }
     }
     Ok(expected)
