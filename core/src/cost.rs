@@ -393,6 +393,40 @@ fn amount_of(field: &str, lookup: Lookup<'_>) -> Result<Option<u64>, CostError> 
     }
 }
 
+/// The currency of an amount at `field`, which the rule prices in `expected` (its fixed
+/// currency, or the one its `currency_field` named). The vendor charges in the currency the
+/// body names nearest the amount (Stripe's `currency`, at the top or beside the amount, as in
+/// `line_items[0][price_data][currency]`), not the policy's: `amount=400&currency=gbp` priced
+/// as US cents would be £4.00 charged as $4.00, under-counted by the rate. A body that names
+/// another currency at any level above the amount, or names one in any way but once as a
+/// plain code, is not priced.
+fn agreed_currency(expected: &str, field: &str, body: &Body) -> Result<String, CostError> {
+    let expected = expected.to_ascii_lowercase();
+    let levels = field
+        .match_indices('[')
+        .map(|(at, _)| format!("{}[{VENDOR_CURRENCY_FIELD}]", &field[..at]));
+    for named in std::iter::once(VENDOR_CURRENCY_FIELD.to_string()).chain(levels) {
+        match body.get(&named) {
+            Lookup::Absent => {}
+            Lookup::One(item)
+                if item
+                    .as_str()
+                    .is_some_and(|code| code.eq_ignore_ascii_case(&expected)) => {}
+            _ => {
+                let named = shown(&named);
+                let why = format!("the body's {named} must be {expected}, given once");
+                return Err(CostError::undetermined(format!(
+                    "the amount is priced in {expected}: {why}"
+                )));
+            }
+        }
+    }
+    Ok(expected)
+}
+
+/// What the vendor names a body's currency (Stripe's parameter).
+const VENDOR_CURRENCY_FIELD: &str = "currency";
+
 impl AmountField {
     /// How the rule names its currency, for messages: `currency`, or `eur`.
     fn currency_source(&self) -> String {
@@ -406,7 +440,7 @@ impl AmountField {
     fn read_currency(&self, body: &Body, whose: &str) -> Result<String, CostError> {
         let field = match (&self.currency_field, &self.currency) {
             (Some(field), _) => field,
-            (None, Some(fixed)) => return Ok(fixed.to_ascii_lowercase()),
+            (None, Some(fixed)) => return agreed_currency(fixed, &self.field, body),
             (None, None) => {
                 return Err(CostError::undetermined(
                     "this endpoint's cost rule names no currency",
@@ -432,7 +466,7 @@ impl AmountField {
                 "{field} is given more than once"
             ))),
             Lookup::One(item) => match item.as_str() {
-                Some(text) => code(text),
+                Some(text) => agreed_currency(&code(text)?, &self.field, body),
                 None => Err(CostError::undetermined(format!(
                     "{field} must be a three-letter currency code such as usd"
                 ))),
@@ -869,8 +903,31 @@ mod estimate_tests {
             "amount": {"field": "transfer_data[amount]", "currency": "eur"},
         }));
         assert_eq!(
-            reserve(&r, FORM, "amount=9999&currency=usd&transfer_data[amount]=500&transfer_data[destination]=acct_1"),
+            reserve(&r, FORM, "amount=9999&currency=eur&transfer_data[amount]=500&transfer_data[destination]=acct_1"),
             usd("5.40")
+        );
+        assert_eq!(
+            reserve(&r, FORM, "currency=EUR&transfer_data[amount]=500"),
+            usd("5.40")
+        );
+        // Stripe reads the amount in the body's currency, whatever the rule says.
+        for body in [
+            "amount=9999&currency=gbp&transfer_data[amount]=500",
+            "currency=eur&currency=gbp&transfer_data[amount]=500",
+            "currency[]=eur&transfer_data[amount]=500",
+            "currency[x]=eur&transfer_data[amount]=500",
+            "currency=&transfer_data[amount]=500",
+            "currency=eur&transfer_data[currency]=gbp&transfer_data[amount]=500",
+        ] {
+            assert_eq!(reason(&r, FORM, body), Reason::CostUndetermined, "{body}");
+        }
+        assert_eq!(
+            reason(
+                &r,
+                JSON,
+                r#"{"currency": "usd", "transfer_data": {"amount": 500}}"#
+            ),
+            Reason::CostUndetermined
         );
         assert_eq!(
             reserve(&r, JSON, r#"{"transfer_data": {"amount": 500}}"#),
@@ -881,6 +938,51 @@ mod estimate_tests {
             Reason::CostUndetermined
         );
         assert_eq!(reason(&r, FORM, "amount=500"), Reason::CostUndetermined);
+    }
+
+    #[test]
+    fn a_fixed_currency_holds_at_every_level_above_the_amount() {
+        let r = rule(serde_json::json!({
+            "amount": {"field": "line_items[0][price_data][unit_amount]", "currency": "usd"},
+        }));
+        assert_eq!(
+            reserve(&r, FORM, "line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]=usd"),
+            usd("4")
+        );
+        for body in [
+            "line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]=gbp",
+            "line_items[0][price_data][unit_amount]=400&line_items[0][currency]=gbp",
+            "line_items[0][price_data][unit_amount]=400&currency=chf",
+        ] {
+            assert_eq!(reason(&r, FORM, body), Reason::CostUndetermined, "{body}");
+        }
+        assert_eq!(
+            reason(
+                &r,
+                JSON,
+                r#"{"line_items": [{"price_data": {"unit_amount": 400, "currency": "eur"}}]}"#
+            ),
+            Reason::CostUndetermined
+        );
+    }
+
+    #[test]
+    fn a_named_currency_is_the_one_nearest_the_amount_too() {
+        let r = rule(serde_json::json!({
+            "amount": {"field": "line_items[0][price_data][unit_amount]", "currency_field": "currency"},
+        }));
+        assert_eq!(
+            reserve(&r, FORM, "currency=eur&line_items[0][price_data][unit_amount]=1000&line_items[0][price_data][currency]=eur"),
+            usd("10.80")
+        );
+        assert_eq!(
+            reason(
+                &r,
+                FORM,
+                "currency=usd&line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]=gbp"
+            ),
+            Reason::CostUndetermined
+        );
     }
 
     #[test]
@@ -1434,12 +1536,18 @@ mod estimate_tests {
             serde_json::json!({"field": "lines[data][0][amount]", "currency": "eur"}),
         )
         .unwrap();
+        let in_eur = br#"{"id":"in_2","amount_paid":1999,"currency":"eur","lines":{"data":[{"amount":1999}]}}"#;
         assert_eq!(
             fixed
-                .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, body)
+                .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, in_eur)
                 .unwrap(),
             usd("21.5892")
         );
+        // The invoice is in dollars: its amounts are not euros, whatever the rule says.
+        let e = fixed
+            .read_usd(Pricing::new(Vendor::Stripe, &fx()), JSON, body)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::CostUndetermined);
         let e = field
             .read_usd(
                 Pricing::new(Vendor::Stripe, &fx()),

@@ -1,7 +1,8 @@
 //! A configuration push through the real Envoy and the real ledger: Envoy replaces the
 //! plugin, and the one it lets go of settles its spend leases and sends what it still holds
 //! before it is deleted, rather than leave the leases to count in full until the ledger
-//! expires them.
+//! expires them; and a push of the filter's configuration alone (ECDS, as Istio's WasmPlugin
+//! makes it) narrows the policy for the next request on every connection, old ones included.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -168,4 +169,131 @@ async fn a_replaced_plugin_settles_its_leases_before_it_goes() {
 
 fn dollars(calls: usize) -> String {
     format!("{calls}.00")
+}
+
+/// One HTTP/1.1 connection kept open across requests, as an agent's HTTP client keeps it.
+struct KeepAlive(tokio::net::TcpStream);
+
+impl KeepAlive {
+    async fn open(port: u16) -> KeepAlive {
+        KeepAlive(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Sends one request and reads its response: (status, `x-bridle-reason`, connection closing).
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        form: &str,
+    ) -> (u16, String, bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: api.stripe.com\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+            form.len()
+        );
+        self.0.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), self.0.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some(split) = text.find("\r\n\r\n") {
+                let head = text[..split].to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if raw.len() >= split + 4 + len {
+                    let status = head[9..12].parse().unwrap();
+                    let reason = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-bridle-reason:"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    return (status, reason, head.contains("connection: close"));
+                }
+            }
+        }
+    }
+}
+
+/// A push narrows the policy at once for every request, whichever connection it comes on:
+/// delivered by extension config discovery (ECDS, as Istio's WasmPlugin delivers it), the
+/// next request on a connection opened before the push meets the new plugin, not the old
+/// one's endpoints or its open lease. (A push by listener update, as `start_pushable` makes,
+/// leaves connections opened before it on the old plugin until Envoy has drained them: see
+/// SECURITY.md, "Known limits".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_push_reaches_connections_opened_before_it() {
+    let mock = MockVendor::start().await;
+    let keys = Keys::generate();
+    let charges = json!({ "method": "GET", "path": "/v1/charges/*" });
+    let before = policies(&[policy(&[charges])]);
+    let ledger = Ledger::start(&before, &keys).await;
+    let setup = |ps| {
+        let mut s = Setup::new(ps, &keys).upstream_all(&mock.url());
+        s.ledger = Some(ledger.url());
+        s.concurrency = 1;
+        s
+    };
+    let envoy = Envoy::start_discovered(&setup(before)).await.unwrap();
+    let port = envoy.port(Vendor::Stripe);
+    let (token, id) = ledger
+        .issue(json!({ "policy": "pushed", "label": "acme/ecds", "expires_in": "1h" }))
+        .await;
+    let form = "amount=100&currency=usd";
+    let mut old = KeepAlive::open(port).await;
+    let seen = old.send("GET", "/v1/charges/ch_1", &token, "").await;
+    assert_eq!(seen.0, 200, "{seen:?}");
+    // A lease of four opens on the old plugin: $4 reserved, $1 spent.
+    let seen = old.send("POST", "/v1/payment_intents", &token, form).await;
+    assert_eq!(seen.0, 200, "{seen:?}");
+
+    // The push takes the charges away, and the lease.
+    let mut narrowed = policy(&[]);
+    narrowed.as_object_mut().unwrap().remove("lease");
+    envoy
+        .push_filters(&setup(policies(&[narrowed])))
+        .await
+        .unwrap();
+    let r = Request::new("GET", "/v1/charges/ch_2")
+        .bearer(&token)
+        .send(port)
+        .await;
+    assert_eq!(r.status, 403, "a new connection: {}", r.text());
+    let seen = old.send("GET", "/v1/charges/ch_3", &token, "").await;
+    assert_eq!(
+        (seen.0, seen.1.as_str()),
+        (403, "endpoint_not_allowed"),
+        "the connection opened before the push: {seen:?}"
+    );
+    let seen = old.send("POST", "/v1/payment_intents", &token, form).await;
+    assert_eq!(seen.0, 200, "{seen:?}");
+    let spends = "wasmcustom.bridle.ledger.lease_spends";
+    let stats = envoy
+        .stats(&format!("^{}$", spends.replace('.', "\\.")))
+        .await;
+    assert_eq!(
+        stats.get(spends).copied().unwrap_or(0),
+        0,
+        "the call after the push spent the old plugin's lease"
+    );
+    let spend = spend_once_reserved(&ledger, &id, "0.00", Duration::from_secs(5)).await;
+    assert_eq!(spend["window"], dollars(2), "{spend}");
 }

@@ -493,3 +493,37 @@ async fn a_message_kind_named_only_by_the_form_reading_is_refused() {
         3
     );
 }
+
+/// A rule that prices `amount` in a fixed currency ("the amounts here are US cents") is not
+/// what Stripe reads: Stripe charges in the body's own `currency`. `amount=400&currency=gbp`
+/// was priced $4.00 and reserved under a $5 window cap while Stripe charged £4.00
+/// (about $5, a fifth more: a pound is dearer than a dollar, as a euro or a Swiss franc is).
+/// A body that names another currency than the rule's, or names one ambiguously, is
+/// refused before anything is reserved; one that names the rule's is priced as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_currency_is_the_currency_the_vendor_reads() {
+    let mut usd = stripe_pay();
+    usd["name"] = json!("usd");
+    usd["endpoints"][0]["cost"] = json!({ "amount": { "field": "amount", "currency": "usd" } });
+    usd["lease"] = json!({ "calls": 4, "max_age_ms": 1000 });
+    let s = stack(&[usd]).await;
+    let (token, id) = s.issue("usd").await;
+    let port = s.stripe();
+    for body in [
+        "amount=400&currency=gbp",
+        "amount=400&currency=EUR",
+        "amount=400&currency=usd&currency=gbp",
+        "amount=400&currency[]=gbp",
+        "amount=400&currency[x]=usd",
+    ] {
+        let r = intent(&token, body).send(port).await;
+        refused(&r, 400, "cost_undetermined", body);
+    }
+    assert_eq!(s.mock.count(), 0, "{:#?}", s.mock.requests());
+    for body in ["amount=400&currency=usd", "amount=100&currency=USD"] {
+        let r = intent(&token, body).send(port).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+    }
+    assert_eq!(s.mock.count(), 2);
+    assert_eq!(s.spent(&id).await, Usd::parse("5").unwrap());
+}

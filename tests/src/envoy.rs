@@ -286,6 +286,48 @@ impl Envoy {
                 "resource_api_version": "V3",
             }
         });
+        Envoy::start_watching(dir, bootstrap, setup, &["--drain-time-s", "0"]).await
+    }
+
+    /// Starts Envoy with each listener's Bridle filter configured by extension config
+    /// discovery (ECDS, from a file it watches), as Istio's WasmPlugin delivers it:
+    /// [`Envoy::push_filters`] replaces the filters' configuration and leaves the listeners,
+    /// and the connections they hold, as they are.
+    pub async fn start_discovered(setup: &Setup) -> Result<Envoy, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let ecds = dir.path().join("ecds.json");
+        let mut bootstrap: serde_json::Value =
+            serde_yaml_ng::from_str(&setup.render()).map_err(|e| e.to_string())?;
+        write_filters(&ecds, &bootstrap)?;
+        let listeners = bootstrap["static_resources"]["listeners"]
+            .as_array_mut()
+            .ok_or("the bootstrap has no listeners")?;
+        for l in listeners {
+            let filter =
+                &mut l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+            let name = filter["typed_config"]["config"]["name"].clone();
+            *filter = serde_json::json!({
+                "name": name,
+                "config_discovery": {
+                    "config_source": {
+                        "path_config_source": { "path": ecds.display().to_string() },
+                        "resource_api_version": "V3",
+                    },
+                    "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+                },
+            });
+        }
+        Envoy::start_watching(dir, bootstrap, setup, &[]).await
+    }
+
+    /// Starts a bootstrap that reads part of its configuration from files in `dir`: xDS from
+    /// files needs a node name.
+    async fn start_watching(
+        dir: tempfile::TempDir,
+        mut bootstrap: serde_json::Value,
+        setup: &Setup,
+        extra_args: &[&str],
+    ) -> Result<Envoy, String> {
         if bootstrap.get("node").is_none() {
             bootstrap["node"] = serde_json::json!({ "id": "bridle-e2e", "cluster": "bridle-e2e" });
         }
@@ -295,13 +337,35 @@ impl Envoy {
             &yaml,
             &setup.environment(),
             setup.concurrency,
-            &["--drain-time-s", "0"],
+            extra_args,
         )
         .await?;
         if setup.ledger.is_some() {
             envoy.await_first_revocations().await?;
         }
         Ok(envoy)
+    }
+
+    /// Pushes `setup`'s filter configurations to an Envoy from [`Envoy::start_discovered`] and
+    /// waits until Envoy has taken them.
+    pub async fn push_filters(&self, setup: &Setup) -> Result<(), String> {
+        let bootstrap: serde_json::Value =
+            serde_yaml_ng::from_str(&setup.render()).map_err(|e| e.to_string())?;
+        // Every filter is in the one file: Envoy takes it whole, so the first one's reload
+        // counts for all.
+        let first = filter_configs(&bootstrap)?
+            .first()
+            .and_then(|f| f["name"].as_str().map(str::to_string))
+            .ok_or("no filter to push")?;
+        let stat = format!("extension_config_discovery.http_filter.{first}.config_reload");
+        let before = self.stats(&format!("^{}$", stat.replace('.', "\\."))).await;
+        let before = before.get(&stat).copied().unwrap_or(0);
+        let ecds = self.dir.path().join("ecds.json");
+        let next = self.dir.path().join("ecds.next.json");
+        write_filters(&next, &bootstrap)?;
+        // Written aside and moved into place: Envoy watches for the move.
+        std::fs::rename(&next, &ecds).map_err(|e| e.to_string())?;
+        self.await_stat(&stat, before + 1).await.map(|_| ())
     }
 
     /// Pushes `setup`'s listeners to an Envoy from [`Envoy::start_pushable`] and waits until
@@ -500,5 +564,29 @@ fn write_listeners(path: &std::path::Path, bootstrap: &serde_json::Value) -> Res
         l["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener".into();
     }
     let body = serde_json::json!({ "resources": listeners }).to_string();
+    std::fs::write(path, body).map_err(|e| e.to_string())
+}
+
+/// The Bridle filter of each listener, as the ECDS resources that configure it, named as the
+/// filter.
+fn filter_configs(bootstrap: &serde_json::Value) -> Result<Vec<serde_json::Value>, String> {
+    let listeners = bootstrap["static_resources"]["listeners"]
+        .as_array()
+        .ok_or("the bootstrap has no listeners")?;
+    Ok(listeners
+        .iter()
+        .map(|l| {
+            let filter = &l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+            serde_json::json!({
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": filter["typed_config"]["config"]["name"],
+                "typed_config": filter["typed_config"],
+            })
+        })
+        .collect())
+}
+
+fn write_filters(path: &std::path::Path, bootstrap: &serde_json::Value) -> Result<(), String> {
+    let body = serde_json::json!({ "resources": filter_configs(bootstrap)? }).to_string();
     std::fs::write(path, body).map_err(|e| e.to_string())
 }
