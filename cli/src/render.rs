@@ -452,6 +452,9 @@ pub fn upstream_failure_replies(vendor: Vendor) -> Value {
     })
 }
 
+/// How long a vendor call may take, whether or not its answer streams.
+const VENDOR_CALL_TIMEOUT: &str = "600s";
+
 fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstream) -> Value {
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -476,7 +479,11 @@ fn listener(vendor: Vendor, opts: &EnvoyOptions, filter: Value, upstream: &Upstr
                         "cluster": format!("vendor_{vendor}"),
                         "host_rewrite_literal": upstream.authority(),
                         // Model calls can stream for minutes.
-                        "timeout": "600s",
+                        "timeout": VENDOR_CALL_TIMEOUT,
+                        // A model call that does not stream sends nothing until it is done:
+                        // Envoy's stream idle timeout (5 min unless set) would cut it off
+                        // before `timeout`, after the vendor had spent the tokens.
+                        "idle_timeout": VENDOR_CALL_TIMEOUT,
                         // Never a second attempt: a retry would reach the vendor again under
                         // the one reservation the ledger made for the call.
                         "retry_policy": { "num_retries": 0 },
@@ -619,6 +626,21 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vendor_call_that_does_not_stream_is_not_cut_off_before_its_timeout() {
+        let upstream = Upstream::parse("https://api.openai.com").unwrap();
+        let l = listener(
+            Vendor::Openai,
+            &EnvoyOptions::default(),
+            json!({}),
+            &upstream,
+        );
+        let route = &l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"][0]["route"];
+        assert_eq!(route["timeout"], "600s");
+        assert_eq!(route["idle_timeout"], route["timeout"], "{route}");
+    }
 
     #[test]
     fn upstreams_parse_strictly() {
