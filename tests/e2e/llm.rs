@@ -620,3 +620,60 @@ async fn a_stream_event_name_that_grows_when_decoded_settles_at_the_reservation(
         assert_eq!(stats.get(&name), Some(&count), "{stat}");
     }
 }
+
+/// OpenAI serves a request that leaves out `service_tier`, or sets it to `auto`, at the tier
+/// its project is configured for, which may be priority, billed at a higher rate than the
+/// price table's. Bridle pins such requests to `default`, the tier its table prices; `flex`
+/// (cheaper) is kept as the agent wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_calls_are_pinned_to_the_priced_service_tier() {
+    let s = start(&[json!({
+        "name": "llm-openai", "vendor": "openai", "secret_env": "OPENAI_API_KEY", "max_ttl": "1h",
+        "endpoints": [
+            { "method": "POST", "path": "/v1/chat/completions", "cost": { "tokens": "chat_completions" } },
+            { "method": "POST", "path": "/v1/responses", "cost": { "tokens": "responses" } },
+        ],
+        "models": { "allow": ["gpt-4o-mini"], "max_output_tokens": POLICY_MAX },
+        "caps": { "per_window": "5.00", "window": "24h" },
+    })])
+    .await;
+    let (token, _) = s.token("llm-openai", "llm/openai/tier").await;
+    let port = s.envoy.port(Vendor::Openai);
+    let chat = |text: &str, tier: Option<&str>| {
+        let mut b = json!({ "model": "gpt-4o-mini", "max_completion_tokens": 20,
+                            "messages": [{ "role": "user", "content": text }] });
+        if let Some(t) = tier {
+            b["service_tier"] = json!(t);
+        }
+        ("/v1/chat/completions", b)
+    };
+    let cases = [
+        (chat("tier-omitted", None), "default"),
+        (chat("tier-auto", Some("auto")), "default"),
+        (chat("tier-flex", Some("flex")), "flex"),
+        (
+            (
+                "/v1/responses",
+                json!({ "model": "gpt-4o-mini", "max_output_tokens": 20, "input": "tier-responses" }),
+            ),
+            "default",
+        ),
+    ];
+    for ((path, body), _) in &cases {
+        let r = Request::new("POST", path)
+            .header("authorization", format!("Bearer {token}"))
+            .json(body)
+            .send(port)
+            .await;
+        assert_eq!(r.status, 200, "{path} {body}: {}", r.text());
+    }
+    for ((path, body), want) in &cases {
+        let needle = body
+            .pointer("/messages/0/content")
+            .or_else(|| body.get("input"))
+            .and_then(Value::as_str)
+            .unwrap();
+        let sent: Value = serde_json::from_slice(&received(&s, path, needle).body).unwrap();
+        assert_eq!(sent["service_tier"], *want, "{needle}: {sent}");
+    }
+}

@@ -10,7 +10,8 @@ use serde_json::{json, Map, Value};
 use crate::cost::CostError;
 use crate::llm::prices::InputClass;
 use crate::llm::request::{
-    array, as_object, flag, kind, model, one_of, only_keys, refuse, tokens, unpriced_content, Facts,
+    array, as_object, flag, kind, model, only_keys, openai_priced_tier, refuse, tokens,
+    unpriced_content, Facts,
 };
 use crate::llm::response::Progress;
 use crate::llm::usage::{self, TokenUsage, UsageError};
@@ -133,12 +134,7 @@ pub(crate) fn read(obj: &Map<String, Value>) -> Result<Facts, CostError> {
             ))
         }
     }
-    one_of(
-        obj,
-        "service_tier",
-        &["auto", "default", "flex"],
-        "priority processing costs more than the price table says",
-    )?;
+    let tier = openai_priced_tier(obj)?;
     let n = match tokens(obj, "n")? {
         Some(n) if n > MAX_N => return Err(refuse(format!("n must be at most {MAX_N}"))),
         Some(n) => n,
@@ -152,7 +148,7 @@ pub(crate) fn read(obj: &Map<String, Value>) -> Result<Facts, CostError> {
         (a, b) => a.or(b),
     };
     let stream = flag(obj, "stream")?;
-    let mut rewrites = Vec::new();
+    let mut rewrites: Vec<_> = tier.into_iter().collect();
     if stream {
         if let Some(options) = include_usage(obj)? {
             rewrites.push(("stream_options", options));

@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 use crate::cost::CostError;
 use crate::llm::prices::InputClass;
 use crate::llm::request::{
-    array, as_object, flag, kind, model, one_of, only_keys, refuse, tokens, unpriced_content, Facts,
+    array, as_object, flag, kind, model, only_keys, openai_priced_tier, refuse, tokens,
+    unpriced_content, Facts,
 };
 use crate::llm::response::Progress;
 use crate::llm::usage::{self, TokenUsage, UsageError};
@@ -93,12 +94,7 @@ pub(crate) fn read(obj: &Map<String, Value>) -> Result<Facts, CostError> {
             }
         }
     }
-    one_of(
-        obj,
-        "service_tier",
-        &["auto", "default", "flex"],
-        "priority processing costs more than the price table says",
-    )?;
+    let tier = openai_priced_tier(obj)?;
     let stream = flag(obj, "stream")?;
     if let Some(o) = obj.get("stream_options").filter(|v| !v.is_null()) {
         only_keys(
@@ -117,7 +113,7 @@ pub(crate) fn read(obj: &Map<String, Value>) -> Result<Facts, CostError> {
         hidden_input: 0,
         class: InputClass::Fresh,
         stream,
-        rewrites: Vec::new(),
+        rewrites: tier.into_iter().collect(),
     })
 }
 

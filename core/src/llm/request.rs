@@ -121,6 +121,25 @@ pub(crate) fn one_of(
     }
 }
 
+/// The `service_tier` to write into an OpenAI request, if any. Left out or `auto`, OpenAI
+/// serves the call at the tier its project is configured for, which may be priority, billed
+/// above the price table; `default` is the tier the table prices, and always allowed.
+pub(crate) fn openai_priced_tier(
+    obj: &Map<String, Value>,
+) -> Result<Option<(&'static str, Value)>, CostError> {
+    one_of(
+        obj,
+        "service_tier",
+        &["auto", "default", "flex"],
+        "priority processing costs more than the price table says",
+    )?;
+    Ok(match obj.get("service_tier") {
+        None | Some(Value::Null) => Some(("service_tier", Value::from("default"))),
+        Some(Value::String(s)) if s == "auto" => Some(("service_tier", Value::from("default"))),
+        Some(_) => None,
+    })
+}
+
 /// An array under `key` (absent or null: empty).
 pub(crate) fn array<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], CostError> {
     match obj.get(key) {

@@ -69,7 +69,7 @@ fn chat(extra: Value) -> Value {
 
 #[test]
 fn a_chat_request_reserves_its_bytes_and_its_output_maximum() {
-    let body = chat(json!({ "max_completion_tokens": 300, "n": 2 }));
+    let body = chat(json!({ "max_completion_tokens": 300, "n": 2, "service_tier": "default" }));
     let q = quote_of(TokenApi::ChatCompletions, &body).unwrap();
     let bytes = body.to_string().len() as u64;
     assert_eq!(q.input_tokens, bytes + WRAPPER_TOKENS);
@@ -126,6 +126,34 @@ fn a_request_without_a_maximum_gets_the_policys_written_in() {
 }
 
 #[test]
+fn openai_calls_are_pinned_to_the_priced_service_tier() {
+    for api in [TokenApi::ChatCompletions, TokenApi::Responses] {
+        let body = |tier: Option<&str>| {
+            let mut b = match api {
+                TokenApi::Responses => {
+                    json!({ "model": "gpt-4o-mini", "input": "Hi.", "max_output_tokens": 9 })
+                }
+                _ => chat(json!({ "max_completion_tokens": 9 })),
+            };
+            if let Some(t) = tier {
+                b["service_tier"] = json!(t);
+            }
+            b
+        };
+        // Left out or auto: the project's tier, perhaps priority; pinned to default.
+        for tier in [None, Some("auto")] {
+            let q = quote_of(api, &body(tier)).unwrap();
+            let sent: Value = serde_json::from_slice(q.body.as_ref().unwrap()).unwrap();
+            assert_eq!(sent["service_tier"], "default", "{api:?} {tier:?}");
+        }
+        // Tiers the table prices (or over-prices) go as written.
+        for tier in ["default", "flex"] {
+            assert_eq!(quote_of(api, &body(Some(tier))).unwrap().body, None);
+        }
+    }
+}
+
+#[test]
 fn a_stream_is_made_to_report_its_usage() {
     let q = quote_of(
         TokenApi::ChatCompletions,
@@ -149,7 +177,8 @@ fn a_stream_is_made_to_report_its_usage() {
     let q = quote_of(
         TokenApi::ChatCompletions,
         &chat(
-            json!({ "stream": true, "max_tokens": 9, "stream_options": { "include_usage": true } }),
+            json!({ "stream": true, "max_tokens": 9, "service_tier": "flex",
+                    "stream_options": { "include_usage": true } }),
         ),
     )
     .unwrap();
@@ -283,6 +312,7 @@ fn responses_requests_must_carry_their_whole_input() {
         TokenApi::Responses,
         &base(
             json!({ "input": items, "max_output_tokens": 50, "stream": true,
+                    "service_tier": "default",
                       "tools": [{ "type": "function", "name": "f", "parameters": {} }] }),
         ),
     )
