@@ -15,6 +15,8 @@
 //!   OpenAI stream with `include_usage` set;
 //! - a stream whose event name outgrows the parser's bound once decoded settles at its
 //!   reservation, never at a usage that misses an event.
+//! - an OpenAI call that leaves `service_tier` out or sets `auto` (the project's tier, which
+//!   may be priority) reaches the vendor pinned to `default`, the tier the table prices.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
