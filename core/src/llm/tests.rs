@@ -151,6 +151,12 @@ fn openai_calls_are_pinned_to_the_priced_service_tier() {
             assert_eq!(quote_of(api, &body(Some(tier))).unwrap().body, None);
         }
     }
+    // The key spelled with an escape is the key the vendor reads: replaced, not doubled.
+    let raw = br#"{"model":"gpt-4o-mini","input":"Hi.","max_output_tokens":9,"service\u005ftier":"auto"}"#;
+    let q = quote(TokenApi::Responses, Some(&policy()), &shipped(), JSON, raw).unwrap();
+    let sent = String::from_utf8(q.body.unwrap()).unwrap();
+    assert!(sent.ends_with(r#","service_tier":"default"}"#), "{sent}");
+    assert_eq!(sent.matches("tier").count(), 1, "{sent}");
 }
 
 #[test]
