@@ -167,7 +167,8 @@ const USAGE_CHUNK: &str = r#"data: {"id":"c","choices":[],"usage":{"prompt_token
 #[test]
 fn a_chat_call_reserves_its_bound_and_settles_at_its_usage() {
     let run = Run::new(Vendor::Openai);
-    let body = chat(json!({ "max_completion_tokens": 300 }));
+    // The tier named, as the price table prices it: nothing to pin (see `llm::request`).
+    let body = chat(json!({ "max_completion_tokens": 300, "service_tier": "default" }));
     let (mut x, req, rewritten) = run.reserve(&body);
     assert_eq!(rewritten, None, "nothing to write in");
     let bytes = body.to_string().len() as i64 + 256;
