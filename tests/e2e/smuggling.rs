@@ -500,13 +500,20 @@ async fn a_message_kind_named_only_by_the_form_reading_is_refused() {
 /// (about $5, a fifth more: a pound is dearer than a dollar, as a euro or a Swiss franc is).
 /// A body that names another currency than the rule's, or names one ambiguously, is
 /// refused before anything is reserved; one that names the rule's is priced as before.
+/// The same holds for a nested amount, which Stripe charges in the currency beside it
+/// (`line_items[0][price_data][currency]`), whatever the top-level `currency` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_currency_is_the_currency_the_vendor_reads() {
     let mut usd = stripe_pay();
     usd["name"] = json!("usd");
     usd["endpoints"][0]["cost"] = json!({ "amount": { "field": "amount", "currency": "usd" } });
     usd["lease"] = json!({ "calls": 4, "max_age_ms": 1000 });
-    let s = stack(&[usd]).await;
+    let mut nested = stripe_pay();
+    nested["name"] = json!("nested");
+    nested["endpoints"][0]["cost"] = json!({
+        "amount": { "field": "line_items[0][price_data][unit_amount]", "currency_field": "currency" }
+    });
+    let s = stack(&[usd, nested]).await;
     let (token, id) = s.issue("usd").await;
     let port = s.stripe();
     for body in [
@@ -526,4 +533,20 @@ async fn a_fixed_currency_is_the_currency_the_vendor_reads() {
     }
     assert_eq!(s.mock.count(), 2);
     assert_eq!(s.spent(&id).await, Usd::parse("5").unwrap());
+
+    let (token, id) = s.issue("nested").await;
+    let item = "line_items[0][price_data][unit_amount]=400&line_items[0][price_data][currency]";
+    let body = format!("currency=usd&{item}=gbp");
+    refused(
+        &intent(&token, &body).send(port).await,
+        400,
+        "cost_undetermined",
+        &body,
+    );
+    assert_eq!(s.mock.count(), 2, "{:#?}", s.mock.requests());
+    let body = format!("currency=usd&{item}=usd");
+    let r = intent(&token, &body).send(port).await;
+    assert_eq!(r.status, 200, "{body}: {}", r.text());
+    assert_eq!(s.mock.count(), 3);
+    assert_eq!(s.spent(&id).await, Usd::parse("4").unwrap());
 }
